@@ -1,0 +1,969 @@
+//! Turns the TOML document into a [`Config`], collecting every problem instead of stopping at the first.
+//!
+//! serde's derive stops at the first error and loses the position of most of them, so the document
+//! is parsed into `toml`'s spanned tree and read key by key here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::{Report, did_you_mean};
+use crate::model::*;
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+const GATEWAY_KEYS: &[&str] = &[
+    "listen",
+    "plugins_dir",
+    "tls",
+    "header_read_timeout",
+    "idle_timeout",
+    "max_header_size",
+    "max_headers",
+    "shutdown_grace",
+    "http2",
+];
+const HTTP2_KEYS: &[&str] = &[
+    "max_concurrent_streams",
+    "max_pending_reset_streams",
+    "max_local_reset_streams",
+    "keepalive_interval",
+    "keepalive_timeout",
+];
+const TLS_KEYS: &[&str] = &["listen", "certificates"];
+const CERT_KEYS: &[&str] = &["cert", "key"];
+const UPSTREAM_KEYS: &[&str] = &[
+    "targets",
+    "connect_timeout",
+    "timeout",
+    "pool_idle_timeout",
+    "pool_max_idle",
+];
+const TARGET_KEYS: &[&str] = &["address", "weight"];
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "paths",
+    "methods",
+    "headers",
+    "upstream",
+    "respond",
+    "strip_path",
+];
+const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
+
+pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigError> {
+    let mut report = Report::new(file, text);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            let span = e.span().unwrap_or(0..0);
+            report.error(
+                &span,
+                "",
+                format!("invalid TOML: {}", e.message().trim_end()),
+            );
+        }
+        return Err(report
+            .finish()
+            .err()
+            .unwrap_or(crate::ConfigError::Invalid(Vec::new())));
+    }
+    let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut reader = Reader {
+        report,
+        base: &base,
+    };
+    let config = reader.config(file, doc.get_ref(), &doc.span());
+    reader.report.finish()?;
+    Ok(config)
+}
+
+fn default_gateway(listen: Vec<SocketAddr>) -> Gateway {
+    Gateway {
+        listen,
+        plugins_dir: PathBuf::from("plugins"),
+        tls: None,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_header_size: 64 * 1024,
+        max_headers: 100,
+        shutdown_grace: Duration::from_secs(30),
+        http2: Http2 {
+            max_concurrent_streams: 128,
+            max_pending_reset_streams: 20,
+            max_local_reset_streams: 1024,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+        },
+    }
+}
+
+struct Reader<'r> {
+    report: Report<'r>,
+    base: &'r Path,
+}
+
+/// A table whose keys have been checked against the known ones.
+struct Table<'t, 'i> {
+    table: &'t DeTable<'i>,
+    span: Range<usize>,
+    path: String,
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    fn get(&self, key: &str) -> Option<&'t Value<'i>> {
+        self.table.get(key)
+    }
+
+    fn key(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+impl<'r> Reader<'r> {
+    fn err(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
+        self.report.error(span, key, message);
+    }
+
+    fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str) {
+        let message = format!("expected {expected}, found {}", type_name(v.get_ref()));
+        self.err(&v.span(), key, message);
+    }
+
+    /// Checks `v` is a table and reports each key not in `known`.
+    fn table<'t, 'i>(
+        &mut self,
+        v: &'t Value<'i>,
+        path: &str,
+        known: &[&str],
+    ) -> Option<Table<'t, 'i>> {
+        let DeValue::Table(table) = v.get_ref() else {
+            self.wrong_type(v, path, "a table");
+            return None;
+        };
+        Some(self.checked_table(table, v.span(), path, known))
+    }
+
+    fn checked_table<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        span: Range<usize>,
+        path: &str,
+        known: &[&str],
+    ) -> Table<'t, 'i> {
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if !known.contains(&name) {
+                let message = match did_you_mean(name, known.iter().copied()) {
+                    Some(m) => format!("unknown key `{name}`, did you mean `{m}`?"),
+                    None => format!(
+                        "unknown key `{name}` (expected one of: {})",
+                        known.join(", ")
+                    ),
+                };
+                self.err(&key.span(), &join(path, name), message);
+            }
+        }
+        Table {
+            table,
+            span,
+            path: path.to_owned(),
+        }
+    }
+
+    fn string<'v>(&mut self, v: &'v Value<'_>, key: &str) -> Option<&'v str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s),
+            _ => {
+                self.wrong_type(v, key, "a string");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value<'_>, key: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(v, key, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: &Value<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.wrong_type(v, key, "an integer");
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) if n >= 0 && (min..=max).contains(&n.unsigned_abs()) => Some(n.unsigned_abs()),
+            _ => {
+                let message = format!("{i} is out of range (expected {min} to {max})");
+                self.err(&v.span(), key, message);
+                None
+            }
+        }
+    }
+
+    fn array<'t, 'i>(&mut self, v: &'t Value<'i>, key: &str) -> Option<&'t [Value<'i>]> {
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            _ => {
+                self.wrong_type(v, key, "an array");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        let DeValue::String(s) = v.get_ref() else {
+            self.wrong_type(
+                v,
+                key,
+                "a duration string such as \"250ms\", \"2s\" or \"1m\"",
+            );
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let message =
+                    format!("invalid duration {s:?}: {e} (write e.g. \"250ms\", \"2s\" or \"1m\")");
+                self.err(&v.span(), key, message);
+                None
+            }
+        }
+    }
+
+    /// A duration that must be positive.
+    fn timeout(&mut self, v: &Value<'_>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d.is_zero() {
+            self.err(&v.span(), key, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn size(&mut self, v: &Value<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let n = match v.get_ref() {
+            DeValue::Integer(_) => return self.integer(v, key, min, max),
+            DeValue::String(s) => match s.parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64(),
+                Err(e) => {
+                    let message =
+                        format!("invalid size {s:?}: {e} (write e.g. \"64KiB\" or a byte count)");
+                    self.err(&v.span(), key, message);
+                    return None;
+                }
+            },
+            _ => {
+                self.wrong_type(v, key, "a size such as \"64KiB\" or a byte count");
+                return None;
+            }
+        };
+        if !(min..=max).contains(&n) {
+            let message = format!("{n} bytes is out of range (expected {min} to {max})");
+            self.err(&v.span(), key, message);
+            return None;
+        }
+        Some(n)
+    }
+
+    fn path(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
+        let s = self.string(v, key)?;
+        if s.is_empty() {
+            self.err(&v.span(), key, "must not be empty");
+            return None;
+        }
+        Some(self.base.join(s))
+    }
+
+    fn socket_addrs(&mut self, v: &Value<'_>, key: &str) -> Vec<SocketAddr> {
+        let Some(items) = self.array(v, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            let Some(s) = self.string(item, &k) else {
+                continue;
+            };
+            match s.parse::<SocketAddr>() {
+                Ok(a) => out.push(a),
+                Err(_) => self.err(
+                    &item.span(),
+                    &k,
+                    format!("invalid listen address {s:?} (expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn header_map(&mut self, v: &Value<'_>, key: &str) -> Vec<(HeaderName, HeaderValue)> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(v, key, "a table of header names to values");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, value) in t.iter() {
+            let k = join(key, name.get_ref());
+            let header = match HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    let message = format!("invalid header name {:?}", name.get_ref());
+                    self.err(&name.span(), &k, message);
+                    None
+                }
+            };
+            let Some(text) = self.string(value, &k) else {
+                continue;
+            };
+            let parsed = match HeaderValue::from_str(text) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    let message = format!(
+                        "invalid header value {text:?} (control characters are not allowed)"
+                    );
+                    self.err(&value.span(), &k, message);
+                    None
+                }
+            };
+            if let (Some(h), Some(v)) = (header, parsed) {
+                out.push((h, v));
+            }
+        }
+        out
+    }
+
+    fn config(&mut self, file: &Path, doc: &DeTable<'_>, span: &Range<usize>) -> Config {
+        let root = self.checked_table(doc, span.clone(), "", &["gateway", "upstreams", "routes"]);
+        let gateway = match root.get("gateway") {
+            Some(v) => self.gateway(v),
+            None => default_gateway(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]),
+        };
+        let upstreams = match root.get("upstreams") {
+            Some(v) => self.upstreams(v),
+            None => Vec::new(),
+        };
+        let routes = match root.get("routes") {
+            Some(v) => self.routes(v, &upstreams),
+            None => Vec::new(),
+        };
+        if routes.is_empty() && root.get("routes").is_none() {
+            self.err(
+                &(0..0),
+                "routes",
+                "no routes are configured: add at least one [[routes]] table",
+            );
+        }
+        Config {
+            file: file.to_path_buf(),
+            gateway,
+            upstreams,
+            routes,
+        }
+    }
+
+    fn gateway(&mut self, v: &Value<'_>) -> Gateway {
+        let mut g = default_gateway(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+        let Some(t) = self.table(v, "gateway", GATEWAY_KEYS) else {
+            return g;
+        };
+        if let Some(v) = t.get("listen") {
+            g.listen = self.socket_addrs(v, &t.key("listen"));
+        }
+        if let Some(v) = t.get("plugins_dir")
+            && let Some(p) = self.path(v, &t.key("plugins_dir"))
+        {
+            g.plugins_dir = p;
+        }
+        if t.get("plugins_dir").is_none() {
+            g.plugins_dir = self.base.join("plugins");
+        }
+        if let Some(v) = t.get("header_read_timeout")
+            && let Some(d) = self.timeout(v, &t.key("header_read_timeout"))
+        {
+            g.header_read_timeout = d;
+        }
+        if let Some(v) = t.get("idle_timeout")
+            && let Some(d) = self.timeout(v, &t.key("idle_timeout"))
+        {
+            g.idle_timeout = d;
+        }
+        if let Some(v) = t.get("shutdown_grace")
+            && let Some(d) = self.duration(v, &t.key("shutdown_grace"))
+        {
+            g.shutdown_grace = d;
+        }
+        if let Some(v) = t.get("max_header_size")
+            && let Some(n) = self.size(v, &t.key("max_header_size"), 8192, 1 << 24)
+        {
+            g.max_header_size = n as usize;
+        }
+        if let Some(v) = t.get("max_headers")
+            && let Some(n) = self.integer(v, &t.key("max_headers"), 1, 10_000)
+        {
+            g.max_headers = n as usize;
+        }
+        if let Some(v) = t.get("http2") {
+            self.http2(v, &mut g.http2);
+        }
+        if let Some(v) = t.get("tls") {
+            g.tls = self.tls(v);
+        }
+        let tls_listen = g.tls.as_ref().map_or(0, |t| t.listen.len());
+        if g.listen.is_empty() && tls_listen == 0 {
+            let span = t.get("listen").map_or(t.span.clone(), |v| v.span());
+            self.err(
+                &span,
+                "gateway.listen",
+                "no listeners: give at least one address in gateway.listen or gateway.tls.listen",
+            );
+        }
+        let mut seen = HashSet::new();
+        let all = g
+            .listen
+            .iter()
+            .chain(g.tls.iter().flat_map(|t| t.listen.iter()));
+        for addr in all {
+            if !seen.insert(*addr) {
+                let span = t.get("listen").map_or(t.span.clone(), |v| v.span());
+                self.err(
+                    &span,
+                    "gateway.listen",
+                    format!("address {addr} is listed twice"),
+                );
+            }
+        }
+        g
+    }
+
+    fn http2(&mut self, v: &Value<'_>, h: &mut Http2) {
+        let Some(t) = self.table(v, "gateway.http2", HTTP2_KEYS) else {
+            return;
+        };
+        if let Some(v) = t.get("max_concurrent_streams")
+            && let Some(n) = self.integer(v, &t.key("max_concurrent_streams"), 1, 1 << 20)
+        {
+            h.max_concurrent_streams = n as u32;
+        }
+        if let Some(v) = t.get("max_pending_reset_streams")
+            && let Some(n) = self.integer(v, &t.key("max_pending_reset_streams"), 1, 1 << 20)
+        {
+            h.max_pending_reset_streams = n as usize;
+        }
+        if let Some(v) = t.get("max_local_reset_streams")
+            && let Some(n) = self.integer(v, &t.key("max_local_reset_streams"), 1, 1 << 20)
+        {
+            h.max_local_reset_streams = n as usize;
+        }
+        if let Some(v) = t.get("keepalive_interval")
+            && let Some(d) = self.duration(v, &t.key("keepalive_interval"))
+        {
+            h.keepalive_interval = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = t.get("keepalive_timeout")
+            && let Some(d) = self.timeout(v, &t.key("keepalive_timeout"))
+        {
+            h.keepalive_timeout = d;
+        }
+    }
+
+    fn tls(&mut self, v: &Value<'_>) -> Option<Tls> {
+        let t = self.table(v, "gateway.tls", TLS_KEYS)?;
+        let listen = match t.get("listen") {
+            Some(v) => self.socket_addrs(v, "gateway.tls.listen"),
+            None => {
+                self.err(&t.span, "gateway.tls.listen", "missing key `listen`");
+                Vec::new()
+            }
+        };
+        let mut certificates = Vec::new();
+        match t.get("certificates") {
+            Some(v) => {
+                if let Some(items) = self.array(v, "gateway.tls.certificates") {
+                    if items.is_empty() {
+                        self.err(
+                            &v.span(),
+                            "gateway.tls.certificates",
+                            "at least one certificate is needed",
+                        );
+                    }
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("gateway.tls.certificates[{i}]");
+                        if let Some(c) = self.certificate(item, &key) {
+                            certificates.push(c);
+                        }
+                    }
+                }
+            }
+            None => self.err(
+                &t.span,
+                "gateway.tls.certificates",
+                "missing key `certificates`",
+            ),
+        }
+        Some(Tls {
+            listen,
+            certificates,
+        })
+    }
+
+    fn certificate(&mut self, v: &Value<'_>, path: &str) -> Option<Certificate> {
+        let t = self.table(v, path, CERT_KEYS)?;
+        let location = self.report.locate(&v.span());
+        let file = |me: &mut Self, name: &str| -> Option<(PathBuf, Vec<u8>, Range<usize>)> {
+            let key = t.key(name);
+            let Some(v) = t.get(name) else {
+                me.err(&t.span, &key, format!("missing key `{name}`"));
+                return None;
+            };
+            let p = me.path(v, &key)?;
+            match std::fs::read(&p) {
+                Ok(bytes) => Some((p, bytes, v.span())),
+                Err(e) => {
+                    let message = format!("cannot read {}: {e}", p.display());
+                    me.err(&v.span(), &key, message);
+                    None
+                }
+            }
+        };
+        let cert = file(self, "cert");
+        let key = file(self, "key");
+        let (cert_path, cert_pem, cert_span) = cert?;
+        let (key_path, key_pem, key_span) = key?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .filter_map(Result::ok)
+            .collect();
+        if chain.is_empty() {
+            let message = format!("no PEM certificate found in {}", cert_path.display());
+            self.err(&cert_span, &t.key("cert"), message);
+        }
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let message = format!("no PEM private key found in {}: {e}", key_path.display());
+                self.err(&key_span, &t.key("key"), message);
+                None
+            }
+        };
+        if chain.is_empty() {
+            return None;
+        }
+        Some(Certificate {
+            cert_path,
+            key_path,
+            chain,
+            key: key?,
+            location,
+        })
+    }
+
+    fn upstreams(&mut self, v: &Value<'_>) -> Vec<Upstream> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(
+                v,
+                "upstreams",
+                "a table of named upstreams ([upstreams.NAME])",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, value) in t.iter() {
+            let path = format!("upstreams.{}", name.get_ref());
+            if let Some(u) = self.upstream(name.get_ref(), value, &path) {
+                out.push(u);
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, name: &str, v: &Value<'_>, path: &str) -> Option<Upstream> {
+        let t = self.table(v, path, UPSTREAM_KEYS)?;
+        let mut u = Upstream {
+            name: name.to_owned(),
+            targets: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 256,
+        };
+        match t.get("targets") {
+            Some(v) => {
+                if let Some(items) = self.array(v, &t.key("targets")) {
+                    if items.is_empty() {
+                        self.err(
+                            &v.span(),
+                            &t.key("targets"),
+                            "at least one target is needed",
+                        );
+                    }
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("{}[{i}]", t.key("targets"));
+                        if let Some(target) = self.target(item, &key) {
+                            u.targets.push(target);
+                        }
+                    }
+                }
+            }
+            None => self.err(&t.span, &t.key("targets"), "missing key `targets`"),
+        }
+        if let Some(v) = t.get("connect_timeout")
+            && let Some(d) = self.timeout(v, &t.key("connect_timeout"))
+        {
+            u.connect_timeout = d;
+        }
+        if let Some(v) = t.get("timeout")
+            && let Some(d) = self.timeout(v, &t.key("timeout"))
+        {
+            u.timeout = d;
+        }
+        if let Some(v) = t.get("pool_idle_timeout")
+            && let Some(d) = self.timeout(v, &t.key("pool_idle_timeout"))
+        {
+            u.pool_idle_timeout = d;
+        }
+        if let Some(v) = t.get("pool_max_idle")
+            && let Some(n) = self.integer(v, &t.key("pool_max_idle"), 0, 1 << 16)
+        {
+            u.pool_max_idle = n as usize;
+        }
+        Some(u)
+    }
+
+    fn target(&mut self, v: &Value<'_>, key: &str) -> Option<Target> {
+        let (address, weight) = match v.get_ref() {
+            DeValue::String(_) => (v, None),
+            DeValue::Table(_) => {
+                let t = self.table(v, key, TARGET_KEYS)?;
+                let weight = match t.get("weight") {
+                    Some(w) => Some(self.integer(w, &t.key("weight"), 1, 1000)? as u32),
+                    None => None,
+                };
+                let Some(address) = t.get("address") else {
+                    self.err(&t.span, &t.key("address"), "missing key `address`");
+                    return None;
+                };
+                (address, weight)
+            }
+            _ => {
+                self.wrong_type(
+                    v,
+                    key,
+                    "an address string or a table { address = \"HOST:PORT\", weight = N }",
+                );
+                return None;
+            }
+        };
+        let address_key = if matches!(v.get_ref(), DeValue::Table(_)) {
+            join(key, "address")
+        } else {
+            key.to_owned()
+        };
+        let text = self.string(address, &address_key)?;
+        match text.parse::<http::uri::Authority>() {
+            Ok(a)
+                if a.port_u16().is_some_and(|p| p != 0)
+                    && !a.host().is_empty()
+                    && !text.contains('@') =>
+            {
+                Some(Target {
+                    address: a,
+                    weight: weight.unwrap_or(1),
+                })
+            }
+            _ => {
+                let message = format!(
+                    "invalid target address {text:?} (expected HOST:PORT, e.g. \"127.0.0.1:9001\" or \"users.internal:80\")"
+                );
+                self.err(&address.span(), &address_key, message);
+                None
+            }
+        }
+    }
+
+    fn routes(&mut self, v: &Value<'_>, upstreams: &[Upstream]) -> Vec<Route> {
+        let Some(items) = self.array(v, "routes") else {
+            return Vec::new();
+        };
+        let mut names: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some(route) = self.route(item, &path, upstreams) {
+                if !names.insert(route.name.clone()) {
+                    let span = item
+                        .get_ref()
+                        .as_table()
+                        .and_then(|t| t.get("name"))
+                        .map_or(item.span(), |n| n.span());
+                    let message = format!("duplicate route name {:?}", route.name);
+                    self.err(&span, &format!("{path}.name"), message);
+                }
+                out.push(route);
+            }
+        }
+        out
+    }
+
+    fn route(&mut self, v: &Value<'_>, path: &str, upstreams: &[Upstream]) -> Option<Route> {
+        let t = self.table(v, path, ROUTE_KEYS)?;
+        let location = self.report.locate(&v.span());
+        let name = match t.get("name") {
+            Some(n) => {
+                let s = self.string(n, &t.key("name"));
+                if s.is_some_and(str::is_empty) {
+                    self.err(&n.span(), &t.key("name"), "must not be empty");
+                }
+                s.map(str::to_owned)
+            }
+            None => {
+                self.err(&t.span, &t.key("name"), "missing key `name`");
+                None
+            }
+        };
+        let hosts = t
+            .get("hosts")
+            .map_or_else(Vec::new, |v| self.hosts(v, &t.key("hosts")));
+        let paths = match t.get("paths") {
+            Some(v) => self.paths(v, &t.key("paths")),
+            None => vec![PathPattern::Prefix("/".to_owned())],
+        };
+        let methods = t
+            .get("methods")
+            .map_or_else(Vec::new, |v| self.methods(v, &t.key("methods")));
+        let headers = t
+            .get("headers")
+            .map_or_else(Vec::new, |v| self.header_map(v, &t.key("headers")));
+        let strip_path = t
+            .get("strip_path")
+            .and_then(|v| self.boolean(v, &t.key("strip_path")))
+            .unwrap_or(false);
+        let action = match (t.get("upstream"), t.get("respond")) {
+            (Some(u), None) => {
+                let key = t.key("upstream");
+                let wanted = self.string(u, &key)?;
+                match upstreams.iter().position(|x| x.name == wanted) {
+                    Some(i) => Some(RouteAction::Upstream(i)),
+                    None => {
+                        let message = match did_you_mean(
+                            wanted,
+                            upstreams.iter().map(|x| x.name.as_str()),
+                        ) {
+                            Some(m) => format!("unknown upstream {wanted:?}, did you mean {m:?}?"),
+                            None if upstreams.is_empty() => format!(
+                                "unknown upstream {wanted:?} (no [upstreams.NAME] tables are defined)"
+                            ),
+                            None => format!(
+                                "unknown upstream {wanted:?} (defined: {})",
+                                upstreams
+                                    .iter()
+                                    .map(|x| x.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        };
+                        self.err(&u.span(), &key, message);
+                        None
+                    }
+                }
+            }
+            (None, Some(r)) => self.respond(r, &t.key("respond")).map(RouteAction::Respond),
+            (Some(_), Some(r)) => {
+                self.err(
+                    &r.span(),
+                    &t.key("respond"),
+                    "a route has either `upstream` or `respond`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    &t.span,
+                    path,
+                    "missing key `upstream` or `respond`: a route must say where requests go",
+                );
+                None
+            }
+        };
+        Some(Route {
+            name: name?,
+            hosts,
+            paths,
+            methods,
+            headers,
+            action: action?,
+            strip_path,
+            location,
+        })
+    }
+
+    fn string_items<'t, 'i>(
+        &mut self,
+        v: &'t Value<'i>,
+        key: &str,
+    ) -> Vec<(&'t str, &'t Value<'i>, String)> {
+        let Some(items) = self.array(v, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            if let Some(s) = self.string(item, &k) {
+                out.push((s, item, k));
+            }
+        }
+        out
+    }
+
+    fn hosts(&mut self, v: &Value<'_>, key: &str) -> Vec<HostPattern> {
+        let mut out = Vec::new();
+        for (s, item, k) in self.string_items(v, key) {
+            let lower = s.to_ascii_lowercase();
+            let (wild, name) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest),
+                None => (false, lower.as_str()),
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !valid {
+                let message = format!(
+                    "invalid host {s:?} (expected a name like \"api.example.com\" or \"*.example.com\"; no port, no scheme)"
+                );
+                self.err(&item.span(), &k, message);
+                continue;
+            }
+            out.push(if wild {
+                HostPattern::Wildcard(format!(".{name}"))
+            } else {
+                HostPattern::Exact(name.to_owned())
+            });
+        }
+        out
+    }
+
+    fn paths(&mut self, v: &Value<'_>, key: &str) -> Vec<PathPattern> {
+        let errors_before = self.report.diagnostics.len();
+        let mut out = Vec::new();
+        for (s, item, k) in self.string_items(v, key) {
+            let (exact, p) = match s.strip_prefix('=') {
+                Some(rest) => (true, rest),
+                None => (false, s),
+            };
+            let valid = p.starts_with('/')
+                && !p.contains(['?', '#'])
+                && p.parse::<http::uri::PathAndQuery>().is_ok();
+            if !valid {
+                let message = format!(
+                    "invalid path {s:?} (expected a prefix like \"/users\" or an exact path like \"=/health\")"
+                );
+                self.err(&item.span(), &k, message);
+                continue;
+            }
+            out.push(if exact {
+                PathPattern::Exact(p.to_owned())
+            } else {
+                // "/users/" and "/users" mean the same prefix on segment boundaries.
+                let trimmed = if p.len() > 1 {
+                    p.trim_end_matches('/')
+                } else {
+                    p
+                };
+                PathPattern::Prefix(if trimmed.is_empty() {
+                    "/".to_owned()
+                } else {
+                    trimmed.to_owned()
+                })
+            });
+        }
+        if out.is_empty() && self.report.diagnostics.len() == errors_before {
+            self.err(
+                &v.span(),
+                key,
+                "at least one path is needed (omit `paths` to match every path)",
+            );
+        }
+        out
+    }
+
+    fn methods(&mut self, v: &Value<'_>, key: &str) -> Vec<Method> {
+        let mut out = Vec::new();
+        for (s, item, k) in self.string_items(v, key) {
+            match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if !s.is_empty() => {
+                    if !out.contains(&m) {
+                        out.push(m);
+                    }
+                }
+                _ => {
+                    let message =
+                        format!("invalid method {s:?} (expected e.g. \"GET\" or \"POST\")");
+                    self.err(&item.span(), &k, message);
+                }
+            }
+        }
+        out
+    }
+
+    fn respond(&mut self, v: &Value<'_>, key: &str) -> Option<Respond> {
+        let t = self.table(v, key, RESPOND_KEYS)?;
+        let status = match t.get("status") {
+            Some(s) => {
+                let n = self.integer(s, &t.key("status"), 200, 599)?;
+                StatusCode::from_u16(n as u16).ok()?
+            }
+            None => StatusCode::OK,
+        };
+        let body = match t.get("body") {
+            Some(b) => self.string(b, &t.key("body"))?.to_owned(),
+            None => String::new(),
+        };
+        let headers = t
+            .get("headers")
+            .map_or_else(Vec::new, |h| self.header_map(h, &t.key("headers")));
+        Some(Respond {
+            status,
+            body,
+            headers,
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! The validated configuration: what `gateway.toml` means once every key has been checked.
+//!
+//! Every type here is plain data. Values that later stages may still reject (a private key a TLS
+//! library cannot use, say) carry the [`Location`] they were written at, so those stages can report
+//! `FILE:LINE:COL` too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+
+use crate::Location;
+
+/// A whole gateway configuration, loaded from one file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from; relative paths in it were resolved against its folder.
+    pub file: PathBuf,
+    /// `[gateway]`: listeners and connection-level limits.
+    pub gateway: Gateway,
+    /// `[upstreams.NAME]`, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// The upstream called `name`, if the configuration defines one.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// `listen`: plain-text listeners serving HTTP/1.1 and h2c (prior knowledge). Default `["127.0.0.1:8080"]`.
+    pub listen: Vec<SocketAddr>,
+    /// `plugins_dir`: where plugin names resolve (`<plugins_dir>/<name>.wasm`). Default `plugins`.
+    pub plugins_dir: PathBuf,
+    /// `[gateway.tls]`: TLS listeners, absent when not configured.
+    pub tls: Option<Tls>,
+    /// `header_read_timeout`: how long a client may take to send a request's header section. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// `idle_timeout`: how long a keep-alive connection may sit without a request in flight. Default 60 s.
+    pub idle_timeout: Duration,
+    /// `max_header_size`: the largest request header section accepted, in bytes (431 beyond). Default 64 KiB.
+    pub max_header_size: usize,
+    /// `max_headers`: the most request header fields accepted (431 beyond). Default 100.
+    pub max_headers: usize,
+    /// `shutdown_grace`: how long in-flight requests may run after SIGTERM/SIGINT. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// `[gateway.http2]`: HTTP/2 server limits.
+    pub http2: Http2,
+}
+
+/// `[gateway.http2]`.
+#[derive(Debug, Clone)]
+pub struct Http2 {
+    /// `max_concurrent_streams` a client may open on one connection. Default 128.
+    pub max_concurrent_streams: u32,
+    /// `max_pending_reset_streams`: streams a client may open and reset before the server has seen
+    /// them (CVE-2023-44487 "rapid reset"); the connection is closed beyond. Default 20.
+    pub max_pending_reset_streams: usize,
+    /// `max_local_reset_streams`: streams the server may reset because of client protocol errors
+    /// (the 2025 "MadeYouReset" attack) before it closes the connection. Default 1024.
+    pub max_local_reset_streams: usize,
+    /// `keepalive_interval`: how often to PING an idle client; `"0s"` turns PINGs off. Default 30 s.
+    pub keepalive_interval: Option<Duration>,
+    /// `keepalive_timeout`: how long to wait for a PING's answer before closing. Default 10 s.
+    pub keepalive_timeout: Duration,
+}
+
+/// `[gateway.tls]`.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// `listen`: TLS listeners serving HTTP/1.1 and h2, chosen by ALPN.
+    pub listen: Vec<SocketAddr>,
+    /// `certificates`: chosen per connection by the client's SNI against each certificate's names;
+    /// the first one answers clients that send no SNI or a name no certificate covers.
+    pub certificates: Vec<Certificate>,
+}
+
+/// One entry of `[gateway.tls] certificates`, with its files already read.
+pub struct Certificate {
+    /// `cert`: the PEM file, resolved against the config file's folder.
+    pub cert_path: PathBuf,
+    /// `key`: the PEM private key file, resolved against the config file's folder.
+    pub key_path: PathBuf,
+    /// The certificate chain in DER, leaf first.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The private key in DER.
+    pub key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// Where this entry was written.
+    pub location: Location,
+}
+
+impl Clone for Certificate {
+    fn clone(&self) -> Self {
+        Self {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            location: self.location,
+        }
+    }
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("Certificate")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The table's name, as routes refer to it.
+    pub name: String,
+    /// `targets`: where requests go, balanced by smooth weighted round-robin.
+    pub targets: Vec<Target>,
+    /// `connect_timeout`: how long to wait for a TCP connection to a target (502 beyond). Default 5 s.
+    pub connect_timeout: Duration,
+    /// `timeout`: how long to wait for the response head, and at most between two reads of the
+    /// response body (504 beyond). Default 30 s.
+    pub timeout: Duration,
+    /// `pool_idle_timeout`: how long an idle keep-alive connection to a target is kept. Default 60 s.
+    pub pool_idle_timeout: Duration,
+    /// `pool_max_idle`: idle keep-alive connections kept per target. Default 256.
+    pub pool_max_idle: usize,
+}
+
+/// One entry of `targets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `address`: `host:port`, where host is an IP address or a DNS name.
+    pub address: http::uri::Authority,
+    /// `weight`: the target's share of requests, 1 to 1000. Default 1.
+    pub weight: u32,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `name`: unique among routes; names the route in logs and metrics.
+    pub name: String,
+    /// `hosts`: `api.example.com` or `*.example.com`; empty matches any host.
+    pub hosts: Vec<HostPattern>,
+    /// `paths`: prefixes on segment boundaries, or `=/exact`. Default `["/"]`.
+    pub paths: Vec<PathPattern>,
+    /// `methods`: empty matches any method.
+    pub methods: Vec<Method>,
+    /// `headers`: every named header must be present with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What the route does with a request it matched.
+    pub action: RouteAction,
+    /// `strip_path`: remove the matched path prefix before forwarding. Default false.
+    pub strip_path: bool,
+    /// Where this route's `[[routes]]` header was written.
+    pub location: Location,
+}
+
+/// A route's host pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `api.example.com`: this host only (lowercase).
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com` with at least one more label; holds the
+    /// suffix including its leading dot (lowercase).
+    Wildcard(String),
+}
+
+/// A route's path pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathPattern {
+    /// `/users`: `/users`, `/users/` and `/users/...`, but not `/usersx`.
+    Prefix(String),
+    /// `=/users`: exactly `/users`.
+    Exact(String),
+}
+
+impl PathPattern {
+    /// The path text, without the `=` marker.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Prefix(p) | Self::Exact(p) => p,
+        }
+    }
+}
+
+/// `upstream = "…"` or `respond = { … }`.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Forward to this upstream (index into [`Config::upstreams`]).
+    Upstream(usize),
+    /// Answer directly.
+    Respond(Respond),
+}
+
+/// `respond = { status, body, headers }`.
+#[derive(Debug, Clone)]
+pub struct Respond {
+    /// `status`: default 200.
+    pub status: StatusCode,
+    /// `body`: default empty.
+    pub body: String,
+    /// `headers`: sent as given.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}

@@ -1,0 +1,118 @@
+//! The one body type of the data path, in both directions: streamed, or held in memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+/// A request or response body.
+#[derive(Debug)]
+pub struct Body {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    /// Streamed from a peer.
+    Stream(Incoming),
+    /// Streamed from an upstream that must produce each frame within `idle`.
+    Watched {
+        inner: Incoming,
+        idle: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The peer's stream failed.
+    #[error("body stream failed: {0}")]
+    Stream(#[from] hyper::Error),
+    /// The upstream sent nothing for longer than its `timeout`.
+    #[error("upstream sent no body data for {0:?}")]
+    Idle(Duration),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// A body held in memory.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// A body streamed from a peer, as is.
+    pub fn stream(incoming: Incoming) -> Self {
+        Self {
+            kind: Kind::Stream(incoming),
+        }
+    }
+
+    /// A body streamed from a peer that fails if no frame arrives for `idle`.
+    pub fn watched(incoming: Incoming, idle: Duration) -> Self {
+        Self {
+            kind: Kind::Watched {
+                inner: incoming,
+                idle,
+                timer: None,
+            },
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(BodyError::Stream),
+            Kind::Watched { inner, idle, timer } => {
+                if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
+                    // Re-armed lazily: a body that never waits never allocates a timer.
+                    if let Some(t) = timer {
+                        t.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    }
+                    return Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)));
+                }
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                ready!(t.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyError::Idle(*idle))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Upstream pools: weighted round-robin over targets, keep-alive connections, passive ejection.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+
+/// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
+const EJECTION: Duration = Duration::from_secs(10);
+
+/// One `[upstreams.NAME]`, ready to take requests.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) targets: Vec<Target>,
+    /// Smooth weighted round-robin order, computed once: indices into `targets`.
+    schedule: Box<[u32]>,
+    cursor: AtomicUsize,
+    pub(crate) client: Client<HttpConnector, Body>,
+    pub(crate) timeout: Duration,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) authority: Authority,
+    /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
+    ejected_until: AtomicU64,
+}
+
+impl Upstream {
+    pub(crate) fn new(config: &wasmgate_config::Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            // The gateway sets Host itself: it forwards the client's.
+            .set_host(false)
+            .build(connector);
+        let weights: Vec<u32> = config.targets.iter().map(|t| t.weight).collect();
+        Self {
+            name: config.name.clone(),
+            targets: config
+                .targets
+                .iter()
+                .map(|t| Target {
+                    authority: t.address.clone(),
+                    ejected_until: AtomicU64::new(0),
+                })
+                .collect(),
+            schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
+            cursor: AtomicUsize::new(0),
+            client,
+            timeout: config.timeout,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next target in weighted round-robin order, skipping ejected targets while any is healthy.
+    pub(crate) fn pick(&self) -> &Target {
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let len = self.schedule.len();
+        let first = &self.targets[self.schedule[start % len] as usize];
+        if first.ejected_until.load(Ordering::Relaxed) == 0 {
+            return first;
+        }
+        let now = self.now_ms();
+        for step in 0..len {
+            let t = &self.targets[self.schedule[(start + step) % len] as usize];
+            let until = t.ejected_until.load(Ordering::Relaxed);
+            if until == 0 || until <= now {
+                return t;
+            }
+        }
+        // Every target is ejected: trying one beats refusing all traffic.
+        first
+    }
+
+    /// Records that `target` could not be connected to.
+    pub(crate) fn eject(&self, target: &Target) {
+        let until = self.now_ms() + u64::try_from(EJECTION.as_millis()).unwrap_or(u64::MAX);
+        target.ejected_until.store(until.max(1), Ordering::Relaxed);
+    }
+
+    /// Records that `target` answered.
+    pub(crate) fn restore(&self, target: &Target) {
+        if target.ejected_until.load(Ordering::Relaxed) != 0 {
+            target.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// nginx's smooth weighted round-robin, unrolled into one period: each target appears `weight`
+/// times (weights divided by their gcd), interleaved as evenly as possible.
+pub(crate) fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / g)).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+            .unwrap_or((0, &0));
+        current[best] -= total;
+        schedule.push(u32::try_from(best).unwrap_or(0));
+    }
+    if schedule.is_empty() {
+        schedule.push(0);
+    }
+    schedule
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn schedule_interleaves_like_nginx() {
+        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[1, 1]), [0, 1]);
+        assert_eq!(smooth_weighted_schedule(&[2, 4]), [1, 0, 1]);
+    }
+
+    proptest! {
+        #[test]
+        fn each_target_gets_its_weight_share(weights in prop::collection::vec(1u32..50, 1..6)) {
+            let schedule = smooth_weighted_schedule(&weights);
+            let g = weights.iter().copied().fold(0, gcd);
+            for (i, w) in weights.iter().enumerate() {
+                let count = schedule.iter().filter(|&&s| s as usize == i).count() as u32;
+                prop_assert_eq!(count, w / g);
+            }
+        }
+
+        #[test]
+        fn no_target_waits_longer_than_its_fair_gap(weights in prop::collection::vec(1u32..20, 1..5)) {
+            // Smoothness: in the cyclic schedule, the gap between two picks of a target is at most
+            // ceil(total / weight) + 1.
+            let schedule = smooth_weighted_schedule(&weights);
+            let n = schedule.len();
+            let g = weights.iter().copied().fold(0, gcd);
+            for (i, w) in weights.iter().enumerate() {
+                let w = (w / g) as usize;
+                let picks: Vec<usize> = (0..n).filter(|&k| schedule[k] as usize == i).collect();
+                for (a, b) in picks.iter().zip(picks.iter().cycle().skip(1)) {
+                    let gap = if b > a { b - a } else { b + n - a };
+                    prop_assert!(gap <= n.div_ceil(w) + 1, "gap {} for weight {} in {:?}", gap, w, schedule);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The `wasmgate` command: `run` serves a config, `check` validates one.
+//!
+//! Kept in a library so the end-to-end tests run exactly this code as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An API gateway extended by sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "wasmgate", version, about, long_about = None)]
+struct Cli {
+    /// Diagnostic log format on stderr. Verbosity is set with RUST_LOG (default: info), e.g.
+    /// RUST_LOG=wasmgate=debug.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway and serve until SIGTERM or SIGINT, then drain in-flight requests for up
+    /// to `gateway.shutdown_grace` (default 30s) and exit 0.
+    ///
+    /// The listening addresses are logged once every listener is bound, as
+    /// "listening on http://ADDR" or "listening on https://ADDR".
+    Run {
+        /// The config file. Relative paths inside it resolve against its folder.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file without serving: every problem is printed as FILE:LINE:COL: KEY:
+    /// MESSAGE. Exits 0 when the config is valid, 1 when it is not.
+    Check {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Runs the command line in `std::env::args`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match run(&config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads and fully validates a config, printing every problem.
+fn load(path: &Path) -> Option<wasmgate_config::Config> {
+    let config = match wasmgate_config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for d in e.diagnostics() {
+                eprintln!("{d}");
+            }
+            return None;
+        }
+    };
+    if let Err(problems) = wasmgate_proxy::validate(&config) {
+        for d in problems {
+            eprintln!("{d}");
+        }
+        return None;
+    }
+    Some(config)
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Some(config) => {
+            println!(
+                "{}: ok ({} routes, {} upstreams)",
+                path.display(),
+                config.routes.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(1),
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(path) else {
+        eprintln!(
+            "error: {}: refusing to start with an invalid config",
+            path.display()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wasmgate-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let gateway = wasmgate_proxy::Gateway::bind(&config).await?;
+        for bound in gateway.local_addrs() {
+            let scheme = if bound.tls { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{}", bound.addr);
+        }
+        tracing::info!(
+            config = %path.display(),
+            routes = config.routes.len(),
+            "wasmgate ready"
+        );
+        gateway.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
