@@ -1,1 +1,370 @@
-pub fn x() {}
+//! The end-to-end harness: real gateways, upstreams and clients on 127.0.0.1:0.
+//!
+//! Nothing here sleeps to wait for readiness: a gateway is ready when [`Gateway::bind`] returned
+//! (its sockets are listening), an upstream when its listener is bound, and a child `wasmgate`
+//! process when it has logged every "listening on" line.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use wasmgate_echo as echo;
+
+/// A folder for one test's config and certificate files, removed when dropped.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wasmgate-test-")
+        .tempdir()
+        .expect("create a temporary folder")
+}
+
+/// Starts an echo upstream on an ephemeral port; see [`wasmgate_echo`].
+pub async fn echo_upstream(name: &str) -> SocketAddr {
+    echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), name)
+        .await
+        .expect("bind an echo upstream")
+}
+
+/// An address nothing listens on: bound, then released.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}
+
+/// A gateway running inside the test process.
+#[derive(Debug)]
+pub struct TestGateway {
+    /// The first plain listener.
+    pub http: SocketAddr,
+    /// The first TLS listener, when the config has one.
+    pub https: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<bool>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestGateway {
+    /// Writes `toml` to `gateway.toml` in `dir` and serves it. Listeners should use port 0.
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> anyhow::Result<Self> {
+        let mut gw = Self::start_at(&dir.path().join("gateway.toml"), toml).await?;
+        gw._dir = Some(dir);
+        Ok(gw)
+    }
+
+    /// Serves `toml` from a fresh temporary folder.
+    pub async fn start(toml: &str) -> anyhow::Result<Self> {
+        Self::start_in(workdir(), toml).await
+    }
+
+    async fn start_at(path: &Path, toml: &str) -> anyhow::Result<Self> {
+        std::fs::write(path, toml)?;
+        let config = wasmgate_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gateway = wasmgate_proxy::Gateway::bind(&config).await?;
+        let addrs = gateway.local_addrs();
+        let http = addrs
+            .iter()
+            .find(|a| !a.tls)
+            .map_or_else(closed_port, |a| a.addr);
+        let https = addrs.iter().find(|a| a.tls).map(|a| a.addr);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            http,
+            https,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Starts a graceful shutdown and waits for it; `true` when every connection drained in time.
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or(false),
+            None => true,
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// An HTTP/1.1 client (no proxy, no pooling surprises: one connection per request unless reused).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// An HTTP/2 client with prior knowledge (h2c).
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("h2c client")
+}
+
+/// A self-signed certificate and its key, as PEM files in `dir`.
+#[derive(Debug, Clone)]
+pub struct TestCert {
+    /// The certificate PEM path.
+    pub cert: PathBuf,
+    /// The private key PEM path.
+    pub key: PathBuf,
+    /// The certificate PEM, for clients to trust.
+    pub pem: String,
+}
+
+/// Writes a self-signed certificate for `names` to `dir/<stem>.pem` and `dir/<stem>.key`.
+pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).expect("generate certificate");
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
+    TestCert {
+        cert: cert_path,
+        key: key_path,
+        pem: cert.pem(),
+    }
+}
+
+/// A TLS client trusting `certs`, resolving each of `hosts` to `addr`.
+pub fn tls_client(
+    certs: &[&TestCert],
+    addr: SocketAddr,
+    hosts: &[&str],
+    http2: bool,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(30));
+    for c in certs {
+        b = b.add_root_certificate(
+            reqwest::Certificate::from_pem(c.pem.as_bytes()).expect("parse certificate"),
+        );
+    }
+    for h in hosts {
+        b = b.resolve(h, addr);
+    }
+    if !http2 {
+        b = b.http1_only();
+    }
+    b.build().expect("tls client")
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or `limit` passes.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The status code of the first response in a raw HTTP/1.1 exchange.
+pub fn raw_status(response: &str) -> Option<u16> {
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+/// A `wasmgate` child process.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    /// The "listening on" addresses, in order.
+    pub addrs: Vec<SocketAddr>,
+    /// Every stderr line so far (and on, until the process ends).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The `wasmgate` binary built for these tests (cargo tells integration tests where it is).
+#[macro_export]
+macro_rules! wasmgate_bin {
+    () => {
+        std::path::Path::new(env!("CARGO_BIN_EXE_wasmgate-e2e"))
+    };
+}
+
+impl GatewayProcess {
+    /// Runs `wasmgate run --config FILE` and waits until it logged `listeners` "listening on" lines.
+    pub fn start(bin: &Path, config: &Path, listeners: usize) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn wasmgate")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|u| u.split("://").nth(1))
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                    bail!("wasmgate did not report {listeners} listeners; its log:\n{log}");
+                }
+            }
+        }
+        Ok(Self { child, addrs, log })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the child.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the child to exit; its exit code.
+    pub fn wait(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "wasmgate did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .context("no VmHWM line")?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmHWM value")?
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
+    /// The log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `wasmgate check --config FILE`: exit code and stderr.
+pub fn check(bin: &Path, config: &Path) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// An upstream that answers `200 slow` to each request `hold` after it arrived, and reports each
+/// arrival on the returned channel: the readiness signal for "a request is in flight".
+pub async fn holding_upstream(
+    hold: Duration,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tx.send(());
+                tokio::time::sleep(hold).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}

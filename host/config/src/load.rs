@@ -64,13 +64,12 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigErro
     let mut report = Report::new(file, text);
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
-        for e in syntax_errors {
+        // Only the first: after a syntax error the parser's recovery guesses, and its later
+        // complaints are mostly echoes of the first.
+        if let Some(e) = syntax_errors.first() {
             let span = e.span().unwrap_or(0..0);
-            report.error(
-                &span,
-                "",
-                format!("invalid TOML: {}", e.message().trim_end()),
-            );
+            let message = format!("invalid TOML: {}", e.message().trim_end());
+            report.error(&span, "", message);
         }
         return Err(report
             .finish()
@@ -458,7 +457,7 @@ impl<'r> Reader<'r> {
             .iter()
             .chain(g.tls.iter().flat_map(|t| t.listen.iter()));
         for addr in all {
-            if !seen.insert(*addr) {
+            if addr.port() != 0 && !seen.insert(*addr) {
                 let span = t.get("listen").map_or(t.span.clone(), |v| v.span());
                 self.err(
                     &span,
@@ -722,16 +721,15 @@ impl<'r> Reader<'r> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = format!("routes[{i}]");
+            let name = item.get_ref().as_table().and_then(|t| t.get("name"));
+            if let Some(name) = name
+                && let Some(text) = name.get_ref().as_str()
+                && !names.insert(text.to_owned())
+            {
+                let message = format!("duplicate route name {text:?}");
+                self.err(&name.span(), &format!("{path}.name"), message);
+            }
             if let Some(route) = self.route(item, &path, upstreams) {
-                if !names.insert(route.name.clone()) {
-                    let span = item
-                        .get_ref()
-                        .as_table()
-                        .and_then(|t| t.get("name"))
-                        .map_or(item.span(), |n| n.span());
-                    let message = format!("duplicate route name {:?}", route.name);
-                    self.err(&span, &format!("{path}.name"), message);
-                }
                 out.push(route);
             }
         }
@@ -947,22 +945,21 @@ impl<'r> Reader<'r> {
     fn respond(&mut self, v: &Value<'_>, key: &str) -> Option<Respond> {
         let t = self.table(v, key, RESPOND_KEYS)?;
         let status = match t.get("status") {
-            Some(s) => {
-                let n = self.integer(s, &t.key("status"), 200, 599)?;
-                StatusCode::from_u16(n as u16).ok()?
-            }
-            None => StatusCode::OK,
+            Some(s) => self
+                .integer(s, &t.key("status"), 200, 599)
+                .and_then(|n| StatusCode::from_u16(n as u16).ok()),
+            None => Some(StatusCode::OK),
         };
         let body = match t.get("body") {
-            Some(b) => self.string(b, &t.key("body"))?.to_owned(),
-            None => String::new(),
+            Some(b) => self.string(b, &t.key("body")).map(str::to_owned),
+            None => Some(String::new()),
         };
         let headers = t
             .get("headers")
             .map_or_else(Vec::new, |h| self.header_map(h, &t.key("headers")));
         Some(Respond {
-            status,
-            body,
+            status: status?,
+            body: body?,
             headers,
         })
     }

@@ -159,18 +159,19 @@ mod tests {
         }
 
         #[test]
-        fn no_target_waits_longer_than_its_fair_gap(weights in prop::collection::vec(1u32..20, 1..5)) {
-            // Smoothness: in the cyclic schedule, the gap between two picks of a target is at most
-            // ceil(total / weight) + 1.
+        fn every_prefix_of_the_schedule_stays_close_to_the_weights(weights in prop::collection::vec(1u32..50, 1..6)) {
+            // Smoothness: after any k picks, each target has had its ideal share k*w/total within
+            // two picks (a burst to one target would break this; measured worst case is ~1.03).
             let schedule = smooth_weighted_schedule(&weights);
-            let n = schedule.len();
             let g = weights.iter().copied().fold(0, gcd);
-            for (i, w) in weights.iter().enumerate() {
-                let w = (w / g) as usize;
-                let picks: Vec<usize> = (0..n).filter(|&k| schedule[k] as usize == i).collect();
-                for (a, b) in picks.iter().zip(picks.iter().cycle().skip(1)) {
-                    let gap = if b > a { b - a } else { b + n - a };
-                    prop_assert!(gap <= n.div_ceil(w) + 1, "gap {} for weight {} in {:?}", gap, w, schedule);
+            let reduced: Vec<f64> = weights.iter().map(|w| f64::from(w / g)).collect();
+            let total: f64 = reduced.iter().sum();
+            let mut counts = vec![0f64; weights.len()];
+            for (k, &pick) in schedule.iter().enumerate() {
+                counts[pick as usize] += 1.0;
+                for (i, w) in reduced.iter().enumerate() {
+                    let ideal = (k + 1) as f64 * w / total;
+                    prop_assert!((counts[i] - ideal).abs() < 2.0, "target {} after {} picks in {:?}", i, k + 1, schedule);
                 }
             }
         }

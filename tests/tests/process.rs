@@ -1,0 +1,160 @@
+//! The `wasmgate` command as a child process: signals, exit codes, `check`, and memory under
+//! large streamed bodies.
+
+use std::time::Duration;
+
+use wasmgate_tests::*;
+
+fn write_config(dir: &tempfile::TempDir, toml: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
+    let (up, mut arrived) = holding_upstream(Duration::from_millis(800)).await;
+    let dir = workdir();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "all"
+            upstream = "u"
+            "#
+        ),
+    );
+    let mut gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
+    let addr = gw.addrs[0];
+    let in_flight =
+        tokio::spawn(async move { client().get(format!("http://{addr}/slow")).send().await });
+    arrived.recv().await.expect("request reached the upstream");
+    gw.signal("TERM").expect("signal");
+    let resp = in_flight
+        .await
+        .expect("join")
+        .expect("in-flight request completed");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "slow");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait(Duration::from_secs(10));
+        (code, gw.log_text())
+    })
+    .await
+    .expect("join");
+    assert_eq!(code.0.expect("exited"), Some(0), "{}", code.1);
+    assert!(code.1.contains("SIGTERM received"), "{}", code.1);
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_names_line_and_key_of_an_unknown_one() {
+    let dir = workdir();
+    let good = write_config(
+        &dir,
+        r#"
+        [[routes]]
+        name = "mock"
+        respond = { body = "ok" }
+        "#,
+    );
+    let (code, stderr) = check(wasmgate_bin!(), &good).expect("check");
+    assert_eq!(code, 0, "{stderr}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\nname = \"mock\"\nrespond = { body = \"ok\" }\nstrip_paht = true\n",
+    )
+    .expect("write");
+    let (code, stderr) = check(wasmgate_bin!(), &bad).expect("check");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.toml:7:1: routes[0].strip_paht: unknown key `strip_paht`, did you mean `strip_path`?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_to_start_with_an_invalid_config() {
+    let dir = workdir();
+    let bad = write_config(
+        &dir,
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n[[routes]]\nname = \"x\"\nupstream = \"missing\"\n",
+    );
+    let out = std::process::Command::new(wasmgate_bin!())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gateway.toml:5:12: routes[0].upstream: unknown upstream \"missing\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[tokio::test]
+async fn streams_200_mib_up_and_down_within_bounded_memory() {
+    use futures_util::StreamExt;
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let up = echo_upstream("up").await;
+    let dir = workdir();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "all"
+            upstream = "u"
+            "#
+        ),
+    );
+    let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
+    let addr = gw.addrs[0];
+    let c = client();
+
+    let chunk = bytes::Bytes::from(vec![b'u'; 256 * 1024]);
+    let chunks = (SIZE / chunk.len() as u64) as usize;
+    let upload = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
+    let resp = c
+        .post(format!("http://{addr}/upload"))
+        .body(reqwest::Body::wrap_stream(upload))
+        .send()
+        .await
+        .expect("upload");
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["body_bytes"], SIZE);
+
+    let resp = c
+        .get(format!("http://{addr}/bytes/{SIZE}"))
+        .send()
+        .await
+        .expect("download");
+    let mut total = 0u64;
+    let mut stream = resp.bytes_stream();
+    while let Some(part) = stream.next().await {
+        total += part.expect("chunk").len() as u64;
+    }
+    assert_eq!(total, SIZE);
+
+    let peak = gw.peak_rss().expect("rss");
+    assert!(
+        peak < 64 * 1024 * 1024,
+        "peak RSS {} MiB",
+        peak / (1024 * 1024)
+    );
+    eprintln!("gateway peak RSS after 2 x 200 MiB: {} KiB", peak / 1024);
+}
