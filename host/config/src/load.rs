@@ -30,6 +30,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "max_headers",
     "shutdown_grace",
     "http2",
+    "plugin_cache_dir",
 ];
 const HTTP2_KEYS: &[&str] = &[
     "max_concurrent_streams",
@@ -57,6 +58,17 @@ const ROUTE_KEYS: &[&str] = &[
     "upstream",
     "respond",
     "strip_path",
+    "max_body",
+    "plugins",
+];
+const PLUGIN_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "config",
+    "memory",
+    "timeout",
+    "on_error",
+    "isolation",
 ];
 const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 
@@ -86,10 +98,10 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigErro
     Ok(config)
 }
 
-fn default_gateway(listen: Vec<SocketAddr>) -> Gateway {
+fn default_gateway(base: &Path) -> Gateway {
     Gateway {
-        listen,
-        plugins_dir: PathBuf::from("plugins"),
+        listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        plugins_dir: base.join("plugins"),
         tls: None,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
@@ -103,7 +115,16 @@ fn default_gateway(listen: Vec<SocketAddr>) -> Gateway {
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
         },
+        plugin_cache_dir: default_cache_dir(),
     }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wasmgate"))
 }
 
 struct Reader<'r> {
@@ -370,16 +391,25 @@ impl<'r> Reader<'r> {
         let root = self.checked_table(doc, span.clone(), "", &["gateway", "upstreams", "routes"]);
         let gateway = match root.get("gateway") {
             Some(v) => self.gateway(v),
-            None => default_gateway(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]),
+            None => default_gateway(self.base),
         };
         let upstreams = match root.get("upstreams") {
             Some(v) => self.upstreams(v),
             None => Vec::new(),
         };
         let routes = match root.get("routes") {
-            Some(v) => self.routes(v, &upstreams),
+            Some(v) => self.routes(v, &upstreams, &gateway.plugins_dir),
             None => Vec::new(),
         };
+        if let Some(v) = root.get("routes")
+            && v.get_ref().as_array().is_some_and(|a| a.is_empty())
+        {
+            self.err(
+                &v.span(),
+                "routes",
+                "no routes are configured: add at least one [[routes]] table",
+            );
+        }
         if routes.is_empty() && root.get("routes").is_none() {
             self.err(
                 &(0..0),
@@ -396,7 +426,7 @@ impl<'r> Reader<'r> {
     }
 
     fn gateway(&mut self, v: &Value<'_>) -> Gateway {
-        let mut g = default_gateway(vec![SocketAddr::from(([127, 0, 0, 1], 8080))]);
+        let mut g = default_gateway(self.base);
         let Some(t) = self.table(v, "gateway", GATEWAY_KEYS) else {
             return g;
         };
@@ -407,9 +437,6 @@ impl<'r> Reader<'r> {
             && let Some(p) = self.path(v, &t.key("plugins_dir"))
         {
             g.plugins_dir = p;
-        }
-        if t.get("plugins_dir").is_none() {
-            g.plugins_dir = self.base.join("plugins");
         }
         if let Some(v) = t.get("header_read_timeout")
             && let Some(d) = self.timeout(v, &t.key("header_read_timeout"))
@@ -435,6 +462,11 @@ impl<'r> Reader<'r> {
             && let Some(n) = self.integer(v, &t.key("max_headers"), 1, 10_000)
         {
             g.max_headers = n as usize;
+        }
+        if let Some(v) = t.get("plugin_cache_dir")
+            && let Some(p) = self.string(v, &t.key("plugin_cache_dir"))
+        {
+            g.plugin_cache_dir = (!p.is_empty()).then(|| self.base.join(p));
         }
         if let Some(v) = t.get("http2") {
             self.http2(v, &mut g.http2);
@@ -713,7 +745,7 @@ impl<'r> Reader<'r> {
         }
     }
 
-    fn routes(&mut self, v: &Value<'_>, upstreams: &[Upstream]) -> Vec<Route> {
+    fn routes(&mut self, v: &Value<'_>, upstreams: &[Upstream], plugins_dir: &Path) -> Vec<Route> {
         let Some(items) = self.array(v, "routes") else {
             return Vec::new();
         };
@@ -729,14 +761,20 @@ impl<'r> Reader<'r> {
                 let message = format!("duplicate route name {text:?}");
                 self.err(&name.span(), &format!("{path}.name"), message);
             }
-            if let Some(route) = self.route(item, &path, upstreams) {
+            if let Some(route) = self.route(item, &path, upstreams, plugins_dir) {
                 out.push(route);
             }
         }
         out
     }
 
-    fn route(&mut self, v: &Value<'_>, path: &str, upstreams: &[Upstream]) -> Option<Route> {
+    fn route(
+        &mut self,
+        v: &Value<'_>,
+        path: &str,
+        upstreams: &[Upstream],
+        plugins_dir: &Path,
+    ) -> Option<Route> {
         let t = self.table(v, path, ROUTE_KEYS)?;
         let location = self.report.locate(&v.span());
         let name = match t.get("name") {
@@ -769,6 +807,13 @@ impl<'r> Reader<'r> {
             .get("strip_path")
             .and_then(|v| self.boolean(v, &t.key("strip_path")))
             .unwrap_or(false);
+        let max_body = t
+            .get("max_body")
+            .and_then(|v| self.size(v, &t.key("max_body"), 0, 1 << 30))
+            .map_or(1024 * 1024, |n| n as usize);
+        let plugins = t.get("plugins").map_or_else(Vec::new, |v| {
+            self.plugins(v, &t.key("plugins"), plugins_dir)
+        });
         let action = match (t.get("upstream"), t.get("respond")) {
             (Some(u), None) => {
                 let key = t.key("upstream");
@@ -824,7 +869,179 @@ impl<'r> Reader<'r> {
             headers,
             action: action?,
             strip_path,
+            max_body,
+            plugins,
             location,
+        })
+    }
+
+    fn plugins(&mut self, v: &Value<'_>, key: &str, plugins_dir: &Path) -> Vec<PluginEntry> {
+        let Some(items) = self.array(v, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(p) = self.plugin(item, &format!("{key}[{i}]"), plugins_dir) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn plugin(&mut self, v: &Value<'_>, path: &str, plugins_dir: &Path) -> Option<PluginEntry> {
+        let t = self.table(v, path, PLUGIN_KEYS)?;
+        let location = self.report.locate(&v.span());
+        let named = t.get("name").and_then(|n| {
+            let s = self.string(n, &t.key("name"))?;
+            let valid = !s.is_empty()
+                && s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && !s.starts_with('.');
+            if !valid {
+                let message = format!(
+                    "invalid plugin name {s:?} (letters, digits, '-', '_' and '.'; it names <plugins_dir>/<name>.wasm)"
+                );
+                self.err(&n.span(), &t.key("name"), message);
+                return None;
+            }
+            Some(s.to_owned())
+        });
+        let file_path = t.get("path").and_then(|p| self.path(p, &t.key("path")));
+        let (name, file) = match (t.get("name"), t.get("path")) {
+            (Some(_), Some(p)) => {
+                self.err(
+                    &p.span(),
+                    &t.key("path"),
+                    "give either `name` (from plugins_dir) or `path`, not both",
+                );
+                return None;
+            }
+            (Some(_), None) => {
+                let name = named?;
+                let file = plugins_dir.join(format!("{name}.wasm"));
+                (name, file)
+            }
+            (None, Some(_)) => {
+                let file = file_path?;
+                let name = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, file)
+            }
+            (None, None) => {
+                self.err(
+                    &t.span,
+                    path,
+                    "missing key `name` (a plugin in plugins_dir) or `path` (a .wasm file)",
+                );
+                return None;
+            }
+        };
+        let config = match t.get("config") {
+            Some(c) => self.json(c, &t.key("config")),
+            None => Some(serde_json::Value::Object(serde_json::Map::new())),
+        };
+        let memory = match t.get("memory") {
+            Some(m) => self
+                .size(m, &t.key("memory"), 1 << 20, 4 << 30)
+                .map(|n| n as usize),
+            None => Some(16 << 20),
+        };
+        let timeout = match t.get("timeout") {
+            Some(d) => self.timeout(d, &t.key("timeout")),
+            None => Some(Duration::from_millis(50)),
+        };
+        let on_error = match t.get("on_error") {
+            Some(o) => match self.string(o, &t.key("on_error")) {
+                Some("deny") => Some(OnError::Deny),
+                Some("allow") => Some(OnError::Allow),
+                Some(other) => {
+                    let message =
+                        format!("invalid on_error {other:?} (expected \"deny\" or \"allow\")");
+                    self.err(&o.span(), &t.key("on_error"), message);
+                    None
+                }
+                None => None,
+            },
+            None => Some(OnError::Deny),
+        };
+        let isolation = match t.get("isolation") {
+            Some(o) => match self.string(o, &t.key("isolation")) {
+                Some("pooled") => Some(Isolation::Pooled),
+                Some("request") => Some(Isolation::Request),
+                Some(other) => {
+                    let message =
+                        format!("invalid isolation {other:?} (expected \"pooled\" or \"request\")");
+                    self.err(&o.span(), &t.key("isolation"), message);
+                    None
+                }
+                None => None,
+            },
+            None => Some(Isolation::Pooled),
+        };
+        Some(PluginEntry {
+            name,
+            file,
+            config: config?,
+            memory: memory?,
+            timeout: timeout?,
+            on_error: on_error?,
+            isolation: isolation?,
+            location,
+        })
+    }
+
+    /// A TOML value as JSON, for a plugin's `init`.
+    fn json(&mut self, v: &Value<'_>, key: &str) -> Option<serde_json::Value> {
+        use serde_json::Value as J;
+        Some(match v.get_ref() {
+            DeValue::String(s) => J::String(s.to_string()),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => J::from(n),
+                Err(_) => {
+                    self.err(
+                        &v.span(),
+                        key,
+                        format!("integer {i} does not fit in 64 bits"),
+                    );
+                    return None;
+                }
+            },
+            DeValue::Float(f) => {
+                match f
+                    .as_str()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    Some(n) => J::Number(n),
+                    None => {
+                        let message =
+                            format!("{f} cannot be given to a plugin (JSON has no inf or nan)");
+                        self.err(&v.span(), key, message);
+                        return None;
+                    }
+                }
+            }
+            DeValue::Boolean(b) => J::Bool(*b),
+            DeValue::Datetime(d) => J::String(d.to_string()),
+            DeValue::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.json(item, &format!("{key}[{i}]"))?);
+                }
+                J::Array(out)
+            }
+            DeValue::Table(t) => {
+                let mut out = serde_json::Map::new();
+                for (k, item) in t.iter() {
+                    let value = self.json(item, &join(key, k.get_ref()))?;
+                    out.insert(k.get_ref().to_string(), value);
+                }
+                J::Object(out)
+            }
         })
     }
 
@@ -957,9 +1174,16 @@ impl<'r> Reader<'r> {
         let headers = t
             .get("headers")
             .map_or_else(Vec::new, |h| self.header_map(h, &t.key("headers")));
+        let (status, body) = (status?, body?);
+        if !body.is_empty() && matches!(status.as_u16(), 204 | 205 | 304) {
+            let span = t.get("body").map_or(t.span.clone(), |b| b.span());
+            let message = format!("a {} response cannot have a body", status.as_u16());
+            self.err(&span, &t.key("body"), message);
+            return None;
+        }
         Some(Respond {
-            status: status?,
-            body: body?,
+            status,
+            body,
             headers,
         })
     }

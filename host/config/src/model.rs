@@ -53,6 +53,9 @@ pub struct Gateway {
     pub shutdown_grace: Duration,
     /// `[gateway.http2]`: HTTP/2 server limits.
     pub http2: Http2,
+    /// `plugin_cache_dir`: where compiled plugins are cached, keyed by content hash. Default
+    /// `$XDG_CACHE_HOME/wasmgate` (or `~/.cache/wasmgate`); `""` turns the cache off.
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 /// `[gateway.http2]`.
@@ -128,8 +131,10 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// `connect_timeout`: how long to wait for a TCP connection to a target (502 beyond). Default 5 s.
     pub connect_timeout: Duration,
-    /// `timeout`: how long to wait for the response head, and at most between two reads of the
-    /// response body (504 beyond). Default 30 s.
+    /// `timeout`: how long to wait for the response head, counted from when the request is
+    /// handed to the pool (connecting and sending the request body included; 504 beyond), and
+    /// the longest pause between two reads of the response body (the response is cut off
+    /// beyond: its status was already sent). Default 30 s.
     pub timeout: Duration,
     /// `pool_idle_timeout`: how long an idle keep-alive connection to a target is kept. Default 60 s.
     pub pool_idle_timeout: Duration,
@@ -163,8 +168,52 @@ pub struct Route {
     pub action: RouteAction,
     /// `strip_path`: remove the matched path prefix before forwarding. Default false.
     pub strip_path: bool,
+    /// `max_body`: the largest body buffered for plugins that ask for bodies (413 beyond for
+    /// requests). Default 1 MiB.
+    pub max_body: usize,
+    /// `[[routes.plugins]]`: the plugin chain, in order.
+    pub plugins: Vec<PluginEntry>,
     /// Where this route's `[[routes]]` header was written.
     pub location: Location,
+}
+
+/// One `[[routes.plugins]]` entry: a plugin bound to a route with its config.
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    /// `name`, or the file stem of `path`: names the plugin in logs, metrics and errors.
+    pub name: String,
+    /// The `.wasm` file: `<plugins_dir>/<name>.wasm`, or `path` resolved against the config file.
+    pub file: PathBuf,
+    /// `config`: any TOML value, handed to the plugin's `init` as JSON. Default `{}`.
+    pub config: serde_json::Value,
+    /// `memory`: the most linear memory one instance may use. Default 16 MiB.
+    pub memory: usize,
+    /// `timeout`: the longest one hook call may run. Default 50 ms.
+    pub timeout: Duration,
+    /// `on_error`: what a failing plugin does to the request. Default [`OnError::Deny`].
+    pub on_error: OnError,
+    /// `isolation`: whether instances are reused across requests. Default [`Isolation::Pooled`].
+    pub isolation: Isolation,
+    /// Where this entry was written.
+    pub location: Location,
+}
+
+/// `on_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// `"deny"`: the request fails (500, or 503 when no instance is available).
+    Deny,
+    /// `"allow"`: the plugin is skipped for this request and the failure is counted.
+    Allow,
+}
+
+/// `isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// `"pooled"`: instances are initialised once and reused by many requests.
+    Pooled,
+    /// `"request"`: every request gets a fresh instance (for untrusted code; slower).
+    Request,
 }
 
 /// A route's host pattern.

@@ -21,6 +21,11 @@ enum Kind {
     Full(Option<Bytes>),
     /// Streamed from a peer.
     Stream(Incoming),
+    /// Bytes already read, then the rest of the stream.
+    Prefixed {
+        head: Option<Bytes>,
+        rest: Box<Body>,
+    },
     /// Streamed from an upstream that must produce each frame within `idle`.
     Watched {
         inner: Incoming,
@@ -63,6 +68,16 @@ impl Body {
         }
     }
 
+    /// `head`, then whatever `rest` still yields.
+    pub fn prefixed(head: Bytes, rest: Body) -> Self {
+        Self {
+            kind: Kind::Prefixed {
+                head: (!head.is_empty()).then_some(head),
+                rest: Box::new(rest),
+            },
+        }
+    }
+
     /// A body streamed from a peer that fails if no frame arrives for `idle`.
     pub fn watched(incoming: Incoming, idle: Duration) -> Self {
         Self {
@@ -86,6 +101,10 @@ impl http_body::Body for Body {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(BodyError::Stream),
+            Kind::Prefixed { head, rest } => match head.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
             Kind::Watched { inner, idle, timer } => {
                 if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
                     // Re-armed lazily: a body that never waits never allocates a timer.
@@ -104,6 +123,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
+            Kind::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
             Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -112,6 +132,16 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Prefixed { head, rest } => {
+                let extra = head.as_ref().map_or(0, |h| h.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
             Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.size_hint(),
         }
     }

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::{Config, Diagnostic};
+use wasmgate_runtime::{MemoryState, Runtime};
 
 pub use body::{Body, BodyError};
 pub use router::{Match, Router};
@@ -60,13 +61,33 @@ pub struct BoundAddr {
     pub tls: bool,
 }
 
-/// Checks what [`wasmgate_config::load`] cannot check alone (TLS keys usable by rustls,
-/// certificates matching their keys), without opening any socket.
-pub fn validate(config: &Config) -> Result<(), Vec<Diagnostic>> {
-    if let Some(tls) = &config.gateway.tls {
-        tls::server_config(config, &tls.certificates)?;
+/// Checks what [`wasmgate_config::load`] cannot check alone, without opening any socket: TLS keys
+/// usable by rustls and matching their certificates, and every plugin loaded and `init`ed with its
+/// config. Returns the loaded plugin runtime for [`Gateway::bind`].
+pub async fn prepare(config: &Config) -> Result<Option<Runtime>, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    if let Some(tls) = &config.gateway.tls
+        && let Err(mut p) = tls::server_config(config, &tls.certificates)
+    {
+        problems.append(&mut p);
     }
-    Ok(())
+    let runtime = if config.routes.iter().any(|r| !r.plugins.is_empty()) {
+        match Runtime::load(config, Arc::new(MemoryState::new())).await {
+            Ok(rt) => Some(rt),
+            Err(mut p) => {
+                problems.append(&mut p);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if problems.is_empty() {
+        Ok(runtime)
+    } else {
+        problems.sort_by_key(|d| d.location);
+        Err(problems)
+    }
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Gateway::run).
@@ -78,8 +99,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the runtime for `config` and binds every listener. Must run inside a tokio runtime.
+    /// Loads `config`'s plugins, builds the data path and binds every listener. Must run inside
+    /// a tokio runtime.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let runtime = prepare(config).await.map_err(StartError::Config)?;
+        Self::bind_prepared(config, runtime).await
+    }
+
+    /// [`Gateway::bind`] with plugins already loaded by [`prepare`].
+    pub async fn bind_prepared(
+        config: &Config,
+        runtime: Option<Runtime>,
+    ) -> Result<Self, StartError> {
         let tls = match &config.gateway.tls {
             Some(t) => Some((
                 t,
@@ -104,7 +135,7 @@ impl Gateway {
                 });
             }
         }
-        let proxy = Arc::new(Proxy::new(Snapshot::new(config)));
+        let proxy = Arc::new(Proxy::new(Snapshot::new(config, runtime)));
         Ok(Self {
             server: Arc::new(Server::new(proxy, &config.gateway)),
             listeners,

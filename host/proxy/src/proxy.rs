@@ -1,15 +1,19 @@
-//! The request path: route, then answer directly or forward to the route's upstream.
+//! The request path: route, run the route's plugin chain, then answer directly or forward to the
+//! route's upstream, and run the chain's response phase.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmgate_config::{Config, RouteAction};
+use wasmgate_runtime::{Chain, Context, RequestOutcome, RequestView, ResponseView, Runtime};
 
 use crate::body::Body;
 use crate::forward::{self, REQUEST_ID};
@@ -30,12 +34,16 @@ pub(crate) struct Snapshot {
     router: Router,
     routes: Vec<RouteRuntime>,
     max_headers: usize,
+    /// Keeps the plugin engine and every binding alive as long as the snapshot serves.
+    _runtime: Option<Runtime>,
 }
 
 #[derive(Debug)]
 struct RouteRuntime {
     action: Action,
     strip_path: bool,
+    max_body: usize,
+    chain: Option<Arc<Chain>>,
 }
 
 #[derive(Debug)]
@@ -53,7 +61,7 @@ struct Prepared {
 }
 
 impl Snapshot {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config, runtime: Option<Runtime>) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -62,8 +70,11 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|r| RouteRuntime {
+            .enumerate()
+            .map(|(i, r)| RouteRuntime {
                 strip_path: r.strip_path,
+                max_body: r.max_body,
+                chain: runtime.as_ref().and_then(|rt| rt.chain(i)).cloned(),
                 action: match &r.action {
                     RouteAction::Upstream(i) => Action::Upstream(upstreams[*i].clone()),
                     RouteAction::Respond(respond) => {
@@ -74,7 +85,9 @@ impl Snapshot {
                                 HeaderValue::from_static("text/plain; charset=utf-8"),
                             );
                         }
-                        headers.insert(CONTENT_LENGTH, HeaderValue::from(respond.body.len()));
+                        if !matches!(respond.status.as_u16(), 204 | 304) {
+                            headers.insert(CONTENT_LENGTH, HeaderValue::from(respond.body.len()));
+                        }
                         Action::Respond(Prepared {
                             status: respond.status,
                             headers,
@@ -88,6 +101,7 @@ impl Snapshot {
             router: Router::new(&config.routes),
             routes,
             max_headers: config.gateway.max_headers,
+            _runtime: runtime,
         }
     }
 }
@@ -96,6 +110,13 @@ impl Snapshot {
 #[derive(Debug)]
 pub(crate) struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+}
+
+/// A routed request, ready to be answered or forwarded.
+struct Routed<'s> {
+    route: &'s RouteRuntime,
+    prefix_len: usize,
+    host: Option<Authority>,
 }
 
 impl Proxy {
@@ -110,31 +131,36 @@ impl Proxy {
         let request_id = forward::request_id(req.headers());
         let method = req.method().clone();
         let snapshot = self.snapshot.load_full();
-        let mut response = match self.serve(&snapshot, req, conn, &request_id).await {
+        let mut response = match serve(&snapshot, req, conn, &request_id).await {
             Ok(response) => response,
             Err(rejection) => return rejection.into_response(&request_id, &method),
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
         response
     }
+}
 
-    async fn serve(
-        &self,
-        snapshot: &Snapshot,
-        mut req: Request<Incoming>,
-        conn: ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Result<Response<Body>, Rejection> {
-        if req.headers().len() > snapshot.max_headers {
-            return Err(Rejection::HeadersTooLarge("too many header fields"));
-        }
-        let host = request_host(&req)?;
-        let (route, prefix_len) = match snapshot.router.route(
-            host.as_ref().map(Authority::host),
-            req.uri().path(),
-            req.method(),
-            req.headers(),
-        ) {
+async fn serve(
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, Rejection> {
+    if req.headers().len() > snapshot.max_headers {
+        return Err(Rejection::HeadersTooLarge("too many header fields"));
+    }
+    if has_dot_segment(req.uri().path()) {
+        // `/public/../admin` must not be routed as `/public`; clients normalise such paths
+        // themselves, so only crafted requests carry them.
+        return Err(Rejection::BadRequest("path contains a dot segment"));
+    }
+    let host = request_host(&req)?;
+    let routed_host = host.as_ref().map(|a| a.host().trim_end_matches('.'));
+    let (route, prefix_len) =
+        match snapshot
+            .router
+            .route(routed_host, req.uri().path(), req.method(), req.headers())
+        {
             Match::Found { route, prefix_len } => (route, prefix_len),
             Match::NotFound => return Err(Rejection::NoRoute),
             Match::MethodNotAllowed(methods) => {
@@ -148,80 +174,243 @@ impl Proxy {
                 ));
             }
         };
-        let route = &snapshot.routes[route];
-        let upstream = match &route.action {
-            Action::Respond(p) => return Ok(respond(p, req.method())),
-            Action::Upstream(u) => u,
-        };
-
-        let target = upstream.pick();
-        let path_and_query = if route.strip_path && prefix_len > 0 {
-            stripped(req.uri(), prefix_len)
-        } else {
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"))
-        };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(target.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|_| Rejection::BadRequest("invalid request target"))?;
-        *req.version_mut() = Version::HTTP_11;
-
-        let headers = req.headers_mut();
-        forward::strip_hop_by_hop(headers);
-        let original_host = match headers.get(HOST) {
-            Some(h) => Some(h.clone()),
-            None => host.and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
-        if let Some(h) = &original_host
-            && !headers.contains_key(HOST)
-        {
-            // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need Host.
-            headers.insert(HOST, h.clone());
+    let routed = Routed {
+        route: &snapshot.routes[route],
+        prefix_len,
+        host,
+    };
+    match &routed.route.chain {
+        None => {
+            let (parts, body) = req.into_parts();
+            dispatch(&routed, parts, Body::stream(body), conn, request_id).await
         }
-        forward::add_forwarded(headers, conn.peer.ip(), conn.tls, original_host.as_ref());
-        headers.insert(REQUEST_ID, request_id.clone());
-
-        let (req_parts, body) = req.into_parts();
-        let req = Request::from_parts(req_parts, Body::stream(body));
-        let result = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
-        let response = match result {
-            Err(_) => {
-                return Err(Rejection::Timeout {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    timeout: upstream.timeout,
-                });
-            }
-            Ok(Err(source)) if source.is_connect() => {
-                upstream.eject(target);
-                return Err(Rejection::Connect {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    source,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(Rejection::Upstream {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    source,
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
-        upstream.restore(target);
-        let (mut parts, body) = response.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            Body::watched(body, upstream.timeout),
-        ))
+        Some(chain) => serve_with_plugins(&routed, chain, req, conn, request_id).await,
     }
+}
+
+/// Answers from the route's `respond`, or forwards upstream.
+async fn dispatch(
+    routed: &Routed<'_>,
+    parts: http::request::Parts,
+    body: Body,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, Rejection> {
+    match &routed.route.action {
+        Action::Respond(p) => Ok(respond(p, &parts.method)),
+        Action::Upstream(u) => {
+            let strip = if routed.route.strip_path {
+                routed.prefix_len
+            } else {
+                0
+            };
+            forward(
+                u,
+                parts,
+                body,
+                strip,
+                routed.host.as_ref(),
+                conn,
+                request_id,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_with_plugins(
+    routed: &Routed<'_>,
+    chain: &Chain,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, Rejection> {
+    let max_body = routed.route.max_body;
+    let (parts, incoming) = req.into_parts();
+    let (body, stream) = if chain.needs_body() {
+        match buffer(Body::stream(incoming), max_body).await? {
+            Buffered::Whole(bytes) => (Some(bytes), None),
+            Buffered::TooLarge(_) => return Err(Rejection::PayloadTooLarge),
+        }
+    } else {
+        (None, Some(incoming))
+    };
+    let view = RequestView {
+        parts,
+        body,
+        body_replaced: false,
+        path_rewritten: false,
+        client: conn.peer.ip(),
+        tls: conn.tls,
+    };
+    let (view, ctx, outcome) = chain.on_request(view, Context::new(), request_id).await;
+    let (response, rest, ran) = match outcome {
+        RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
+        RequestOutcome::Respond { response, ran } => (response, None, ran),
+        RequestOutcome::Continue => {
+            let body = match (view.body, stream) {
+                (Some(bytes), _) => Body::full(bytes),
+                (None, Some(incoming)) => Body::stream(incoming),
+                (None, None) => Body::empty(),
+            };
+            let path_routed = Routed {
+                route: routed.route,
+                // A plugin's rewritten path is the upstream path as written.
+                prefix_len: if view.path_rewritten {
+                    0
+                } else {
+                    routed.prefix_len
+                },
+                host: routed.host.clone(),
+            };
+            let response = dispatch(&path_routed, view.parts, body, conn, request_id).await?;
+            if !chain.has_response_hooks() {
+                return Ok(response);
+            }
+            let (parts, body) = response.into_parts();
+            let (buffered, rest) = if chain.needs_body() {
+                match buffer(body, max_body).await {
+                    Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
+                    Ok(Buffered::TooLarge(rest)) => (None, Some(rest)),
+                    Err(_) => return Err(Rejection::UpstreamBody),
+                }
+            } else {
+                (None, Some(body))
+            };
+            let view = ResponseView {
+                parts,
+                body: buffered,
+                body_replaced: false,
+            };
+            (view, rest, chain.len())
+        }
+    };
+    let (view, _ctx, result) = chain.on_response(ran, response, ctx, request_id).await;
+    result.map_err(Rejection::Plugin)?;
+    let body = match (view.body, rest) {
+        (Some(bytes), _) => Body::full(bytes),
+        (None, Some(rest)) => rest,
+        (None, None) => Body::empty(),
+    };
+    Ok(Response::from_parts(view.parts, body))
+}
+
+/// A body read into memory, or the part read so far chained with the rest when it is larger
+/// than the limit.
+enum Buffered {
+    Whole(Bytes),
+    TooLarge(Body),
+}
+
+async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, Rejection> {
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
+        return Ok(Buffered::TooLarge(body));
+    }
+    let mut buf = BytesMut::with_capacity(usize::try_from(hint.lower()).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Rejection::BadRequest("body stream failed"))?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers are not kept by plugins that buffer bodies.
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            buf.extend_from_slice(&data);
+            return Ok(Buffered::TooLarge(Body::prefixed(buf.freeze(), body)));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Buffered::Whole(buf.freeze()))
+}
+
+async fn forward(
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    body: Body,
+    strip: usize,
+    host: Option<&Authority>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, Rejection> {
+    let target = upstream.pick();
+    let path_and_query = if strip > 0 {
+        stripped(&parts.uri, strip)
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
+    let absolute_form = parts.uri.authority().is_some() && parts.version != Version::HTTP_2;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| Rejection::BadRequest("invalid request target"))?;
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    forward::strip_hop_by_hop(headers);
+    // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's authority
+    // win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the target's.
+    let client_host = host.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if absolute_form || !headers.contains_key(HOST) {
+        let value = client_host.clone().unwrap_or_else(|| {
+            HeaderValue::from_str(target.authority.as_str()).unwrap_or(HeaderValue::from_static(""))
+        });
+        headers.insert(HOST, value);
+    }
+    forward::add_forwarded(headers, conn.peer.ip(), conn.tls, client_host.as_ref());
+    headers.insert(REQUEST_ID, request_id.clone());
+
+    let req = Request::from_parts(parts, body);
+    let result = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
+    let response = match result {
+        Err(_) => {
+            return Err(Rejection::Timeout {
+                upstream: upstream.name.clone(),
+                target: target.authority.to_string(),
+                timeout: upstream.timeout,
+            });
+        }
+        Ok(Err(source)) if source.is_connect() => {
+            upstream.eject(target);
+            return Err(Rejection::Connect {
+                upstream: upstream.name.clone(),
+                target: target.authority.to_string(),
+                source,
+            });
+        }
+        Ok(Err(source)) => {
+            return Err(Rejection::Upstream {
+                upstream: upstream.name.clone(),
+                target: target.authority.to_string(),
+                source,
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+    upstream.restore(target);
+    let (mut parts, body) = response.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        Body::watched(body, upstream.timeout),
+    ))
+}
+
+/// Whether a path has a `.` or `..` segment, plain or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
@@ -270,4 +459,19 @@ fn respond(p: &Prepared, method: &Method) -> Response<Body> {
     *response.status_mut() = p.status;
     *response.headers_mut() = p.headers.clone();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_dot_segments_plain_and_encoded() {
+        for bad in ["/a/../b", "/..", "/a/.", "/a/%2E%2e/b", "/%2e/x"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/..b", "/.well-known/x", "/a/b.c"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 
+use wasmgate_runtime::FailureKind;
+
 use crate::body::Body;
 use crate::forward::REQUEST_ID;
 
@@ -19,6 +21,12 @@ pub(crate) enum Rejection {
     BadRequest(&'static str),
     #[error("request header section too large: {0}")]
     HeadersTooLarge(&'static str),
+    #[error("request body larger than the route's max_body")]
+    PayloadTooLarge,
+    #[error("upstream response body failed while buffering it for plugins")]
+    UpstreamBody,
+    #[error(transparent)]
+    Plugin(wasmgate_runtime::Failure),
     #[error("no route for this request")]
     NoRoute,
     #[error("method not allowed")]
@@ -52,6 +60,16 @@ impl Rejection {
                 "request header fields too large",
             ),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route matched"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            Self::UpstreamBody => (StatusCode::BAD_GATEWAY, "upstream unavailable"),
+            Self::Plugin(f) => match f.kind {
+                FailureKind::Timeout | FailureKind::Unavailable => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable")
+                }
+                FailureKind::Error | FailureKind::Trap | FailureKind::OutOfMemory => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "plugin failed")
+                }
+            },
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             Self::Connect { .. } | Self::Upstream { .. } => {
                 (StatusCode::BAD_GATEWAY, "upstream unavailable")
@@ -63,8 +81,10 @@ impl Rejection {
     /// The response for this rejection. `request_id` is echoed in the body and header.
     pub(crate) fn into_response(self, request_id: &HeaderValue, method: &Method) -> Response<Body> {
         let (status, text) = self.status_and_text();
-        match status {
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+        match (&self, status) {
+            // The chain already logged the failure with its route, plugin and detail.
+            (Self::Plugin(_), _) => {}
+            (_, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT) => {
                 tracing::warn!(request_id = ?request_id, error = %self, "upstream failure");
             }
             _ => tracing::debug!(request_id = ?request_id, error = %self, "request rejected"),

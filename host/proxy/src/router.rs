@@ -220,6 +220,8 @@ mod tests {
                 headers: Vec::new(),
             }),
             strip_path: false,
+            max_body: 0,
+            plugins: Vec::new(),
             location: Location::default(),
         }
     }

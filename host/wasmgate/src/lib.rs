@@ -55,7 +55,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => match check(&config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run { config } => match run(&config) {
             Ok(code) => code,
             Err(e) => {
@@ -79,8 +85,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Loads and fully validates a config, printing every problem.
-fn load(path: &Path) -> Option<wasmgate_config::Config> {
+/// Loads and fully validates a config (plugins loaded and `init`ed), printing every problem.
+async fn load(path: &Path) -> Option<(wasmgate_config::Config, Option<wasmgate_runtime::Runtime>)> {
     let config = match wasmgate_config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -90,45 +96,49 @@ fn load(path: &Path) -> Option<wasmgate_config::Config> {
             return None;
         }
     };
-    if let Err(problems) = wasmgate_proxy::validate(&config) {
-        for d in problems {
-            eprintln!("{d}");
+    match wasmgate_proxy::prepare(&config).await {
+        Ok(runtime) => Some((config, runtime)),
+        Err(problems) => {
+            for d in problems {
+                eprintln!("{d}");
+            }
+            None
         }
-        return None;
-    }
-    Some(config)
-}
-
-fn check(path: &Path) -> ExitCode {
-    match load(path) {
-        Some(config) => {
-            println!(
-                "{}: ok ({} routes, {} upstreams)",
-                path.display(),
-                config.routes.len(),
-                config.upstreams.len()
-            );
-            ExitCode::SUCCESS
-        }
-        None => ExitCode::from(1),
     }
 }
 
-fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(path) else {
-        eprintln!(
-            "error: {}: refusing to start with an invalid config",
-            path.display()
-        );
-        return Ok(ExitCode::from(1));
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wasmgate-worker")
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let gateway = wasmgate_proxy::Gateway::bind(&config).await?;
+        .context("cannot start the async runtime")
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some((config, runtime)) = runtime()?.block_on(load(path)) else {
+        return Ok(ExitCode::from(1));
+    };
+    println!(
+        "{}: ok ({} routes, {} upstreams, {} plugins)",
+        path.display(),
+        config.routes.len(),
+        config.upstreams.len(),
+        runtime.as_ref().map_or(0, |r| r.plugins.len())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let Some((config, plugins)) = load(path).await else {
+            eprintln!(
+                "error: {}: refusing to start with an invalid config",
+                path.display()
+            );
+            return Ok(ExitCode::from(1));
+        };
+        let gateway = wasmgate_proxy::Gateway::bind_prepared(&config, plugins).await?;
         for bound in gateway.local_addrs() {
             let scheme = if bound.tls { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{}", bound.addr);
@@ -138,10 +148,19 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
             routes = config.routes.len(),
             "wasmgate ready"
         );
-        gateway.run(shutdown_signal()).await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        gateway
+            .run(async {
+                shutdown_signal().await;
+                // A second signal during the drain stops at once.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    tracing::warn!("second signal: exiting without waiting for the drain");
+                    std::process::exit(1);
+                });
+            })
+            .await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

@@ -1,0 +1,12 @@
+//! Generated bindings for the `wasmgate:plugin/plugin` world, kept out of the public API.
+
+wasmtime::component::bindgen!({
+    world: "wasmgate:plugin/plugin",
+    path: "../../wit",
+    imports: { default: trappable },
+    exports: { default: async },
+    with: {
+        "wasmgate:plugin/types.request": crate::host::RequestHandle,
+        "wasmgate:plugin/types.response": crate::host::ResponseHandle,
+    },
+});

@@ -1,0 +1,109 @@
+//! The one wasmtime engine: pooling allocator, copy-on-write memory images, epoch interruption,
+//! compiled code cached on disk, and the linker with the host API.
+//!
+//! # Calls are async
+//!
+//! Hooks are called with wasmtime's async API (each call runs on a fiber). Two reasons, both
+//! measured or forced rather than assumed:
+//!
+//! * WASI 0.2's streams (a guest's `println!`, a panic message) are implemented asynchronously by
+//!   wasmtime-wasi; their synchronous wrappers block on a Tokio runtime, which panics on a Tokio
+//!   worker thread. Sync calls would need `block_in_place` per call or a thread hop per request.
+//! * With async calls a long-running plugin yields to the executor every epoch tick instead of
+//!   holding a worker thread for its whole time budget, and later capabilities (outbound HTTP for
+//!   JWKS, Redis) can await I/O within the request's deadline.
+//!
+//! The price is a fiber switch per call; `cargo bench -p wasmgate-runtime` measures it (see
+//! `bench/RESULTS.md`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::Plugin;
+use crate::host::HostState;
+
+/// How often the epoch advances: the granularity of per-call timeouts and of yielding.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Sizing of the engine, computed from the configuration at load time.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// The largest `memory` of any plugin entry.
+    pub max_memory: usize,
+    /// How many component instances may exist at once; one more gets a 503.
+    pub instance_slots: u32,
+}
+
+/// The shared wasmtime engine and linker.
+pub struct Engine {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) linker: Linker<HostState>,
+    ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine, starts its epoch ticker and links the host API.
+    pub fn new(settings: &EngineSettings) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.memory_init_cow(true);
+        if let Some(dir) = &settings.cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(Cache::new(cache)?));
+        }
+        let slots = settings.instance_slots.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            // A Rust wasip2 component holds a few core instances (its module plus shims) and
+            // tables, one memory, and one fiber stack while a call runs.
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .total_stacks(slots)
+            .max_memory_size(settings.max_memory);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+
+        let ticker = Arc::new(AtomicBool::new(true));
+        let running = ticker.clone();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| wasmtime::Error::msg(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            ticker,
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker.store(false, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,226 @@
+//! In-memory stand-ins for the gateway on native (non-wasm) targets: shared state, log capture and
+//! a clock that tests can freeze.
+//!
+//! Everything is per thread, so tests running in parallel (one thread each under `cargo test`)
+//! never see each other's state.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::log::Level;
+use crate::state::Counter;
+
+#[derive(Default)]
+struct World {
+    counters: HashMap<String, CounterSlot>,
+    kv: HashMap<String, KvSlot>,
+    logs: Vec<(Level, String)>,
+    frozen_now_ms: Option<u64>,
+}
+
+struct CounterSlot {
+    /// Start of the window the value belongs to, in ms since the UNIX epoch (0 when it never
+    /// resets).
+    window_start: u64,
+    window_ms: u64,
+    value: i64,
+}
+
+struct KvSlot {
+    value: String,
+    /// Expiry in ms since the UNIX epoch; `None`: never.
+    expires_at: Option<u64>,
+}
+
+thread_local! {
+    static WORLD: RefCell<World> = RefCell::default();
+}
+
+fn with<R>(f: impl FnOnce(&mut World) -> R) -> R {
+    WORLD.with(|world| f(&mut world.borrow_mut()))
+}
+
+fn now_ms(world: &World) -> u64 {
+    world.frozen_now_ms.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// The window containing `now`, as the WIT describes it: fixed windows aligned on multiples of
+/// `window_ms` since the UNIX epoch. Returns its start and the ms left in it (0 and 0 when the
+/// counter never resets).
+fn window(now: u64, window_ms: u64) -> (u64, u64) {
+    if window_ms == 0 {
+        return (0, 0);
+    }
+    let start = now - now % window_ms;
+    (start, start.saturating_add(window_ms) - now)
+}
+
+fn counter(world: &mut World, key: &str, delta: i64, window_ms: u64) -> Counter {
+    let now = now_ms(world);
+    let (start, left) = window(now, window_ms);
+    let current = world
+        .counters
+        .get(key)
+        .filter(|slot| slot.window_ms == window_ms && slot.window_start == start)
+        .map_or(0, |slot| slot.value);
+    let value = current.saturating_add(delta);
+    if delta != 0 {
+        world.counters.insert(
+            key.to_owned(),
+            CounterSlot {
+                window_start: start,
+                window_ms,
+                value,
+            },
+        );
+    }
+    Counter {
+        value,
+        reset: Duration::from_millis(left),
+    }
+}
+
+pub(crate) fn counter_add(key: &str, delta: i64, window_ms: u64) -> Counter {
+    with(|world| counter(world, key, delta, window_ms))
+}
+
+pub(crate) fn counter_get(key: &str, window_ms: u64) -> Counter {
+    with(|world| counter(world, key, 0, window_ms))
+}
+
+fn live<'w>(world: &'w World, key: &str) -> Option<&'w KvSlot> {
+    let now = now_ms(world);
+    world
+        .kv
+        .get(key)
+        .filter(|slot| slot.expires_at.is_none_or(|at| now < at))
+}
+
+fn expiry(world: &World, ttl_ms: u64) -> Option<u64> {
+    (ttl_ms != 0).then(|| now_ms(world).saturating_add(ttl_ms))
+}
+
+pub(crate) fn kv_get(key: &str) -> Option<String> {
+    with(|world| live(world, key).map(|slot| slot.value.clone()))
+}
+
+pub(crate) fn kv_set(key: &str, value: &str, ttl_ms: u64) {
+    with(|world| {
+        let expires_at = expiry(world, ttl_ms);
+        world.kv.insert(
+            key.to_owned(),
+            KvSlot {
+                value: value.to_owned(),
+                expires_at,
+            },
+        );
+    });
+}
+
+pub(crate) fn kv_compare_and_swap(
+    key: &str,
+    expected: Option<&str>,
+    value: &str,
+    ttl_ms: u64,
+) -> bool {
+    with(|world| {
+        let current = live(world, key).map(|slot| slot.value.as_str());
+        if current != expected {
+            return false;
+        }
+        let expires_at = expiry(world, ttl_ms);
+        world.kv.insert(
+            key.to_owned(),
+            KvSlot {
+                value: value.to_owned(),
+                expires_at,
+            },
+        );
+        true
+    })
+}
+
+pub(crate) fn kv_delete(key: &str) {
+    with(|world| {
+        world.kv.remove(key);
+    });
+}
+
+pub(crate) fn log(level: Level, message: &str) {
+    // Shown by `cargo test` for failing tests (libtest captures it otherwise).
+    eprintln!("[wasmgate {level}] {message}");
+    with(|world| world.logs.push((level, message.to_owned())));
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn logs() -> Vec<(Level, String)> {
+    with(|world| world.logs.clone())
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn clear_logs() {
+    with(|world| world.logs.clear());
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn reset() {
+    with(|world| *world = World::default());
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn freeze_clock(at: SystemTime) {
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    with(|world| world.frozen_now_ms = Some(ms));
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn advance_clock(by: Duration) {
+    let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+    with(|world| {
+        let now = now_ms(world);
+        world.frozen_now_ms = Some(now.saturating_add(by));
+    });
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn unfreeze_clock() {
+    with(|world| world.frozen_now_ms = None);
+}
+
+/// `set-body` of a mock request or response: fails when the body is unavailable (the plugin did
+/// not ask for bodies), else replaces it and updates `content-length` as the gateway does.
+#[cfg(feature = "testing")]
+pub(crate) fn set_body(
+    slot: &mut Option<Vec<u8>>,
+    headers: &mut crate::headers::MockHeaders,
+    body: Vec<u8>,
+) -> Result<(), crate::HeaderError> {
+    let Some(current) = slot else {
+        return Err(crate::HeaderError::new(
+            "the body is not available: the plugin did not ask for bodies (Plugin::needs_body)",
+        ));
+    };
+    let length = body.len().to_string();
+    *current = body;
+    headers.set("content-length", &length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window;
+
+    #[test]
+    fn windows_are_aligned_on_the_epoch() {
+        assert_eq!(window(10_500, 1_000), (10_000, 500));
+        assert_eq!(window(10_000, 1_000), (10_000, 1_000));
+        assert_eq!(window(10_999, 1_000), (10_000, 1));
+        assert_eq!(window(12_345, 0), (0, 0));
+    }
+}

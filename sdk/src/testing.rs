@@ -1,0 +1,80 @@
+//! Native testing of plugins, without wasm and without a gateway (feature `testing`).
+//!
+//! Enable it for tests only:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! wasmgate-sdk = { path = "...", features = ["testing"] }
+//! ```
+//!
+//! Then build the plugin from JSON as the gateway does ([`instance`]), build requests and responses
+//! in memory ([`Request::builder`](crate::Request::builder),
+//! [`Response::builder`](crate::Response::builder)), pass a [`Context::new`](crate::Context::new),
+//! call the hooks and inspect the results. [`state`](crate::state) and [`log`](crate::log) work in
+//! memory: [`logs`] returns the captured lines, [`reset_state`] starts over and [`freeze_clock`] /
+//! [`advance_clock`] make windowed counters and TTLs deterministic.
+//!
+//! All of it is per thread: `cargo test` runs each test on its own thread, so tests never see each
+//! other's state or logs.
+
+use std::time::{Duration, SystemTime};
+
+use crate::log::Level;
+use crate::{ConfigError, Plugin};
+
+/// Builds the plugin from `config_json` exactly as the gateway's `init` does: JSON →
+/// [`Plugin::Config`] (an error reads `invalid config: <serde's message>`) → [`Plugin::new`].
+///
+/// ```
+/// use wasmgate_sdk::prelude::*;
+///
+/// #[derive(Deserialize)]
+/// struct Config { limit: u32 }
+///
+/// struct Limiter { limit: u32 }
+///
+/// impl Plugin for Limiter {
+///     type Config = Config;
+///     fn new(config: Config) -> Result<Self, ConfigError> {
+///         Ok(Self { limit: config.limit })
+///     }
+/// }
+///
+/// assert_eq!(wasmgate_sdk::testing::instance::<Limiter>(r#"{"limit": 5}"#).unwrap().limit, 5);
+/// let err = wasmgate_sdk::testing::instance::<Limiter>(r#"{"limit": "five"}"#).err().unwrap();
+/// assert!(err.message().starts_with("invalid config: invalid type"), "{err}");
+/// ```
+pub fn instance<T: Plugin>(config_json: &str) -> Result<T, ConfigError> {
+    crate::export::instantiate(config_json)
+}
+
+/// The log lines written so far on this thread, oldest first.
+pub fn logs() -> Vec<(Level, String)> {
+    crate::mock::logs()
+}
+
+/// Forgets the log lines written so far on this thread.
+pub fn clear_logs() {
+    crate::mock::clear_logs();
+}
+
+/// Starts over: clears this thread's in-memory shared state (counters and KV), its captured logs,
+/// and unfreezes its clock.
+pub fn reset_state() {
+    crate::mock::reset();
+}
+
+/// Freezes this thread's clock (used by [`state`](crate::state) windows and TTLs) at `at`.
+pub fn freeze_clock(at: SystemTime) {
+    crate::mock::freeze_clock(at);
+}
+
+/// Moves this thread's clock forward by `by`, freezing it first at the current time if needed.
+pub fn advance_clock(by: Duration) {
+    crate::mock::advance_clock(by);
+}
+
+/// Lets this thread's clock follow the system clock again.
+pub fn unfreeze_clock() {
+    crate::mock::unfreeze_clock();
+}
