@@ -143,6 +143,14 @@ fn to_wit(action: Action) -> Result<types::Action, Error> {
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
+        /// Native builds (for `cargo test`) have no component exports; this keeps the plugin's
+        /// code reachable there, so the compiler does not report it as unused.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __wasmgate_native_init(config_json: &str) -> bool {
+            $crate::__private::init::<$plugin>(config_json).is_ok()
+        }
+
         const _: () = {
             use $crate::__bindings::exports::wasmgate::plugin::{
                 http_filter as __wasmgate_http_filter, lifecycle as __wasmgate_lifecycle,
@@ -185,6 +193,9 @@ macro_rules! export {
                 }
             }
 
+            // The component exports exist only in the wasm build: their names (`wasmgate:plugin/…`)
+            // are not valid native symbol names, and native builds are for `cargo test`.
+            #[cfg(target_arch = "wasm32")]
     $crate::__bindings::__export_plugin!(__WasmgatePlugin with_types_in $crate::__bindings);
         };
     };

@@ -101,7 +101,7 @@
 //! # Testing natively
 //!
 //! With the `testing` feature (as a dev-dependency, above), plugins run natively under
-//! `cargo test`: no wasm, no gateway. [`testing::instance`] builds the plugin from JSON exactly as
+//! `cargo test`: no wasm, no gateway. `testing::instance` builds the plugin from JSON exactly as
 //! the gateway does, requests and responses are built in memory, and [`state`] and [`log`] work in
 //! memory too. For the plugin above:
 //!
@@ -155,19 +155,8 @@
 //!
 //! # Features
 //!
-//! - `testing`: the in-memory constructors and the [`testing`] module, for native tests. It has no
+//! - `testing`: the in-memory constructors and the `testing` module, for native tests. It has no
 //!   effect on `wasm32` builds.
-//!
-//! The `testing` links point to the module when these docs are built with the feature
-//! (`cargo doc --features testing`), to this section otherwise.
-#![cfg_attr(
-    all(feature = "testing", not(target_arch = "wasm32")),
-    doc = "\n[`testing`]: crate::testing\n[`testing::instance`]: crate::testing::instance"
-)]
-#![cfg_attr(
-    not(all(feature = "testing", not(target_arch = "wasm32"))),
-    doc = "\n[`testing`]: #testing-natively\n[`testing::instance`]: #testing-natively"
-)]
 
 #![warn(missing_docs)]
 

@@ -141,6 +141,8 @@ fn demo() -> Result<ExitCode> {
         ensure_port_free(addr)?;
     }
     ensure_wasm_target()?;
+    // The quickstart's /echo route runs the example plugin.
+    build_wasm("hello-plugin", &target_dir())?;
     run_step(cargo().args([
         "build",
         "--release",
@@ -187,6 +189,7 @@ fn print_banner() {
          \x20 curl -i http://{GATEWAY_ADDR}/hello\n\
          \x20 curl -s 'http://{GATEWAY_ADDR}/echo/anything?x=1'\n\
          \x20 curl -s --http2-prior-knowledge http://{GATEWAY_ADDR}/echo/h2\n\
+         \x20 curl -i http://{GATEWAY_ADDR}/echo/hello/wave\n\
          press Ctrl-C to stop\n"
     );
 }
@@ -344,38 +347,20 @@ fn plugin_crates() -> Result<Vec<PathBuf>> {
     Ok(crates)
 }
 
+/// Builds the plugin crate in `dir` (its package is named like its folder, as in
+/// `tests/build.rs`) and copies the component to `plugins/<name>.wasm`.
 fn build_plugin(dir: &Path, target_dir: &Path) -> Result<()> {
     let name = dir
         .file_name()
         .and_then(|name| name.to_str())
         .with_context(|| format!("plugin directory {} has no UTF-8 name", dir.display()))?;
-    let manifest = dir.join("Cargo.toml");
-    let crate_name = package_name(&manifest)?;
-    // An explicit --target-dir puts the output in the workspace's target/ whether or not the
-    // plugin is a workspace member.
-    run_step(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "--target",
-                WASM_TARGET,
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir),
-    )?;
-    let wasm = target_dir
-        .join(WASM_TARGET)
-        .join("release")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    let wasm = build_wasm(name, target_dir)?;
     let dest = workspace_root()
         .join("plugins")
         .join(format!("{name}.wasm"));
     fs::copy(&wasm, &dest).with_context(|| {
         format!(
-            "cannot copy {} to {} (is plugin `{crate_name}` a cdylib?)",
+            "cannot copy {} to {} (is plugin `{name}` a cdylib?)",
             wasm.display(),
             dest.display()
         )
@@ -384,34 +369,20 @@ fn build_plugin(dir: &Path, target_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The `name` of the `[package]` table in `manifest`: a line-based read, enough for our manifests.
-fn package_name(manifest: &Path) -> Result<String> {
-    let text = fs::read_to_string(manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
-    parse_package_name(&text).with_context(|| {
-        format!(
-            "no `name = \"...\"` in the [package] table of {}",
-            manifest.display()
-        )
-    })
-}
-
-fn parse_package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package {
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            if key.trim() == "name" {
-                let value = value.trim().strip_prefix('"')?;
-                return value.split_once('"').map(|(name, _)| name.to_owned());
-            }
-        }
-    }
-    None
+/// `cargo build --release --target wasm32-wasip2 -p PACKAGE` without debug info; the `.wasm`.
+fn build_wasm(package: &str, target_dir: &Path) -> Result<PathBuf> {
+    run_step(
+        cargo()
+            .args(["build", "--release", "--target", WASM_TARGET, "-p", package])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "true"),
+    )?;
+    Ok(target_dir
+        .join(WASM_TARGET)
+        .join("release")
+        .join(format!("{}.wasm", package.replace('-', "_"))))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,14 +505,6 @@ mod tests {
         assert_eq!(options.test_args, args(&["-p", "x", "--", "--nocapture"]));
         assert!(TestOptions::parse(&args(&["--bogus"])).is_err());
         Ok(())
-    }
-
-    #[test]
-    fn package_name_is_read_from_the_package_table() {
-        let manifest = "[workspace]\nname = \"no\"\n\n[package]\n# c\nname = \"my-plugin\" # x\n\
-                        [lib]\nname = \"other\"\n";
-        assert_eq!(parse_package_name(manifest).as_deref(), Some("my-plugin"));
-        assert_eq!(parse_package_name("[lib]\nname = \"x\"\n"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -34,6 +35,7 @@ pub(crate) struct Snapshot {
     router: Router,
     routes: Vec<RouteRuntime>,
     max_headers: usize,
+    body_idle: Duration,
     /// Keeps the plugin engine and every binding alive as long as the snapshot serves.
     _runtime: Option<Runtime>,
 }
@@ -101,6 +103,7 @@ impl Snapshot {
             router: Router::new(&config.routes),
             routes,
             max_headers: config.gateway.max_headers,
+            body_idle: config.gateway.header_read_timeout,
             _runtime: runtime,
         }
     }
@@ -117,6 +120,8 @@ struct Routed<'s> {
     route: &'s RouteRuntime,
     prefix_len: usize,
     host: Option<Authority>,
+    /// The longest pause allowed while a body is read into memory for plugins.
+    body_idle: Duration,
 }
 
 impl Proxy {
@@ -178,6 +183,7 @@ async fn serve(
         route: &snapshot.routes[route],
         prefix_len,
         host,
+        body_idle: snapshot.body_idle,
     };
     match &routed.route.chain {
         None => {
@@ -228,7 +234,7 @@ async fn serve_with_plugins(
     let max_body = routed.route.max_body;
     let (parts, incoming) = req.into_parts();
     let (body, stream) = if chain.needs_body() {
-        match buffer(Body::stream(incoming), max_body).await? {
+        match buffer(Body::stream(incoming), max_body, routed.body_idle).await? {
             Buffered::Whole(bytes) => (Some(bytes), None),
             Buffered::TooLarge(_) => return Err(Rejection::PayloadTooLarge),
         }
@@ -262,6 +268,7 @@ async fn serve_with_plugins(
                     routed.prefix_len
                 },
                 host: routed.host.clone(),
+                body_idle: routed.body_idle,
             };
             let response = dispatch(&path_routed, view.parts, body, conn, request_id).await?;
             if !chain.has_response_hooks() {
@@ -269,7 +276,7 @@ async fn serve_with_plugins(
             }
             let (parts, body) = response.into_parts();
             let (buffered, rest) = if chain.needs_body() {
-                match buffer(body, max_body).await {
+                match buffer(body, max_body, routed.body_idle).await {
                     Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
                     Ok(Buffered::TooLarge(rest)) => (None, Some(rest)),
                     Err(_) => return Err(Rejection::UpstreamBody),
@@ -302,13 +309,19 @@ enum Buffered {
     TooLarge(Body),
 }
 
-async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, Rejection> {
+/// Reads `body` into memory up to `limit` bytes; a pause longer than `idle` between two reads
+/// ends it with a 408 (a client that trickles its body must not pin the buffer).
+async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered, Rejection> {
     let hint = body.size_hint();
     if hint.lower() > limit as u64 {
         return Ok(Buffered::TooLarge(body));
     }
     let mut buf = BytesMut::with_capacity(usize::try_from(hint.lower()).unwrap_or(0));
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(Rejection::BodyTimeout);
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|_| Rejection::BadRequest("body stream failed"))?;
         let Ok(data) = frame.into_data() else {
             // Trailers are not kept by plugins that buffer bodies.

@@ -23,6 +23,10 @@ pub(crate) enum Rejection {
     HeadersTooLarge(&'static str),
     #[error("request body larger than the route's max_body")]
     PayloadTooLarge,
+    #[error(
+        "client paused longer than header_read_timeout while sending a body buffered for plugins"
+    )]
+    BodyTimeout,
     #[error("upstream response body failed while buffering it for plugins")]
     UpstreamBody,
     #[error(transparent)]
@@ -61,6 +65,7 @@ impl Rejection {
             ),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no route matched"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out"),
             Self::UpstreamBody => (StatusCode::BAD_GATEWAY, "upstream unavailable"),
             Self::Plugin(f) => match f.kind {
                 FailureKind::Timeout | FailureKind::Unavailable => {

@@ -312,8 +312,17 @@ mod headers {
         set_: Vec<(String, String)>,
         remove_: Vec<String>,
     ) -> Result<(), types::HeaderError> {
-        for (n, v) in &set_ {
-            set(h, n, v)?;
+        // All or nothing: every edit is checked before any is applied.
+        let parsed = set_
+            .iter()
+            .map(|(n, v)| parse_header(n, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let new_names = parsed.iter().filter(|(n, _)| !h.contains_key(n)).count();
+        if h.len() + new_names > MAX_HEADERS {
+            return Err(too_many());
+        }
+        for (n, v) in parsed {
+            h.insert(n, v);
         }
         for n in &remove_ {
             remove(h, n);

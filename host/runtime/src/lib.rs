@@ -151,11 +151,12 @@ impl Runtime {
             {
                 Ok(b) => chains[*r].push(Arc::new(b)),
                 Err(e) => {
-                    let message = format!(
-                        "route {:?}: plugin {:?} refused its config: {e}",
-                        route.name, entry.name
-                    );
-                    problems.push(diagnostic(entry, format!("{key}.config"), message));
+                    let key = match e {
+                        pool::BindError::Config(_) => format!("{key}.config"),
+                        pool::BindError::Instantiate(_) => key,
+                    };
+                    let message = format!("route {:?}: plugin {:?} {e}", route.name, entry.name);
+                    problems.push(diagnostic(entry, key, message));
                 }
             }
         }

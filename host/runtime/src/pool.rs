@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmgate_config::{Isolation, OnError, PluginEntry};
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -126,6 +126,7 @@ pub struct Binding {
     idle: Mutex<Vec<Instance>>,
     max_idle: usize,
     live: Arc<Semaphore>,
+    returned: Notify,
     /// Failed calls by kind.
     pub failures: FailureCounts,
 }
@@ -137,6 +138,17 @@ impl std::fmt::Debug for Binding {
             .field("plugin", &self.tags.plugin)
             .finish_non_exhaustive()
     }
+}
+
+/// Why a plugin entry could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BindError {
+    /// The plugin's `init` refused the entry's config; its own message.
+    #[error("refused its config: {0}")]
+    Config(String),
+    /// No instance could be made or set up.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
 }
 
 /// A fresh instance's `init` needs more than a hook: it may parse a large config.
@@ -152,7 +164,7 @@ impl Binding {
         route: &str,
         entry: &PluginEntry,
         max_idle: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BindError> {
         let mut binding = Self {
             tags: Arc::new(Tags {
                 route: route.into(),
@@ -175,16 +187,29 @@ impl Binding {
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.clamp(1, MAX_INSTANCES),
             live: Arc::new(Semaphore::new(MAX_INSTANCES)),
+            returned: Notify::new(),
             failures: FailureCounts::default(),
         };
-        let mut first = binding.instantiate().await.map_err(|f| f.detail)?;
+        let permit = binding
+            .live
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BindError::Instantiate("binding closed".into()))?;
+        let mut first = binding
+            .instantiate(permit)
+            .await
+            .map_err(|f| match f.kind {
+                FailureKind::Error => BindError::Config(f.detail),
+                _ => BindError::Instantiate(f.detail),
+            })?;
         first.store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
         let info: PluginInfo = first
             .plugin
             .wasmgate_plugin_lifecycle()
             .call_describe(&mut first.store)
             .await
-            .map_err(|e| format!("describe failed: {e:#}"))?;
+            .map_err(|e| BindError::Instantiate(format!("describe failed: {e:#}")))?;
         binding.hooks = Hooks {
             request: info
                 .hooks
@@ -204,17 +229,7 @@ impl Binding {
 
     /// A new instance with `init` done. Failures are `Unavailable` (slots) or carry the plugin's
     /// config error.
-    async fn instantiate(&self) -> Result<Instance, Failure> {
-        let permit = tokio::time::timeout(CHECKOUT_WAIT, self.live.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                self.failure(
-                    FailureKind::Unavailable,
-                    format!("all {MAX_INSTANCES} instances stayed busy for {CHECKOUT_WAIT:?}"),
-                )
-            })?;
+    async fn instantiate(&self, permit: OwnedSemaphorePermit) -> Result<Instance, Failure> {
         let state = HostState::new(self.tags.clone(), self.shared.clone(), self.memory);
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -244,7 +259,8 @@ impl Binding {
                 plugin,
                 _permit: permit,
             }),
-            Ok(Err(e)) => Err(self.failure(FailureKind::Unavailable, e.message)),
+            // `Error` here means the plugin refused its config; callers tell it apart.
+            Ok(Err(e)) => Err(self.failure(FailureKind::Error, e.message)),
             Err(e) => {
                 let kind = classify(&e, &store);
                 Err(self.failure(kind, format!("init {}: {e:#}", kind.as_str())))
@@ -261,16 +277,45 @@ impl Binding {
         }
     }
 
-    async fn checkout(&self) -> Result<Instance, Failure> {
-        if self.isolation == Isolation::Pooled
-            && let Some(instance) = self.idle.lock().ok().and_then(|mut idle| idle.pop())
-        {
-            return Ok(instance);
+    fn pop_idle(&self) -> Option<Instance> {
+        if self.isolation != Isolation::Pooled {
+            return None;
         }
-        self.instantiate().await.map_err(|mut f| {
-            f.kind = FailureKind::Unavailable;
-            f
-        })
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    /// An idle instance, or a new one when fewer than [`MAX_INSTANCES`] live; otherwise waits
+    /// for whichever comes first, an instance returned or a slot freed, up to [`CHECKOUT_WAIT`].
+    async fn checkout(&self) -> Result<Instance, Failure> {
+        let deadline = tokio::time::Instant::now() + CHECKOUT_WAIT;
+        loop {
+            if let Some(instance) = self.pop_idle() {
+                return Ok(instance);
+            }
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            // Checked again once registered, so a return in between is not missed.
+            if let Some(instance) = self.pop_idle() {
+                return Ok(instance);
+            }
+            tokio::select! {
+                permit = self.live.clone().acquire_owned() => {
+                    let permit = permit.map_err(|_| self.failure(FailureKind::Unavailable, "binding closed".into()))?;
+                    return self.instantiate(permit).await.map_err(|mut f| {
+                        f.kind = FailureKind::Unavailable;
+                        f
+                    });
+                }
+                () = returned => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(self.failure(
+                        FailureKind::Unavailable,
+                        format!("all {MAX_INSTANCES} instances stayed busy for {CHECKOUT_WAIT:?}"),
+                    ));
+                }
+            }
+        }
     }
 
     fn checkin(&self, instance: Instance) {
@@ -282,6 +327,7 @@ impl Binding {
         {
             idle.push(instance);
         }
+        self.returned.notify_one();
     }
 
     /// Instances waiting in the pool.

@@ -4,6 +4,7 @@
 //! [`SharedState`] is the seam for a cluster backend (Redis) later; [`MemoryState`] keeps it in
 //! this process, lock-striped by `dashmap`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -39,12 +40,19 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn kv_delete(&self, key: &str);
 }
 
-/// Shared state in this process's memory.
+/// Shared state in this process's memory. Counters whose window ended and expired values are
+/// swept every [`SWEEP_EVERY`] new keys, so keys chosen by clients (a limit per IP) do not grow
+/// memory without bound.
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    counters: DashMap<String, (u64, i64)>,
+    /// Key → (window start, window length, value); times in ms since the UNIX epoch.
+    counters: DashMap<String, (u64, u64, i64)>,
     kv: DashMap<String, (String, Option<u64>)>,
+    new_keys: AtomicU64,
 }
+
+/// New keys between two sweeps of dead entries.
+pub(crate) const SWEEP_EVERY: u64 = 4096;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -69,17 +77,58 @@ impl MemoryState {
         Self::default()
     }
 
+    /// Counters and values held, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.counters.len() + self.kv.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn counter_at(&self, key: &str, delta: i64, window: Duration, now: u64) -> Counter {
         let (start, reset) = window_of(now, window);
-        let mut entry = self.counters.entry(key.to_owned()).or_insert((start, 0));
-        if entry.0 != start {
-            *entry = (start, 0);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        if let Some(mut entry) = self.counters.get_mut(key) {
+            if entry.0 != start {
+                *entry = (start, window_ms, 0);
+            }
+            entry.2 = entry.2.saturating_add(delta);
+            return Counter {
+                value: entry.2,
+                reset,
+            };
         }
-        entry.1 = entry.1.saturating_add(delta);
-        Counter {
-            value: entry.1,
-            reset,
+        let value = {
+            let mut entry = self
+                .counters
+                .entry(key.to_owned())
+                .or_insert((start, window_ms, 0));
+            entry.2 = entry.2.saturating_add(delta);
+            entry.2
+        };
+        self.created(now);
+        Counter { value, reset }
+    }
+
+    /// Counts a new key; every [`SWEEP_EVERY`] of them, drops dead entries.
+    fn created(&self, now: u64) {
+        let n = self.new_keys.fetch_add(1, Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.counters.retain(|_, (start, window, _)| {
+                *window == 0 || start.saturating_add(*window) > now
+            });
+            self.kv
+                .retain(|_, (_, expires)| expires.is_none_or(|e| e > now));
         }
+    }
+}
+
+fn live(entry: &(String, Option<u64>), now: u64) -> Option<&str> {
+    match entry.1 {
+        Some(expires) if expires <= now => None,
+        _ => Some(entry.0.as_str()),
     }
 }
 
@@ -94,21 +143,23 @@ impl SharedState for MemoryState {
             .counters
             .get(key)
             .filter(|e| e.0 == start)
-            .map_or(0, |e| e.1);
+            .map_or(0, |e| e.2);
         Counter { value, reset }
     }
 
     fn kv_get(&self, key: &str) -> Option<String> {
-        let now = now_ms();
         let entry = self.kv.get(key)?;
-        match entry.1 {
-            Some(expires) if expires <= now => None,
-            _ => Some(entry.0.clone()),
-        }
+        live(&entry, now_ms()).map(str::to_owned)
     }
 
     fn kv_set(&self, key: &str, value: String, ttl: Duration) {
-        self.kv.insert(key.to_owned(), (value, expiry(ttl)));
+        if self
+            .kv
+            .insert(key.to_owned(), (value, expiry(ttl)))
+            .is_none()
+        {
+            self.created(now_ms());
+        }
     }
 
     fn kv_compare_and_swap(
@@ -119,18 +170,30 @@ impl SharedState for MemoryState {
         ttl: Duration,
     ) -> bool {
         let now = now_ms();
-        let mut entry = self
-            .kv
-            .entry(key.to_owned())
-            .or_insert((String::new(), Some(0)));
-        let live = match entry.1 {
-            Some(expires) if expires <= now => None,
-            _ => Some(entry.0.as_str()),
-        };
-        if live != expected {
+        if let Some(mut entry) = self.kv.get_mut(key) {
+            if live(&entry, now) != expected {
+                return false;
+            }
+            *entry = (value, expiry(ttl));
+            return true;
+        }
+        if expected.is_some() {
+            // Absent is not the expected value; and a failed swap leaves nothing behind.
             return false;
         }
-        *entry = (value, expiry(ttl));
+        match self.kv.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(mut o) => {
+                // Stored between the two looks: compare again under the entry's lock.
+                if live(o.get(), now).is_some() {
+                    return false;
+                }
+                o.insert((value, expiry(ttl)));
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert((value, expiry(ttl)));
+                self.created(now);
+            }
+        }
         true
     }
 
@@ -169,6 +232,25 @@ mod tests {
         assert_eq!(s.kv_get("k").as_deref(), Some("b"));
         s.kv_delete("k");
         assert_eq!(s.kv_get("k"), None);
+    }
+
+    #[test]
+    fn dead_counters_and_expired_values_are_swept() {
+        let s = MemoryState::new();
+        let w = Duration::from_secs(1);
+        for i in 0..SWEEP_EVERY - 1 {
+            s.counter_at(&format!("ip-{i}"), 1, w, 1_000);
+        }
+        assert_eq!(s.len() as u64, SWEEP_EVERY - 1);
+        // The next new key, in a later window, triggers the sweep of every ended window.
+        s.counter_at("late", 1, w, 5_000);
+        assert_eq!(s.len(), 1);
+        assert!(!s.kv_compare_and_swap("missing", Some("x"), "y".into(), Duration::ZERO));
+        assert_eq!(
+            s.len(),
+            1,
+            "a failed compare-and-swap leaves nothing behind"
+        );
     }
 
     #[test]
