@@ -498,3 +498,39 @@ fn cached_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[tokio::test]
+async fn a_client_stalling_a_buffered_body_gets_408() {
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start_in(
+        plugins_dir(),
+        &format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            header_read_timeout = "300ms"
+            plugin_cache_dir = ""
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "body"
+            upstream = "u"
+            [[routes.plugins]]
+            name = "misbehave"
+            config = {{ needs_body = true }}
+            "#
+        ),
+    )
+    .await
+    .expect("start");
+    let started = Instant::now();
+    let resp = raw_exchange(
+        gw.http,
+        b"POST /upper HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("io");
+    assert_eq!(raw_status(&resp), Some(408), "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
