@@ -60,9 +60,14 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 }
 
-/// Every crate under `tests/fixtures/` and `plugins/`: (package name, folder).
+/// The example plugin (the quickstart runs it) and every crate under `tests/fixtures/` and
+/// `plugins/`: (package name, folder).
 fn wasm_crates(root: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
+    let example = root.join("examples").join("hello-plugin");
+    if example.join("Cargo.toml").exists() {
+        out.push(("hello-plugin".to_owned(), example));
+    }
     for parent in [root.join("tests").join("fixtures"), root.join("plugins")] {
         let Ok(entries) = std::fs::read_dir(&parent) else {
             continue;

@@ -532,5 +532,9 @@ async fn a_client_stalling_a_buffered_body_gets_408() {
     .await
     .expect("io");
     assert_eq!(raw_status(&resp), Some(408), "{resp}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -142,7 +142,7 @@ fn demo() -> Result<ExitCode> {
     }
     ensure_wasm_target()?;
     // The quickstart's /echo route runs the example plugin.
-    build_wasm("hello-plugin", &target_dir())?;
+    build_wasm("hello-plugin", &wasm_target_dir())?;
     run_step(cargo().args([
         "build",
         "--release",
@@ -317,7 +317,7 @@ fn plugins() -> Result<()> {
         return Ok(());
     }
     ensure_wasm_target()?;
-    let target_dir = target_dir();
+    let target_dir = wasm_target_dir();
     for dir in &crates {
         build_plugin(dir, &target_dir)?;
     }
@@ -367,6 +367,12 @@ fn build_plugin(dir: &Path, target_dir: &Path) -> Result<()> {
     })?;
     println!("==> {}", dest.display());
     Ok(())
+}
+
+/// Where plugins are built: apart from the host build, whose release profile keeps debug info,
+/// so the two never invalidate each other (`tests/build.rs` builds there too).
+fn wasm_target_dir() -> PathBuf {
+    target_dir().join("wasm")
 }
 
 /// `cargo build --release --target wasm32-wasip2 -p PACKAGE` without debug info; the `.wasm`.

@@ -1,7 +1,8 @@
 //! An example plugin: the shape of every Wasmgate plugin, and what the SDK offers.
 //!
 //! * config: `{ greeting = "hello", window = "1m" }` (both optional)
-//! * request phase: answers `GET /hello/wave` itself; otherwise counts the client's visits in the
+//! * request phase: answers paths ending in `/hello/wave` itself (plugins see the path the client
+//!   sent, before any `strip_path`); otherwise counts the client's visits in the
 //!   gateway's shared state, adds `x-greeting` and `x-visits` for the upstream and remembers the
 //!   count in the request context
 //! * response phase: adds `x-greeting` and `x-visits` to the response
@@ -52,7 +53,7 @@ impl Plugin for Hello {
     }
 
     fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
-        if req.path() == "/hello/wave" {
+        if req.path().ends_with("/hello/wave") {
             return Ok(Action::respond(200)
                 .header("content-type", "text/plain")
                 .body(format!("{} from a plugin\n", self.greeting)));
