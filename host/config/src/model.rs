@@ -212,7 +212,8 @@ pub enum OnError {
 pub enum Isolation {
     /// `"pooled"`: instances are initialised once and reused by many requests.
     Pooled,
-    /// `"request"`: every request gets a fresh instance (for untrusted code; slower).
+    /// `"request"`: every hook call gets a fresh instance, `init`ed for it and dropped after it
+    /// (for untrusted code: nothing survives from one request to the next; ~70 µs per call).
     Request,
 }
 
