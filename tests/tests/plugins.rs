@@ -489,8 +489,9 @@ fn cached_files(dir: &Path) -> Vec<std::path::PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_none_or(|e| e != "stats") {
-                // wasmtime's cache also keeps usage statistics next to the code; those change.
+            } else if p.extension().is_none() {
+                // Compiled code has no extension; wasmtime's cache also keeps usage statistics
+                // (`.stats`) next to it, written atomically through `.wip-*` files, which change.
                 out.push(p);
             }
         }

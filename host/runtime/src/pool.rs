@@ -18,7 +18,7 @@ use crate::bindings::exports::wasmgate::plugin::lifecycle::PluginInfo;
 use crate::bindings::wasmgate::plugin::types::{Action as WitAction, ResponseSpec};
 use crate::bindings::{Plugin, PluginPre};
 use crate::engine::Engine;
-use crate::host::{Context, HostState, RequestView, ResponseView, Tags};
+use crate::host::{Context, Exchange, HostState, RequestView, ResponseView, Tags};
 use crate::shared::SharedState;
 
 /// How a plugin call went wrong.
@@ -102,6 +102,13 @@ pub(crate) const MAX_INSTANCES: usize = 8;
 
 /// How long a request waits for an instance before it gets a 503.
 const CHECKOUT_WAIT: Duration = Duration::from_secs(1);
+
+/// Which hook to call.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Request,
+    Response,
+}
 
 /// What a hook asked for.
 pub(crate) enum Outcome {
@@ -342,60 +349,74 @@ impl Binding {
         ctx: Context,
         request_id: &HeaderValue,
     ) -> (RequestView, Context, Result<Outcome, Failure>) {
-        let mut instance = match self.checkout().await {
-            Ok(i) => i,
-            Err(f) => {
-                self.failures.add(f.kind);
-                return (view, ctx, Err(f));
-            }
+        let exchange = Exchange {
+            request: Some(view),
+            context: ctx,
+            ..Exchange::default()
         };
-        self.prepare(&mut instance, ctx, request_id);
-        instance.store.data_mut().exchange.request = Some(view);
-        let result = instance
-            .plugin
-            .wasmgate_plugin_http_filter()
-            .call_on_request(&mut instance.store, Resource::new_borrow(0))
-            .await;
-        let exchange = std::mem::take(&mut instance.store.data_mut().exchange);
+        let (exchange, outcome) = self.call(Hook::Request, exchange, request_id).await;
         let view = exchange.request.unwrap_or_else(unreachable_view);
-        let outcome = self.finish(instance, result);
         (view, exchange.context, outcome)
     }
 
-    /// Runs `on-response`.
+    /// Runs `on-response`. The view and context come back whatever happened.
     pub(crate) async fn on_response(
         &self,
         view: ResponseView,
         ctx: Context,
         request_id: &HeaderValue,
     ) -> (ResponseView, Context, Result<Outcome, Failure>) {
-        let mut instance = match self.checkout().await {
-            Ok(i) => i,
-            Err(f) => {
-                self.failures.add(f.kind);
-                return (view, ctx, Err(f));
-            }
+        let exchange = Exchange {
+            response: Some(view),
+            context: ctx,
+            ..Exchange::default()
         };
-        self.prepare(&mut instance, ctx, request_id);
-        instance.store.data_mut().exchange.response = Some(view);
-        let result = instance
-            .plugin
-            .wasmgate_plugin_http_filter()
-            .call_on_response(&mut instance.store, Resource::new_borrow(0))
-            .await;
-        let exchange = std::mem::take(&mut instance.store.data_mut().exchange);
+        let (exchange, outcome) = self.call(Hook::Response, exchange, request_id).await;
         let view = exchange.response.unwrap_or_else(|| ResponseView {
             parts: http::Response::new(()).into_parts().0,
             body: None,
             body_replaced: false,
         });
-        let outcome = self.finish(instance, result);
         (view, exchange.context, outcome)
     }
 
-    fn prepare(&self, instance: &mut Instance, ctx: Context, request_id: &HeaderValue) {
+    /// One hook call on a checked-out instance: the exchange is moved into the store for the
+    /// call and out after it, whatever happened.
+    async fn call(
+        &self,
+        hook: Hook,
+        exchange: Exchange,
+        request_id: &HeaderValue,
+    ) -> (Exchange, Result<Outcome, Failure>) {
+        let mut instance = match self.checkout().await {
+            Ok(i) => i,
+            Err(f) => {
+                self.failures.add(f.kind);
+                return (exchange, Err(f));
+            }
+        };
+        self.prepare(&mut instance, exchange, request_id);
+        let filter = instance.plugin.wasmgate_plugin_http_filter();
+        // The handles carry no data: the host serves the exchange in the store.
+        let result = match hook {
+            Hook::Request => {
+                filter
+                    .call_on_request(&mut instance.store, Resource::new_borrow(0))
+                    .await
+            }
+            Hook::Response => {
+                filter
+                    .call_on_response(&mut instance.store, Resource::new_borrow(0))
+                    .await
+            }
+        };
+        let exchange = std::mem::take(&mut instance.store.data_mut().exchange);
+        (exchange, self.finish(instance, result))
+    }
+
+    fn prepare(&self, instance: &mut Instance, exchange: Exchange, request_id: &HeaderValue) {
         let data = instance.store.data_mut();
-        data.exchange.context = ctx;
+        data.exchange = exchange;
         data.exchange.request_id = Some(request_id.clone());
         data.deadline = Instant::now() + self.timeout;
         data.limits.hit_memory_limit = false;
