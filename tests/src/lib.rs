@@ -40,6 +40,16 @@ pub fn closed_port() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// The most common test config: one plain listener on an ephemeral port, `gateway_extra` keys in
+/// `[gateway]`, and a route `all` forwarding everything to the upstream `u` at `up`.
+pub fn proxy_everything_to(up: SocketAddr, gateway_extra: &str) -> String {
+    format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n{gateway_extra}\n\
+         [upstreams.u]\ntargets = [\"{up}\"]\n\
+         [[routes]]\nname = \"all\"\nupstream = \"u\"\n"
+    )
+}
+
 /// A gateway running inside the test process.
 #[derive(Debug)]
 pub struct TestGateway {

@@ -15,20 +15,7 @@ fn write_config(dir: &tempfile::TempDir, toml: &str) -> std::path::PathBuf {
 async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     let (up, mut arrived) = holding_upstream(Duration::from_millis(800)).await;
     let dir = workdir();
-    let config = write_config(
-        &dir,
-        &format!(
-            r#"
-            [gateway]
-            listen = ["127.0.0.1:0"]
-            [upstreams.u]
-            targets = ["{up}"]
-            [[routes]]
-            name = "all"
-            upstream = "u"
-            "#
-        ),
-    );
+    let config = write_config(&dir, &proxy_everything_to(up, ""));
     let mut gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
     let addr = gw.addrs[0];
     let in_flight =
@@ -106,20 +93,7 @@ async fn streams_200_mib_up_and_down_within_bounded_memory() {
     const SIZE: u64 = 200 * 1024 * 1024;
     let up = echo_upstream("up").await;
     let dir = workdir();
-    let config = write_config(
-        &dir,
-        &format!(
-            r#"
-            [gateway]
-            listen = ["127.0.0.1:0"]
-            [upstreams.u]
-            targets = ["{up}"]
-            [[routes]]
-            name = "all"
-            upstream = "u"
-            "#
-        ),
-    );
+    let config = write_config(&dir, &proxy_everything_to(up, ""));
     let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
     let addr = gw.addrs[0];
     let c = client();

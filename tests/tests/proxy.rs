@@ -294,19 +294,9 @@ async fn ejected_target_is_skipped_while_a_healthy_one_remains() {
 #[tokio::test]
 async fn forwards_with_forwarded_headers_request_id_and_preserved_host() {
     let up = echo_upstream("up").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        [upstreams.u]
-        targets = ["{up}"]
-        [[routes]]
-        name = "all"
-        upstream = "u"
-        "#
-    ))
-    .await
-    .expect("start");
+    let gw = TestGateway::start(&proxy_everything_to(up, ""))
+        .await
+        .expect("start");
     let resp = client()
         .get(gw.url("/"))
         .header("host", "shop.example.com")
@@ -350,19 +340,9 @@ async fn forwards_with_forwarded_headers_request_id_and_preserved_host() {
 #[tokio::test]
 async fn serves_h2c_with_prior_knowledge() {
     let up = echo_upstream("up").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        [upstreams.u]
-        targets = ["{up}"]
-        [[routes]]
-        name = "all"
-        upstream = "u"
-        "#
-    ))
-    .await
-    .expect("start");
+    let gw = TestGateway::start(&proxy_everything_to(up, ""))
+        .await
+        .expect("start");
     let resp = h2c_client()
         .post(gw.url("/h2?q=1"))
         .body("hello")
@@ -586,19 +566,9 @@ async fn slow_header_senders_are_cut_off_and_idle_connections_closed() {
 async fn streams_chunked_uploads_and_downloads() {
     use futures_util::StreamExt;
     let up = echo_upstream("up").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        [upstreams.u]
-        targets = ["{up}"]
-        [[routes]]
-        name = "all"
-        upstream = "u"
-        "#
-    ))
-    .await
-    .expect("start");
+    let gw = TestGateway::start(&proxy_everything_to(up, ""))
+        .await
+        .expect("start");
     // A body of unknown length goes out chunked.
     let chunks = futures_util::stream::iter(
         (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'z'; 16 * 1024]))),
@@ -629,20 +599,9 @@ async fn streams_chunked_uploads_and_downloads() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let (up, mut arrived) = holding_upstream(Duration::from_millis(700)).await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        shutdown_grace = "5s"
-        [upstreams.u]
-        targets = ["{up}"]
-        [[routes]]
-        name = "all"
-        upstream = "u"
-        "#
-    ))
-    .await
-    .expect("start");
+    let gw = TestGateway::start(&proxy_everything_to(up, "shutdown_grace = \"5s\""))
+        .await
+        .expect("start");
     let addr = gw.http;
     let url = gw.url("/slow");
     let in_flight = tokio::spawn(async move { client().get(url).send().await });

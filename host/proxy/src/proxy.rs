@@ -419,11 +419,22 @@ fn has_dot_segment(path: &str) -> bool {
     if !path.contains(['.', '%']) {
         return false;
     }
-    path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e`/`%2E`; checked without allocating.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
