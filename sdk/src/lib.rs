@@ -161,6 +161,7 @@
 #![warn(missing_docs)]
 
 mod action;
+pub mod config;
 mod context;
 mod error;
 mod export;
