@@ -167,6 +167,7 @@ mod error;
 mod export;
 mod headers;
 pub mod log;
+pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 mod mock;
 mod plugin;

@@ -16,6 +16,7 @@ struct World {
     counters: HashMap<String, CounterSlot>,
     kv: HashMap<String, KvSlot>,
     logs: Vec<(Level, String)>,
+    metrics: HashMap<String, u64>,
     frozen_now_ms: Option<u64>,
 }
 
@@ -149,6 +150,18 @@ pub(crate) fn kv_delete(key: &str) {
     with(|world| {
         world.kv.remove(key);
     });
+}
+
+pub(crate) fn metric_add(name: &str, delta: u64) {
+    with(|world| {
+        let count = world.metrics.entry(name.to_owned()).or_default();
+        *count = count.saturating_add(delta);
+    });
+}
+
+#[cfg(feature = "testing")]
+pub(crate) fn metric(name: &str) -> u64 {
+    with(|world| world.metrics.get(name).copied().unwrap_or(0))
 }
 
 pub(crate) fn log(level: Level, message: &str) {

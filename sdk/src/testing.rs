@@ -53,13 +53,19 @@ pub fn logs() -> Vec<(Level, String)> {
     crate::mock::logs()
 }
 
+/// What [`metrics::counter_add`](crate::metrics::counter_add) added to counter `name` on this
+/// thread so far (0 when never counted).
+pub fn counter(name: &str) -> u64 {
+    crate::mock::metric(name)
+}
+
 /// Forgets the log lines written so far on this thread.
 pub fn clear_logs() {
     crate::mock::clear_logs();
 }
 
-/// Starts over: clears this thread's in-memory shared state (counters and KV), its captured logs,
-/// and unfreezes its clock.
+/// Starts over: clears this thread's in-memory shared state (counters and KV), its captured logs
+/// and metrics counters, and unfreezes its clock.
 pub fn reset_state() {
     crate::mock::reset();
 }

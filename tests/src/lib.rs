@@ -77,8 +77,12 @@ impl TestGateway {
 
     async fn start_at(path: &Path, toml: &str) -> anyhow::Result<Self> {
         std::fs::write(path, toml)?;
-        let config = wasmgate_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let gateway = wasmgate_proxy::Gateway::bind(&config).await?;
+        let mut config = wasmgate_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !toml.contains("access_log") {
+            // Lines on the test's stdout would only clutter its output.
+            config.gateway.access_log = wasmgate_config::AccessLog::Off;
+        }
+        let gateway = wasmgate_proxy::Gateway::bind(config).await?;
         let addrs = gateway.local_addrs();
         let http = addrs
             .iter()
@@ -221,6 +225,8 @@ pub struct GatewayProcess {
     pub addrs: Vec<SocketAddr>,
     /// Every stderr line so far (and on, until the process ends).
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Every stdout line (the access log) so far.
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 /// The `wasmgate` binary built for these tests (cargo tells integration tests where it is).
@@ -239,11 +245,19 @@ impl GatewayProcess {
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("spawn wasmgate")?;
         let stderr = child.stderr.take().context("stderr")?;
+        let stdout_pipe = child.stdout.take().context("stdout")?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stdout_sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+                stdout_sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
@@ -271,7 +285,58 @@ impl GatewayProcess {
                 }
             }
         }
-        Ok(Self { child, addrs, log })
+        Ok(Self {
+            child,
+            addrs,
+            log,
+            stdout,
+        })
+    }
+
+    /// The admin listener's address, from its "admin API on http://ADDR" line (logged before the
+    /// listeners, so known once [`GatewayProcess::start`] returned).
+    pub fn admin(&self) -> Option<SocketAddr> {
+        let log = self.log.lock().ok()?;
+        log.iter().find_map(|line| {
+            line.split("admin API on http://")
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Waits up to `limit` for a stderr line containing `needle` that was not there before
+    /// `seen` lines; the number of lines seen then.
+    pub fn wait_for_log(
+        &self,
+        needle: &str,
+        seen: usize,
+        limit: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            {
+                let log = self
+                    .log
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("log poisoned"))?;
+                if log.iter().skip(seen).any(|l| l.contains(needle)) {
+                    return Ok(log.len());
+                }
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?} within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many stderr lines were logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().map_or(0, |l| l.len())
     }
 
     /// The child's process id.

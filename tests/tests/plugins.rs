@@ -337,7 +337,7 @@ config = { fail_init = true }
     )
     .expect("write");
     let config = wasmgate_config::load(&path).expect("syntactically valid");
-    let problems = wasmgate_proxy::prepare(&config).await.expect_err("refused");
+    let problems = wasmgate_proxy::prepare(config).await.expect_err("refused");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     let text = text.join("\n");
     assert!(text.contains("gateway.toml:6:1: routes[0].plugins[0].config: route \"r\": plugin \"tagger\" refused its config: header must not be empty"), "{text}");
@@ -460,14 +460,14 @@ async fn compiled_plugins_are_cached_on_disk() {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, toml).expect("write");
     let config = wasmgate_config::load(&path).expect("valid");
-    wasmgate_proxy::prepare(&config).await.expect("load");
+    wasmgate_proxy::prepare(config.clone()).await.expect("load");
     let files = cached_files(&cache);
     assert!(!files.is_empty(), "nothing cached in {}", cache.display());
     let before: Vec<_> = files
         .iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
         .collect();
-    wasmgate_proxy::prepare(&config).await.expect("load again");
+    wasmgate_proxy::prepare(config).await.expect("load again");
     let after: Vec<_> = cached_files(&cache)
         .iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())

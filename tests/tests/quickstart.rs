@@ -20,7 +20,8 @@ async fn quickstart_answers_the_readme_examples() {
         address: up.to_string().parse().expect("authority"),
         weight: 1,
     }];
-    let gateway = wasmgate_proxy::Gateway::bind(&config).await.expect("start");
+    config.gateway.access_log = wasmgate_config::AccessLog::Off;
+    let gateway = wasmgate_proxy::Gateway::bind(config).await.expect("start");
     let addr = gateway.local_addrs()[0].addr;
     let server = tokio::spawn(gateway.run(std::future::pending()));
     let c = client();

@@ -31,6 +31,9 @@ const GATEWAY_KEYS: &[&str] = &[
     "shutdown_grace",
     "http2",
     "plugin_cache_dir",
+    "admin",
+    "access_log",
+    "watch",
 ];
 const HTTP2_KEYS: &[&str] = &[
     "max_concurrent_streams",
@@ -116,6 +119,9 @@ fn default_gateway(base: &Path) -> Gateway {
             keepalive_timeout: Duration::from_secs(10),
         },
         plugin_cache_dir: default_cache_dir(),
+        admin: None,
+        access_log: AccessLog::Stdout,
+        watch: true,
     }
 }
 
@@ -467,6 +473,42 @@ impl<'r> Reader<'r> {
             && let Some(p) = self.string(v, &t.key("plugin_cache_dir"))
         {
             g.plugin_cache_dir = (!p.is_empty()).then(|| self.base.join(p));
+        }
+        if let Some(v) = t.get("admin")
+            && let Some(s) = self.string(v, &t.key("admin"))
+        {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => g.admin = Some(a),
+                Err(_) => self.err(
+                    &v.span(),
+                    &t.key("admin"),
+                    format!(
+                        "invalid admin address {s:?} (expected IP:PORT, e.g. \"127.0.0.1:9901\")"
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = t.get("access_log")
+            && let Some(s) = self.string(v, &t.key("access_log"))
+        {
+            g.access_log = match s {
+                "stdout" => AccessLog::Stdout,
+                "off" => AccessLog::Off,
+                "" => {
+                    self.err(
+                        &v.span(),
+                        &t.key("access_log"),
+                        "must not be empty: \"stdout\", \"off\" or a file path",
+                    );
+                    AccessLog::Stdout
+                }
+                path => AccessLog::File(self.base.join(path)),
+            };
+        }
+        if let Some(v) = t.get("watch")
+            && let Some(b) = self.boolean(v, &t.key("watch"))
+        {
+            g.watch = b;
         }
         if let Some(v) = t.get("http2") {
             self.http2(v, &mut g.http2);

@@ -56,6 +56,25 @@ pub struct Gateway {
     /// `plugin_cache_dir`: where compiled plugins are cached, keyed by content hash. Default
     /// `$XDG_CACHE_HOME/wasmgate` (or `~/.cache/wasmgate`); `""` turns the cache off.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// `admin`: the admin listener (health, readiness, metrics, routes, plugins, config, reload).
+    /// Absent: no admin listener. It has no authentication: bind it to loopback or a private
+    /// network only.
+    pub admin: Option<SocketAddr>,
+    /// `access_log`: where one JSON line per request goes. Default `"stdout"`.
+    pub access_log: AccessLog,
+    /// `watch`: reload when the config file or a plugin file changes. Default `true`.
+    pub watch: bool,
+}
+
+/// `gateway.access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// `"stdout"`: to standard output (the default).
+    Stdout,
+    /// A file path, relative to the config file: appended to, created when missing.
+    File(PathBuf),
+    /// `"off"`: no access log.
+    Off,
 }
 
 /// `[gateway.http2]`.

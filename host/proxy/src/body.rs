@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -21,6 +23,11 @@ enum Kind {
     Full(Option<Bytes>),
     /// Streamed from a peer.
     Stream(Incoming),
+    /// Streamed from a client, counting its data bytes for the access log.
+    Counted {
+        inner: Incoming,
+        count: Arc<AtomicU64>,
+    },
     /// Bytes already read, then the rest of the stream.
     Prefixed {
         head: Option<Bytes>,
@@ -68,6 +75,16 @@ impl Body {
         }
     }
 
+    /// A body streamed from a client, adding its data bytes to `count` as they pass.
+    pub(crate) fn counted(incoming: Incoming, count: Arc<AtomicU64>) -> Self {
+        Self {
+            kind: Kind::Counted {
+                inner: incoming,
+                count,
+            },
+        }
+    }
+
     /// `head`, then whatever `rest` still yields.
     pub fn prefixed(head: Bytes, rest: Body) -> Self {
         Self {
@@ -101,6 +118,15 @@ impl http_body::Body for Body {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(BodyError::Stream),
+            Kind::Counted { inner, count } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(f)) = &frame
+                    && let Some(data) = f.data_ref()
+                {
+                    count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)))
+            }
             Kind::Prefixed { head, rest } => match head.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -124,7 +150,9 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
-            Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.is_end_stream(),
+            Kind::Stream(inner) | Kind::Watched { inner, .. } | Kind::Counted { inner, .. } => {
+                inner.is_end_stream()
+            }
         }
     }
 
@@ -142,7 +170,9 @@ impl http_body::Body for Body {
                 }
                 hint
             }
-            Kind::Stream(inner) | Kind::Watched { inner, .. } => inner.size_hint(),
+            Kind::Stream(inner) | Kind::Watched { inner, .. } | Kind::Counted { inner, .. } => {
+                inner.size_hint()
+            }
         }
     }
 }

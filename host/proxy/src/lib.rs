@@ -10,9 +10,11 @@
 //! drains in-flight requests for the configured grace period.
 
 mod body;
+mod control;
 mod forward;
 mod listener;
 mod proxy;
+mod record;
 mod rescue;
 mod router;
 mod tls;
@@ -23,14 +25,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wasmgate_config::{Config, Diagnostic};
-use wasmgate_runtime::{MemoryState, Runtime};
+use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
+use wasmgate_runtime::{Loader, MemoryState, Runtime};
+use wasmgate_telemetry::{AccessLog, Metrics};
 
 pub use body::{Body, BodyError};
+pub use control::{Active, Control, Reloaded};
 pub use router::{Match, Router};
 
 use listener::{Listener, Server};
@@ -42,6 +47,14 @@ pub enum StartError {
     /// The configuration is valid TOML with valid keys, but something in it cannot be used.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<Diagnostic>),
+    /// The access log file could not be opened.
+    #[error("cannot open the access log {}: {source}", path.display())]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -61,18 +74,64 @@ pub struct BoundAddr {
     pub tls: bool,
 }
 
-/// Checks what [`wasmgate_config::load`] cannot check alone, without opening any socket: TLS keys
-/// usable by rustls and matching their certificates, and every plugin loaded and `init`ed with its
-/// config. Returns the loaded plugin runtime for [`Gateway::bind`].
-pub async fn prepare(config: &Config) -> Result<Option<Runtime>, Vec<Diagnostic>> {
-    let mut problems = Vec::new();
-    if let Some(tls) = &config.gateway.tls
-        && let Err(mut p) = tls::server_config(config, &tls.certificates)
-    {
-        problems.append(&mut p);
+/// What outlives configuration reloads: the plugin loader (engine, compiled plugins, shared state)
+/// and the metrics.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
+    loader: Arc<Loader>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self::new()
     }
+}
+
+impl Services {
+    /// Fresh metrics, an in-memory shared state and no compiled plugins.
+    pub fn new() -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let loader = Arc::new(Loader::new(Arc::new(MemoryState::new()), metrics.clone()));
+        Self { metrics, loader }
+    }
+}
+
+/// A configuration checked beyond what [`wasmgate_config::load`] checks alone: TLS keys usable
+/// by rustls and matching their certificates, every plugin loaded and `init`ed with its config.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The configuration.
+    pub config: Config,
+    /// Its plugins, when a route has any.
+    pub runtime: Option<Runtime>,
+    tls: Option<Arc<ServerConfig>>,
+}
+
+/// Prepares `config` with a loader of its own, without opening any socket (`wasmgate check`).
+pub async fn prepare(config: Config) -> Result<Prepared, Vec<Diagnostic>> {
+    prepare_with(&Services::new(), config).await
+}
+
+/// Prepares `config` with the gateway's long-lived `services` (at start and on reload).
+pub async fn prepare_with(
+    services: &Services,
+    config: Config,
+) -> Result<Prepared, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let tls = match &config.gateway.tls {
+        Some(t) => match tls::server_config(&config, &t.certificates) {
+            Ok(c) => Some(c),
+            Err(mut p) => {
+                problems.append(&mut p);
+                None
+            }
+        },
+        None => None,
+    };
     let runtime = if config.routes.iter().any(|r| !r.plugins.is_empty()) {
-        match Runtime::load(config, Arc::new(MemoryState::new())).await {
+        match services.loader.load(&config).await {
             Ok(rt) => Some(rt),
             Err(mut p) => {
                 problems.append(&mut p);
@@ -83,7 +142,11 @@ pub async fn prepare(config: &Config) -> Result<Option<Runtime>, Vec<Diagnostic>
         None
     };
     if problems.is_empty() {
-        Ok(runtime)
+        Ok(Prepared {
+            config,
+            runtime,
+            tls,
+        })
     } else {
         problems.sort_by_key(|d| d.location);
         Err(problems)
@@ -96,30 +159,28 @@ pub struct Gateway {
     server: Arc<Server>,
     listeners: Vec<Listener>,
     shutdown_grace: Duration,
+    control: Control,
 }
 
 impl Gateway {
     /// Loads `config`'s plugins, builds the data path and binds every listener. Must run inside
     /// a tokio runtime.
-    pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let runtime = prepare(config).await.map_err(StartError::Config)?;
-        Self::bind_prepared(config, runtime).await
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let services = Services::new();
+        let prepared = prepare_with(&services, config)
+            .await
+            .map_err(StartError::Config)?;
+        Self::bind_prepared(prepared, services).await
     }
 
-    /// [`Gateway::bind`] with plugins already loaded by [`prepare`].
-    pub async fn bind_prepared(
-        config: &Config,
-        runtime: Option<Runtime>,
-    ) -> Result<Self, StartError> {
-        let tls = match &config.gateway.tls {
-            Some(t) => Some((
-                t,
-                TlsAcceptor::from(
-                    tls::server_config(config, &t.certificates).map_err(StartError::Config)?,
-                ),
-            )),
-            None => None,
-        };
+    /// [`Gateway::bind`] with a configuration already prepared by [`prepare_with`] on `services`.
+    pub async fn bind_prepared(prepared: Prepared, services: Services) -> Result<Self, StartError> {
+        let Prepared {
+            config,
+            runtime,
+            tls,
+        } = prepared;
+        let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
         let mut listeners = Vec::new();
         for addr in &config.gateway.listen {
             listeners.push(Listener {
@@ -127,19 +188,43 @@ impl Gateway {
                 tls: None,
             });
         }
-        if let Some((t, acceptor)) = &tls {
+        if let (Some(t), Some(server_config)) = (&config.gateway.tls, &tls) {
             for addr in &t.listen {
                 listeners.push(Listener {
                     tcp: bind(*addr).await?,
-                    tls: Some(acceptor.clone()),
+                    tls: Some(server_config.clone()),
                 });
             }
         }
-        let proxy = Arc::new(Proxy::new(Snapshot::new(config, runtime)));
+        let access_log = Arc::new(
+            open_access_log(&config.gateway.access_log, &services.metrics).map_err(|source| {
+                StartError::AccessLog {
+                    path: match &config.gateway.access_log {
+                        AccessLogConfig::File(p) => p.clone(),
+                        _ => "stdout".into(),
+                    },
+                    source,
+                }
+            })?,
+        );
+        let config = Arc::new(config);
+        let snapshot = Snapshot::new(config.clone(), runtime, &services.metrics, access_log);
+        let proxy = Arc::new(Proxy::new(snapshot));
+        let server = Arc::new(Server::new(
+            proxy.clone(),
+            &config.gateway,
+            services.metrics.connections().clone(),
+        ));
         Ok(Self {
-            server: Arc::new(Server::new(proxy, &config.gateway)),
+            server,
             listeners,
             shutdown_grace: config.gateway.shutdown_grace,
+            control: Control {
+                proxy,
+                services,
+                tls,
+                reloading: Arc::new(tokio::sync::Mutex::new(())),
+            },
         })
     }
 
@@ -154,6 +239,11 @@ impl Gateway {
                 })
             })
             .collect()
+    }
+
+    /// A handle to reload and inspect the running gateway.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish for
@@ -185,6 +275,14 @@ impl Gateway {
                 false
             }
         }
+    }
+}
+
+fn open_access_log(destination: &AccessLogConfig, metrics: &Metrics) -> std::io::Result<AccessLog> {
+    match destination {
+        AccessLogConfig::Off => Ok(AccessLog::off()),
+        AccessLogConfig::Stdout => AccessLog::stdout(metrics),
+        AccessLogConfig::File(path) => AccessLog::file(path, metrics),
     }
 }
 

@@ -8,30 +8,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::Gateway as GatewayConfig;
 
-use crate::body::Body;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::record::Recorded;
 
 /// Connection-level settings shared by every listener.
 #[derive(Debug)]
 pub(crate) struct Server {
     pub(crate) proxy: Arc<Proxy>,
+    connections: Gauge,
     http: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Server {
-    pub(crate) fn new(proxy: Arc<Proxy>, config: &GatewayConfig) -> Self {
+    pub(crate) fn new(proxy: Arc<Proxy>, config: &GatewayConfig, connections: Gauge) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         let mut h1 = http.http1();
         h1.timer(TokioTimer::new())
@@ -53,6 +57,7 @@ impl Server {
             .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX));
         Self {
             proxy,
+            connections,
             http,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
@@ -63,7 +68,8 @@ impl Server {
 /// A bound listening socket.
 pub(crate) struct Listener {
     pub(crate) tcp: TcpListener,
-    pub(crate) tls: Option<TlsAcceptor>,
+    /// The TLS settings, swapped by a reload that changes certificates.
+    pub(crate) tls: Option<Arc<ArcSwap<ServerConfig>>>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -104,7 +110,7 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let server = server.clone();
-            let tls = self.tls.clone();
+            let tls = self.tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
             let stop = stop.clone();
             tracker.spawn(async move {
                 serve(server, stream, peer, tls, stop).await;
@@ -120,6 +126,8 @@ async fn serve(
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    server.connections.inc();
+    let _open = OpenConnection(&server.connections);
     let activity = Arc::new(Activity::new());
     match tls {
         None => {
@@ -237,6 +245,15 @@ impl Activity {
     }
 }
 
+/// Counts a connection out of `wasmgate_connections_active` however its task ends.
+struct OpenConnection<'a>(&'a Gauge);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
@@ -261,9 +278,9 @@ struct ConnService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<Body>;
+    type Response = Response<Recorded>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Recorded>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -15,9 +16,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmgate_config::{Config, RouteAction};
 use wasmgate_runtime::{Chain, Context, RequestOutcome, RequestView, ResponseView, Runtime};
+use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, UpstreamOutcome};
 
 use crate::body::Body;
 use crate::forward::{self, REQUEST_ID};
+use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::Rejection;
 use crate::router::{Match, Router};
 use crate::upstream::Upstream;
@@ -36,8 +39,16 @@ pub(crate) struct Snapshot {
     routes: Vec<RouteRuntime>,
     max_headers: usize,
     body_idle: Duration,
+    /// Metrics of each route, by index, and of requests no route matched.
+    route_metrics: Vec<Arc<RouteMetrics>>,
+    unrouted: Arc<RouteMetrics>,
+    pub(crate) access_log: Arc<AccessLog>,
+    /// The configuration this snapshot serves, for the admin API.
+    pub(crate) config: Arc<Config>,
     /// Keeps the plugin engine and every binding alive as long as the snapshot serves.
-    _runtime: Option<Runtime>,
+    pub(crate) runtime: Option<Runtime>,
+    /// When this snapshot started serving.
+    pub(crate) loaded_at: SystemTime,
 }
 
 #[derive(Debug)]
@@ -63,11 +74,16 @@ struct Prepared {
 }
 
 impl Snapshot {
-    pub(crate) fn new(config: &Config, runtime: Option<Runtime>) -> Self {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        runtime: Option<Runtime>,
+        metrics: &Metrics,
+        access_log: Arc<AccessLog>,
+    ) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u)))
+            .map(|u| Arc::new(Upstream::new(u, metrics)))
             .collect();
         let routes = config
             .routes
@@ -104,7 +120,16 @@ impl Snapshot {
             routes,
             max_headers: config.gateway.max_headers,
             body_idle: config.gateway.header_read_timeout,
-            _runtime: runtime,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| Arc::new(metrics.route(&r.name)))
+                .collect(),
+            unrouted: Arc::new(metrics.route("")),
+            access_log,
+            runtime,
+            loaded_at: SystemTime::now(),
+            config,
         }
     }
 }
@@ -112,7 +137,7 @@ impl Snapshot {
 /// The request handler shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Proxy {
-    snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
 }
 
 /// A routed request, ready to be answered or forwarded.
@@ -132,24 +157,76 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every failure is a response made by [`Rejection`].
-    pub(crate) async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    /// The request is counted and logged once its response body has been sent.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Recorded> {
+        let start = Instant::now();
         let request_id = forward::request_id(req.headers());
         let method = req.method().clone();
+        // In-flight requests finish on the snapshot they started with, whatever a reload swaps in.
         let snapshot = self.snapshot.load_full();
-        let mut response = match serve(&snapshot, req, conn, &request_id).await {
-            Ok(response) => response,
-            Err(rejection) => return rejection.into_response(&request_id, &method),
+        let (req, arrival) = if snapshot.access_log.enabled() {
+            let bytes_in = Arc::new(AtomicU64::new(0));
+            let arrival = Arrival {
+                time: SystemTime::now(),
+                client: conn.peer.ip(),
+                host: log_host(&req),
+                path: req.uri().path().to_owned(),
+                bytes_in: bytes_in.clone(),
+            };
+            (req.map(|b| Body::counted(b, bytes_in)), Some(arrival))
+        } else {
+            (req.map(Body::stream), None)
         };
-        response.headers_mut().insert(REQUEST_ID, request_id);
-        response
+        let mut trace = Trace::default();
+        let response = match serve(&snapshot, req, conn, &request_id, &mut trace).await {
+            Ok(mut response) => {
+                response
+                    .headers_mut()
+                    .insert(REQUEST_ID, request_id.clone());
+                response
+            }
+            Err(rejection) => rejection.into_response(&request_id, &method),
+        };
+        let route = trace
+            .route
+            .map_or(&snapshot.unrouted, |i| &snapshot.route_metrics[i])
+            .clone();
+        let (parts, body) = response.into_parts();
+        let record = Record {
+            start,
+            method,
+            status: parts.status.as_u16(),
+            request_id,
+            route,
+            trace,
+            arrival,
+            log: snapshot.access_log.clone(),
+        };
+        Response::from_parts(parts, Recorded::new(body, record))
+    }
+}
+
+/// The host the client asked for, as written, for the access log.
+fn log_host<B>(req: &Request<B>) -> Option<String> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_owned()),
+        None => req
+            .headers()
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
     }
 }
 
 async fn serve(
     snapshot: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<Body>,
     conn: ConnInfo,
     request_id: &HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
     if req.headers().len() > snapshot.max_headers {
         return Err(Rejection::HeadersTooLarge("too many header fields"));
@@ -179,6 +256,7 @@ async fn serve(
                 ));
             }
         };
+    trace.route = Some(route);
     let routed = Routed {
         route: &snapshot.routes[route],
         prefix_len,
@@ -188,9 +266,9 @@ async fn serve(
     match &routed.route.chain {
         None => {
             let (parts, body) = req.into_parts();
-            dispatch(&routed, parts, Body::stream(body), conn, request_id).await
+            dispatch(&routed, parts, body, conn, request_id, trace).await
         }
-        Some(chain) => serve_with_plugins(&routed, chain, req, conn, request_id).await,
+        Some(chain) => serve_with_plugins(&routed, chain, req, conn, request_id, trace).await,
     }
 }
 
@@ -201,40 +279,26 @@ async fn dispatch(
     body: Body,
     conn: ConnInfo,
     request_id: &HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
     match &routed.route.action {
         Action::Respond(p) => Ok(respond(p, &parts.method)),
-        Action::Upstream(u) => {
-            let strip = if routed.route.strip_path {
-                routed.prefix_len
-            } else {
-                0
-            };
-            forward(
-                u,
-                parts,
-                body,
-                strip,
-                routed.host.as_ref(),
-                conn,
-                request_id,
-            )
-            .await
-        }
+        Action::Upstream(u) => forward(u, routed, parts, body, conn, request_id, trace).await,
     }
 }
 
 async fn serve_with_plugins(
     routed: &Routed<'_>,
     chain: &Chain,
-    req: Request<Incoming>,
+    req: Request<Body>,
     conn: ConnInfo,
     request_id: &HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
     let max_body = routed.route.max_body;
     let (parts, incoming) = req.into_parts();
     let (body, stream) = if chain.needs_body() {
-        match buffer(Body::stream(incoming), max_body, routed.body_idle).await? {
+        match buffer(incoming, max_body, routed.body_idle).await? {
             Buffered::Whole(bytes) => (Some(bytes), None),
             Buffered::TooLarge(_) => return Err(Rejection::PayloadTooLarge),
         }
@@ -249,14 +313,16 @@ async fn serve_with_plugins(
         client: conn.peer.ip(),
         tls: conn.tls,
     };
+    let started = Instant::now();
     let (view, ctx, outcome) = chain.on_request(view, Context::new(), request_id).await;
+    trace.plugins += started.elapsed();
     let (response, rest, ran) = match outcome {
         RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
         RequestOutcome::Respond { response, ran } => (response, None, ran),
         RequestOutcome::Continue => {
             let body = match (view.body, stream) {
                 (Some(bytes), _) => Body::full(bytes),
-                (None, Some(incoming)) => Body::stream(incoming),
+                (None, Some(incoming)) => incoming,
                 (None, None) => Body::empty(),
             };
             let path_routed = Routed {
@@ -270,7 +336,8 @@ async fn serve_with_plugins(
                 host: routed.host.clone(),
                 body_idle: routed.body_idle,
             };
-            let response = dispatch(&path_routed, view.parts, body, conn, request_id).await?;
+            let response =
+                dispatch(&path_routed, view.parts, body, conn, request_id, trace).await?;
             if !chain.has_response_hooks() {
                 return Ok(response);
             }
@@ -292,7 +359,9 @@ async fn serve_with_plugins(
             (view, rest, chain.len())
         }
     };
+    let started = Instant::now();
     let (view, _ctx, result) = chain.on_response(ran, response, ctx, request_id).await;
+    trace.plugins += started.elapsed();
     result.map_err(Rejection::Plugin)?;
     let body = match (view.body, rest) {
         (Some(bytes), _) => Body::full(bytes),
@@ -338,14 +407,21 @@ async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered
 
 async fn forward(
     upstream: &Upstream,
+    routed: &Routed<'_>,
     mut parts: http::request::Parts,
     body: Body,
-    strip: usize,
-    host: Option<&Authority>,
     conn: ConnInfo,
     request_id: &HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
+    let strip = if routed.route.strip_path {
+        routed.prefix_len
+    } else {
+        0
+    };
+    let host = routed.host.as_ref();
     let target = upstream.pick();
+    trace.target = Some(target.authority.clone());
     let path_and_query = if strip > 0 {
         stripped(&parts.uri, strip)
     } else {
@@ -382,6 +458,7 @@ async fn forward(
     let result = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
     let response = match result {
         Err(_) => {
+            target.metrics.count(UpstreamOutcome::Timeout);
             return Err(Rejection::Timeout {
                 upstream: upstream.name.clone(),
                 target: target.authority.to_string(),
@@ -389,6 +466,7 @@ async fn forward(
             });
         }
         Ok(Err(source)) if source.is_connect() => {
+            target.metrics.count(UpstreamOutcome::ConnectError);
             upstream.eject(target);
             return Err(Rejection::Connect {
                 upstream: upstream.name.clone(),
@@ -397,6 +475,7 @@ async fn forward(
             });
         }
         Ok(Err(source)) => {
+            target.metrics.count(UpstreamOutcome::Error);
             return Err(Rejection::Upstream {
                 upstream: upstream.name.clone(),
                 target: target.authority.to_string(),
@@ -405,6 +484,7 @@ async fn forward(
         }
         Ok(Ok(response)) => response,
     };
+    target.metrics.count(UpstreamOutcome::Response);
     upstream.restore(target);
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
@@ -438,7 +518,7 @@ fn is_dot_segment(segment: &str) -> bool {
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Result<Option<Authority>, Rejection> {
+fn request_host<B>(req: &Request<B>) -> Result<Option<Authority>, Rejection> {
     if let Some(a) = req.uri().authority() {
         return Ok(Some(a.clone()));
     }

@@ -8,6 +8,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use wasmgate_telemetry::{Metrics, TargetMetrics};
+
 use crate::body::Body;
 
 /// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
@@ -29,12 +31,13 @@ pub(crate) struct Upstream {
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) authority: Authority,
+    pub(crate) metrics: TargetMetrics,
     /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
 }
 
 impl Upstream {
-    pub(crate) fn new(config: &wasmgate_config::Upstream) -> Self {
+    pub(crate) fn new(config: &wasmgate_config::Upstream, metrics: &Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -55,6 +58,7 @@ impl Upstream {
                 .iter()
                 .map(|t| Target {
                     authority: t.address.clone(),
+                    metrics: metrics.target(&config.name, t.address.as_str()),
                     ejected_until: AtomicU64::new(0),
                 })
                 .collect(),

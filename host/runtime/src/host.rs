@@ -14,7 +14,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasmgate::plugin::{context, log, shared_state, types};
+use wasmgate_telemetry::{CounterError, MAX_PLUGIN_COUNTERS, PluginMetrics};
+
+use crate::bindings::wasmgate::plugin::{context, log, metrics, shared_state, types};
 use crate::shared::SharedState;
 
 /// The `request` resource's representation: there is one request per call, so the handle carries
@@ -110,6 +112,9 @@ pub(crate) struct Exchange {
 pub(crate) struct Tags {
     pub(crate) route: Arc<str>,
     pub(crate) plugin: Arc<str>,
+    pub(crate) metrics: PluginMetrics,
+    /// Whether a refused counter name was logged already (once per entry, not per call).
+    pub(crate) counter_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Memory and table limits of one instance; remembers whether the memory limit was hit so a
@@ -657,6 +662,33 @@ impl log::Host for HostState {
             log::Level::Info => emit!(tracing::Level::INFO),
             log::Level::Warn => emit!(tracing::Level::WARN),
             log::Level::Error => emit!(tracing::Level::ERROR),
+        }
+        Ok(())
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        if let Err(e) = self.tags.metrics.counter_add(&name, delta)
+            && !self
+                .tags
+                .counter_refused
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let why = match e {
+                CounterError::InvalidName => {
+                    "names are 1-64 characters of a-z, 0-9 and _".to_owned()
+                }
+                CounterError::TooMany => {
+                    format!("a plugin entry may keep at most {MAX_PLUGIN_COUNTERS} counters")
+                }
+            };
+            tracing::warn!(
+                route = &*self.tags.route,
+                plugin = &*self.tags.plugin,
+                counter = name,
+                "plugin counter ignored: {why} (logged once)"
+            );
         }
         Ok(())
     }

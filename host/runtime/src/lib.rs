@@ -22,10 +22,11 @@ mod shared;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmgate_config::{Config, Diagnostic, Location, PluginEntry};
+use wasmgate_telemetry::Metrics;
 use wasmtime::component::Component;
 
 pub use chain::{Chain, RequestOutcome};
@@ -56,6 +57,21 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// One `[[routes.plugins]]` entry as loaded, for the admin API.
+#[derive(Debug)]
+pub struct BoundPlugin {
+    /// The route's name.
+    pub route: String,
+    /// The entry's plugin name.
+    pub plugin: String,
+    /// The file and its hash.
+    pub file: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The binding: pooled instances, failures.
+    pub binding: Arc<Binding>,
+}
+
 /// Every route's chain for one configuration, plus the engine they run on.
 #[derive(Debug)]
 pub struct Runtime {
@@ -64,16 +80,46 @@ pub struct Runtime {
     chains: Vec<Option<Arc<Chain>>>,
     /// Loaded plugin files by path.
     pub plugins: Vec<LoadedPlugin>,
+    /// Every plugin entry, in config order.
+    pub bound: Vec<BoundPlugin>,
 }
 
-impl Runtime {
+/// Loads the plugins of successive configurations of one gateway, keeping what a reload can
+/// reuse: the engine (while its limits still fit), components compiled from unchanged files, the
+/// shared state (so rate limits survive a reload) and the metrics.
+pub struct Loader {
+    shared: Arc<dyn SharedState>,
+    metrics: Arc<Metrics>,
+    cached: Mutex<Option<Cached>>,
+}
+
+/// The engine of the last load and the plugins compiled on it, by content hash.
+struct Cached {
+    settings: EngineSettings,
+    engine: Arc<Engine>,
+    compiled: HashMap<String, LoadedPlugin>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader").finish_non_exhaustive()
+    }
+}
+
+impl Loader {
+    /// A loader whose plugins share `shared` and report to `metrics`.
+    pub fn new(shared: Arc<dyn SharedState>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared,
+            metrics,
+            cached: Mutex::new(None),
+        }
+    }
+
     /// Loads every plugin the configuration references and binds every entry (running `init`).
     /// Every problem is reported, each located at its `[[routes.plugins]]` entry and naming the
     /// route, the plugin and the cause (the plugin's own message for a refused config).
-    pub async fn load(
-        config: &Config,
-        shared: Arc<dyn SharedState>,
-    ) -> Result<Self, Vec<Diagnostic>> {
+    pub async fn load(&self, config: &Config) -> Result<Runtime, Vec<Diagnostic>> {
         let entries: Vec<(usize, usize, &PluginEntry)> = config
             .routes
             .iter()
@@ -107,8 +153,8 @@ impl Runtime {
             key,
             message,
         };
-        let engine = match Engine::new(&settings) {
-            Ok(e) => Arc::new(e),
+        let (engine, mut compiled) = match self.engine_for(&settings) {
+            Ok(found) => found,
             Err(e) => {
                 return Err(vec![Diagnostic {
                     file: config.file.clone(),
@@ -122,12 +168,12 @@ impl Runtime {
         let mut loaded: HashMap<PathBuf, Result<LoadedPlugin, String>> = HashMap::new();
         for (_, _, entry) in &entries {
             if !loaded.contains_key(&entry.file) {
-                let result = load_file(&engine, &entry.file);
+                let result = load_file(&engine, &entry.file, &compiled);
                 loaded.insert(entry.file.clone(), result);
             }
         }
         let mut chains: Vec<Vec<Arc<Binding>>> = vec![Vec::new(); config.routes.len()];
-        let shared_state = shared;
+        let mut bound = Vec::new();
         for (r, p, entry) in &entries {
             let route = &config.routes[*r];
             let key = format!("routes[{r}].plugins[{p}]");
@@ -142,14 +188,25 @@ impl Runtime {
             match Binding::new(
                 engine.clone(),
                 plugin.pre.clone(),
-                shared_state.clone(),
+                self.shared.clone(),
                 &route.name,
                 entry,
                 workers,
+                self.metrics.plugin(&route.name, &entry.name),
             )
             .await
             {
-                Ok(b) => chains[*r].push(Arc::new(b)),
+                Ok(b) => {
+                    let b = Arc::new(b);
+                    chains[*r].push(b.clone());
+                    bound.push(BoundPlugin {
+                        route: route.name.clone(),
+                        plugin: entry.name.clone(),
+                        file: plugin.file.clone(),
+                        sha256: plugin.sha256.clone(),
+                        binding: b,
+                    });
+                }
                 Err(e) => {
                     let key = match e {
                         pool::BindError::Config(_) => format!("{key}.config"),
@@ -160,19 +217,75 @@ impl Runtime {
                 }
             }
         }
+        // Only what this configuration uses stays compiled for the next one.
+        compiled.clear();
+        for plugin in loaded.values().flatten() {
+            compiled.insert(plugin.sha256.clone(), plugin.clone());
+        }
+        self.keep(settings, engine.clone(), compiled);
         if !problems.is_empty() {
             return Err(problems);
         }
         let mut plugins: Vec<LoadedPlugin> = loaded.into_values().filter_map(Result::ok).collect();
         plugins.sort_by(|a, b| a.file.cmp(&b.file));
-        Ok(Self {
+        Ok(Runtime {
             engine,
             chains: chains
                 .into_iter()
                 .map(|c| (!c.is_empty()).then(|| Arc::new(Chain::new(c))))
                 .collect(),
             plugins,
+            bound,
         })
+    }
+
+    /// The last load's engine and compiled plugins when `settings` fit in its limits, otherwise
+    /// a new engine (a bigger pool or memory limit cannot be changed in place).
+    fn engine_for(
+        &self,
+        settings: &EngineSettings,
+    ) -> wasmtime::Result<(Arc<Engine>, HashMap<String, LoadedPlugin>)> {
+        let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = cached
+            && c.settings.cache_dir == settings.cache_dir
+            && c.settings.max_memory >= settings.max_memory
+            && c.settings.instance_slots >= settings.instance_slots
+        {
+            return Ok((c.engine, c.compiled));
+        }
+        Ok((Arc::new(Engine::new(settings)?), HashMap::new()))
+    }
+
+    fn keep(
+        &self,
+        settings: EngineSettings,
+        engine: Arc<Engine>,
+        compiled: HashMap<String, LoadedPlugin>,
+    ) {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let settings = match cached.take() {
+            // A reused engine keeps the limits it was built with.
+            Some(old) if Arc::ptr_eq(&old.engine, &engine) => old.settings,
+            _ => settings,
+        };
+        *cached = Some(Cached {
+            settings,
+            engine,
+            compiled,
+        });
+    }
+}
+
+impl Runtime {
+    /// Loads a configuration's plugins with a loader of its own (fresh shared state, metrics
+    /// registered nowhere): for `wasmgate check`, tools and benchmarks.
+    pub async fn load(
+        config: &Config,
+        shared: Arc<dyn SharedState>,
+    ) -> Result<Self, Vec<Diagnostic>> {
+        Loader::new(shared, Arc::new(Metrics::new()))
+            .load(config)
+            .await
     }
 
     /// The chain of route number `route`, if it has plugins.
@@ -186,7 +299,11 @@ impl Runtime {
     }
 }
 
-fn load_file(engine: &Engine, file: &Path) -> Result<LoadedPlugin, String> {
+fn load_file(
+    engine: &Engine,
+    file: &Path,
+    compiled: &HashMap<String, LoadedPlugin>,
+) -> Result<LoadedPlugin, String> {
     let bytes = std::fs::read(file).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!(
             "{} not found (build it with `cargo build --release --target wasm32-wasip2` and copy the .wasm there)",
@@ -195,6 +312,12 @@ fn load_file(engine: &Engine, file: &Path) -> Result<LoadedPlugin, String> {
         _ => format!("cannot read {}: {e}", file.display()),
     })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
+    if let Some(known) = compiled.get(&sha256) {
+        return Ok(LoadedPlugin {
+            file: file.to_path_buf(),
+            ..known.clone()
+        });
+    }
     let component = Component::new(&engine.engine, &bytes).map_err(|e| {
         format!(
             "{} is not a valid WebAssembly component (build plugins for wasm32-wasip2): {e:#}",

@@ -4,13 +4,14 @@
 //! after a call that ended normally, `Continue`, `respond` or `plugin-error` alike. An instance
 //! whose call trapped, timed out or ran out of memory is dropped, never reused.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmgate_config::{Isolation, OnError, PluginEntry};
+use wasmgate_telemetry::PluginMetrics;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -78,8 +79,10 @@ pub struct FailureCounts {
 }
 
 impl FailureCounts {
-    fn add(&self, kind: FailureKind) {
+    fn add(&self, kind: FailureKind, metrics: &PluginMetrics) {
         self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+        // FailureKind's order is FAILURE_KINDS' order.
+        metrics.failed(kind as usize);
     }
 
     /// The count for `kind`.
@@ -171,11 +174,14 @@ impl Binding {
         route: &str,
         entry: &PluginEntry,
         max_idle: usize,
+        metrics: PluginMetrics,
     ) -> Result<Self, BindError> {
         let mut binding = Self {
             tags: Arc::new(Tags {
                 route: route.into(),
                 plugin: entry.name.as_str().into(),
+                metrics,
+                counter_refused: AtomicBool::new(false),
             }),
             pre,
             engine,
@@ -388,10 +394,24 @@ impl Binding {
         exchange: Exchange,
         request_id: &HeaderValue,
     ) -> (Exchange, Result<Outcome, Failure>) {
+        let start = Instant::now();
+        let (exchange, outcome) = self.call_instance(hook, exchange, request_id).await;
+        self.tags
+            .metrics
+            .observe(matches!(hook, Hook::Response), start.elapsed());
+        (exchange, outcome)
+    }
+
+    async fn call_instance(
+        &self,
+        hook: Hook,
+        exchange: Exchange,
+        request_id: &HeaderValue,
+    ) -> (Exchange, Result<Outcome, Failure>) {
         let mut instance = match self.checkout().await {
             Ok(i) => i,
             Err(f) => {
-                self.failures.add(f.kind);
+                self.failures.add(f.kind, &self.tags.metrics);
                 return (exchange, Err(f));
             }
         };
@@ -441,13 +461,13 @@ impl Binding {
             }
             Ok(Err(e)) => {
                 self.checkin(instance);
-                self.failures.add(FailureKind::Error);
+                self.failures.add(FailureKind::Error, &self.tags.metrics);
                 Err(self.failure(FailureKind::Error, e.message))
             }
             Err(e) => {
                 // Dropped, never reused: its memory may be in any state.
                 let kind = classify(&e, &instance.store);
-                self.failures.add(kind);
+                self.failures.add(kind, &self.tags.metrics);
                 Err(self.failure(kind, format!("{e:#}")))
             }
         }

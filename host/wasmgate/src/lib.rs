@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use wasmgate_admin::{Admin, Reloader, Watcher};
+use wasmgate_proxy::{Prepared, Services};
 
 /// An API gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -24,7 +27,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the gateway and serve until SIGTERM or SIGINT, then drain in-flight requests for up
-    /// to `gateway.shutdown_grace` (default 30s) and exit 0.
+    /// to `gateway.shutdown_grace` (default 30s) and exit 0. SIGHUP reloads the config file, as
+    /// does a change to it or to a plugin file (unless `gateway.watch = false`) and `POST /reload`
+    /// on the admin listener.
     ///
     /// The listening addresses are logged once every listener is bound, as
     /// "listening on http://ADDR" or "listening on https://ADDR".
@@ -86,7 +91,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Loads and fully validates a config (plugins loaded and `init`ed), printing every problem.
-async fn load(path: &Path) -> Option<(wasmgate_config::Config, Option<wasmgate_runtime::Runtime>)> {
+async fn load(path: &Path, services: &Services) -> Option<Prepared> {
     let config = match wasmgate_config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -96,8 +101,8 @@ async fn load(path: &Path) -> Option<(wasmgate_config::Config, Option<wasmgate_r
             return None;
         }
     };
-    match wasmgate_proxy::prepare(&config).await {
-        Ok(runtime) => Some((config, runtime)),
+    match wasmgate_proxy::prepare_with(services, config).await {
+        Ok(prepared) => Some(prepared),
         Err(problems) => {
             for d in problems {
                 eprintln!("{d}");
@@ -116,41 +121,68 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let Some((config, runtime)) = runtime()?.block_on(load(path)) else {
+    let Some(prepared) = runtime()?.block_on(load(path, &Services::new())) else {
         return Ok(ExitCode::from(1));
     };
     println!(
         "{}: ok ({} routes, {} upstreams, {} plugins)",
         path.display(),
-        config.routes.len(),
-        config.upstreams.len(),
-        runtime.as_ref().map_or(0, |r| r.plugins.len())
+        prepared.config.routes.len(),
+        prepared.config.upstreams.len(),
+        prepared.runtime.as_ref().map_or(0, |r| r.plugins.len())
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let Some((config, plugins)) = load(path).await else {
+        let services = Services::new();
+        let Some(prepared) = load(path, &services).await else {
             eprintln!(
                 "error: {}: refusing to start with an invalid config",
                 path.display()
             );
             return Ok(ExitCode::from(1));
         };
-        let gateway = wasmgate_proxy::Gateway::bind_prepared(&config, plugins).await?;
+        let admin_addr = prepared.config.gateway.admin;
+        let watch = prepared.config.gateway.watch;
+        let routes = prepared.config.routes.len();
+        let gateway = wasmgate_proxy::Gateway::bind_prepared(prepared, services).await?;
+        let reloader = Reloader::new(path.to_path_buf(), gateway.control());
+        let stop_admin = CancellationToken::new();
+        let mut draining = None;
+        if let Some(addr) = admin_addr {
+            let admin = Admin::bind(addr, reloader.clone())
+                .await
+                .with_context(|| format!("cannot listen on {addr} (gateway.admin)"))?;
+            let bound = admin.local_addr()?;
+            draining = Some(admin.draining());
+            tokio::spawn(admin.serve(stop_admin.clone()));
+            tracing::info!("admin API on http://{bound}");
+        }
+        let _watcher = if watch {
+            match Watcher::start(reloader.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tokio::spawn(reload_on_sighup(reloader));
         for bound in gateway.local_addrs() {
             let scheme = if bound.tls { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{}", bound.addr);
         }
-        tracing::info!(
-            config = %path.display(),
-            routes = config.routes.len(),
-            "wasmgate ready"
-        );
+        tracing::info!(config = %path.display(), routes, "wasmgate ready");
         gateway
             .run(async {
                 shutdown_signal().await;
+                if let Some(d) = &draining {
+                    d.start();
+                }
                 // A second signal during the drain stops at once.
                 tokio::spawn(async {
                     shutdown_signal().await;
@@ -159,8 +191,26 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 });
             })
             .await;
+        stop_admin.cancel();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads the config file on every SIGHUP.
+async fn reload_on_sighup(reloader: Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload("SIGHUP").await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

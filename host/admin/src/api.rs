@@ -1,0 +1,416 @@
+//! The admin listener's HTTP API. It has no authentication: bind it to loopback or a private
+//! network.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /health` | 200 while the gateway serves, 503 once it drains |
+//! | `GET /ready` | 200 when a configuration is loaded and the gateway is not draining, else 503 |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `GET /routes` | the routes served, in match order of the file |
+//! | `GET /plugins` | every plugin entry: file, sha256, route, pooled instances, failures |
+//! | `GET /config` | the configuration served, plugin secrets redacted |
+//! | `POST /reload` | reloads the config file; 200 with a summary or 400 with every problem |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wasmgate_config::{Config, HostPattern, PathPattern, RouteAction};
+use wasmgate_proxy::Active;
+use wasmgate_runtime::FailureKind;
+use wasmgate_telemetry::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+
+use crate::Reloader;
+
+/// A bound admin listener, ready to [`serve`](Admin::serve).
+#[derive(Debug)]
+pub struct Admin {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    reloader: Reloader,
+    draining: AtomicBool,
+}
+
+/// Tells the admin API the gateway is draining (`/health` and `/ready` then answer 503).
+#[derive(Debug, Clone)]
+pub struct Draining(Arc<State>);
+
+impl Draining {
+    /// Marks the gateway as draining.
+    pub fn start(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Admin {
+    /// Binds `addr`.
+    pub async fn bind(addr: SocketAddr, reloader: Reloader) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            state: Arc::new(State {
+                reloader,
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to mark the gateway as draining.
+    pub fn draining(&self) -> Draining {
+        Draining(self.state.clone())
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, stop: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let state = self.state.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "admin connection failed");
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let control = state.reloader.control();
+    let draining = state.draining.load(Ordering::Relaxed);
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/health") => {
+            if draining {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "draining"}),
+                )
+            } else {
+                json_response(StatusCode::OK, &json!({"status": "ok"}))
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/ready") => {
+            if draining {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))
+            } else {
+                let routes = control.inspect(|a| a.config.routes.len());
+                json_response(StatusCode::OK, &json!({"ready": true, "routes": routes}))
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
+            .body(Full::new(Bytes::from(control.metrics().encode())))
+            .unwrap_or_default(),
+        (&Method::GET | &Method::HEAD, "/routes") => {
+            json_response(StatusCode::OK, &control.inspect(routes))
+        }
+        (&Method::GET | &Method::HEAD, "/plugins") => {
+            json_response(StatusCode::OK, &control.inspect(plugins))
+        }
+        (&Method::GET | &Method::HEAD, "/config") => {
+            json_response(StatusCode::OK, &control.inspect(config))
+        }
+        (&Method::POST, "/reload") => match state.reloader.reload("admin API").await {
+            Ok(r) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "result": "success",
+                    "routes": r.routes,
+                    "plugins": r.plugins,
+                    "restart_needed": r.restart_needed,
+                }),
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"result": "failure", "errors": e.problems}),
+            ),
+        },
+        (_, "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config") => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        (_, "/reload") => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+            r
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    text.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_default()
+}
+
+fn loaded_at(active: &Active<'_>) -> String {
+    humantime::format_rfc3339_seconds(active.loaded_at).to_string()
+}
+
+fn route_json(config: &Config, route: &wasmgate_config::Route) -> Value {
+    let hosts: Vec<String> = route
+        .hosts
+        .iter()
+        .map(|h| match h {
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Wildcard(suffix) => format!("*{suffix}"),
+        })
+        .collect();
+    let paths: Vec<String> = route
+        .paths
+        .iter()
+        .map(|p| match p {
+            PathPattern::Prefix(p) => p.clone(),
+            PathPattern::Exact(p) => format!("={p}"),
+        })
+        .collect();
+    let methods: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+    let headers: serde_json::Map<String, Value> = route
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let mut out = json!({
+        "name": route.name,
+        "hosts": hosts,
+        "paths": paths,
+        "methods": methods,
+        "headers": headers,
+        "strip_path": route.strip_path,
+        "max_body": route.max_body,
+        "plugins": route.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+    });
+    match &route.action {
+        RouteAction::Upstream(i) => {
+            let upstream = &config.upstreams[*i];
+            out["upstream"] = json!({
+                "name": upstream.name,
+                "targets": upstream.targets.iter().map(|t| json!({
+                    "address": t.address.as_str(),
+                    "weight": t.weight,
+                })).collect::<Vec<_>>(),
+            });
+        }
+        RouteAction::Respond(r) => {
+            out["respond"] = json!({"status": r.status.as_u16()});
+        }
+    }
+    out
+}
+
+fn routes(active: Active<'_>) -> Value {
+    json!({
+        "loaded_at": loaded_at(&active),
+        "routes": active
+            .config
+            .routes
+            .iter()
+            .map(|r| route_json(active.config, r))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn plugins(active: Active<'_>) -> Value {
+    let bound = active.runtime.map_or(&[][..], |r| &r.bound[..]);
+    let entries: Vec<Value> = bound
+        .iter()
+        .map(|b| {
+            let failures: serde_json::Map<String, Value> = [
+                FailureKind::Error,
+                FailureKind::Trap,
+                FailureKind::Timeout,
+                FailureKind::OutOfMemory,
+                FailureKind::Unavailable,
+            ]
+            .into_iter()
+            .map(|k| (k.as_str().to_owned(), json!(b.binding.failures.get(k))))
+            .collect();
+            json!({
+                "name": b.plugin,
+                "route": b.route,
+                "file": b.file.display().to_string(),
+                "sha256": b.sha256,
+                "pooled_instances": b.binding.pooled(),
+                "failures": failures,
+            })
+        })
+        .collect();
+    json!({"loaded_at": loaded_at(&active), "plugins": entries})
+}
+
+fn config(active: Active<'_>) -> Value {
+    let c = active.config;
+    let g = &c.gateway;
+    let routes: Vec<Value> = c
+        .routes
+        .iter()
+        .map(|r| {
+            let mut route = route_json(c, r);
+            route["plugins"] = r
+                .plugins
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "file": p.file.display().to_string(),
+                        "config": redact(&p.config, false),
+                        "memory": p.memory,
+                        "timeout_ms": p.timeout.as_millis(),
+                        "on_error": format!("{:?}", p.on_error).to_lowercase(),
+                        "isolation": format!("{:?}", p.isolation).to_lowercase(),
+                    })
+                })
+                .collect();
+            route
+        })
+        .collect();
+    json!({
+        "file": c.file.display().to_string(),
+        "loaded_at": loaded_at(&active),
+        "gateway": {
+            "listen": g.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "tls_listen": g.tls.as_ref().map(|t| t.listen.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            "admin": g.admin.map(|a| a.to_string()),
+            "plugins_dir": g.plugins_dir.display().to_string(),
+            "access_log": match &g.access_log {
+                wasmgate_config::AccessLog::Stdout => "stdout".to_owned(),
+                wasmgate_config::AccessLog::Off => "off".to_owned(),
+                wasmgate_config::AccessLog::File(p) => p.display().to_string(),
+            },
+            "watch": g.watch,
+            "header_read_timeout_ms": g.header_read_timeout.as_millis(),
+            "idle_timeout_ms": g.idle_timeout.as_millis(),
+            "max_header_size": g.max_header_size,
+            "max_headers": g.max_headers,
+            "shutdown_grace_ms": g.shutdown_grace.as_millis(),
+        },
+        "upstreams": c.upstreams.iter().map(|u| json!({
+            "name": u.name,
+            "targets": u.targets.iter().map(|t| json!({"address": t.address.as_str(), "weight": t.weight})).collect::<Vec<_>>(),
+            "connect_timeout_ms": u.connect_timeout.as_millis(),
+            "timeout_ms": u.timeout.as_millis(),
+        })).collect::<Vec<_>>(),
+        "routes": routes,
+    })
+}
+
+/// Key names whose values are secrets, matched as lowercase substrings: `keys`, `secret`,
+/// `password`, `token`, `users` (password hashes), `jwks`, `private`, `credential`.
+const SECRET_KEYS: &[&str] = &[
+    "key",
+    "secret",
+    "passw",
+    "token",
+    "user",
+    "jwks",
+    "private",
+    "credential",
+];
+
+/// A plugin config with every string, number and boolean under a secret-looking key replaced
+/// by `"<redacted>"` (maps keep their keys, e.g. consumer names).
+fn redact(value: &Value, secret: bool) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let hidden = secret || SECRET_KEYS.iter().any(|s| lower.contains(s));
+                    (k.clone(), redact(v, hidden))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| redact(v, secret)).collect()),
+        Value::Null => Value::Null,
+        _ if secret => Value::String("<redacted>".into()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_secrets_but_keeps_structure_and_harmless_keys() {
+        let config = json!({
+            "header": "x-api-key",
+            "keys": {"alice": "k-alice", "bob": "k-bob"},
+            "secret": "s3cr3t",
+            "users": {"alice": "$2y$05$hash"},
+            "jwks": {"keys": [{"kty": "RSA", "n": "abc"}]},
+            "limit": 100,
+        });
+        let redacted = redact(&config, false);
+        assert_eq!(redacted["header"], "x-api-key");
+        assert_eq!(redacted["keys"]["alice"], "<redacted>");
+        assert_eq!(redacted["secret"], "<redacted>");
+        assert_eq!(redacted["users"]["alice"], "<redacted>");
+        assert_eq!(redacted["jwks"]["keys"][0]["n"], "<redacted>");
+        assert_eq!(redacted["limit"], 100);
+        assert!(!redacted.to_string().contains("k-alice"));
+    }
+}

@@ -1,0 +1,11 @@
+//! What Wasmgate tells its operators: Prometheus metrics ([`Metrics`]) and the JSON access log
+//! ([`AccessLog`]). Both outlive configuration reloads.
+
+mod access_log;
+mod metrics;
+
+pub use access_log::{AccessEntry, AccessLog, millis};
+pub use metrics::{
+    CONTENT_TYPE, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics, PluginMetrics,
+    RouteMetrics, TargetMetrics, UpstreamOutcome,
+};

@@ -1,0 +1,490 @@
+//! The gateway's Prometheus metrics.
+//!
+//! One [`Metrics`] lives as long as the process, across reloads, so counters never restart. The
+//! data path never looks a series up by name: each route, upstream target and plugin binding gets
+//! its handles once, when a configuration is loaded ([`Metrics::route`], [`Metrics::target`],
+//! [`Metrics::plugin`]); only `wasmgate_requests_total` resolves its `method`/`status` labels per
+//! request, from a small bounded set.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Request latencies, in seconds: 0.5 ms to 60 s.
+const REQUEST_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Plugin hook latencies, in seconds: 5 µs to 1 s (hooks are limited to their `timeout`).
+const PLUGIN_BUCKETS: [f64; 14] = [
+    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.05, 0.25, 1.0,
+];
+
+/// How many distinct counter names one plugin entry may create with the host API.
+pub const MAX_PLUGIN_COUNTERS: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<String>,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: Arc<String>,
+    target: Arc<String>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginPhaseLabels {
+    route: Arc<String>,
+    plugin: Arc<String>,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginKindLabels {
+    route: Arc<String>,
+    plugin: Arc<String>,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCounterLabels {
+    route: Arc<String>,
+    plugin: Arc<String>,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of the gateway, registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    plugin_duration: HistogramFamily<PluginPhaseLabels>,
+    plugin_failures: Family<PluginKindLabels, Counter>,
+    plugin_counters: Family<PluginCounterLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    connections: Gauge,
+    access_log_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasmgate");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route (\"\" when none matched), method and status",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival until its response body was sent, by route",
+            request_duration.clone(),
+        );
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Requests sent to upstream targets, by outcome: response, connect_error, timeout, error",
+            upstream_requests.clone(),
+        );
+        let plugin_duration: HistogramFamily<PluginPhaseLabels> =
+            Family::new_with_constructor(|| Histogram::new(PLUGIN_BUCKETS));
+        registry.register(
+            "plugin_duration_seconds",
+            "Time spent in one plugin hook, including waiting for an instance, by route, plugin and phase",
+            plugin_duration.clone(),
+        );
+        let plugin_failures = Family::default();
+        registry.register(
+            "plugin_failures",
+            "Failed plugin calls by kind: error, trap, timeout, oom, unavailable",
+            plugin_failures.clone(),
+        );
+        let plugin_counters = Family::default();
+        registry.register(
+            "plugin_counter",
+            "Counters plugins keep through the host API, by route, plugin and name",
+            plugin_counters.clone(),
+        );
+        let reloads: Family<ResultLabels, Counter> = Family::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result: success or failure",
+            reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            reloads.get_or_create(&ResultLabels { result }).get();
+        }
+        let connections = Gauge::default();
+        registry.register(
+            "connections_active",
+            "Client connections currently open",
+            connections.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer could not keep up",
+            access_log_dropped.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            plugin_duration,
+            plugin_failures,
+            plugin_counters,
+            reloads,
+            connections,
+            access_log_dropped,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), which Prometheus scrapes.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The handles of route `name`.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let route = Arc::new(name.to_owned());
+        RouteMetrics {
+            duration: self.request_duration.get_or_create_owned(&RouteLabels {
+                route: route.clone(),
+            }),
+            requests: self.requests.clone(),
+            route,
+        }
+    }
+
+    /// The handles of one target of upstream `upstream`.
+    pub fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let upstream = Arc::new(upstream.to_owned());
+        let target = Arc::new(target.to_owned());
+        let outcomes = UpstreamOutcome::ALL.map(|outcome| {
+            self.upstream_requests.get_or_create_owned(&UpstreamLabels {
+                upstream: upstream.clone(),
+                target: target.clone(),
+                outcome: outcome.as_str(),
+            })
+        });
+        TargetMetrics { outcomes }
+    }
+
+    /// The handles of plugin `plugin` on route `route`.
+    pub fn plugin(&self, route: &str, plugin: &str) -> PluginMetrics {
+        let route = Arc::new(route.to_owned());
+        let plugin = Arc::new(plugin.to_owned());
+        let duration = ["request", "response"].map(|phase| {
+            self.plugin_duration
+                .get_or_create_owned(&PluginPhaseLabels {
+                    route: route.clone(),
+                    plugin: plugin.clone(),
+                    phase,
+                })
+        });
+        let failures = FAILURE_KINDS.map(|kind| {
+            self.plugin_failures.get_or_create_owned(&PluginKindLabels {
+                route: route.clone(),
+                plugin: plugin.clone(),
+                kind,
+            })
+        });
+        PluginMetrics {
+            duration,
+            failures,
+            counters: self.plugin_counters.clone(),
+            names: Mutex::new(HashSet::new()),
+            route,
+            plugin,
+        }
+    }
+
+    /// Counts a configuration reload.
+    pub fn reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Reloads counted so far with this result.
+    pub fn reloads(&self, success: bool) -> u64 {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).get()
+    }
+
+    /// The open client connections gauge.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    pub(crate) fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
+    }
+}
+
+/// Kinds of plugin failure, in the order of [`PluginMetrics::failed`]'s index.
+pub const FAILURE_KINDS: [&str; 5] = ["error", "trap", "timeout", "oom", "unavailable"];
+
+/// The metrics of one route.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    route: Arc<String>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a finished request and its duration.
+    pub fn finished(&self, method: &Method, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                method: method_label(method),
+                status,
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.route
+    }
+}
+
+/// Standard methods by name; anything else is `OTHER`, so clients cannot create series at will.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// How a request to an upstream target ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// The target answered (any status).
+    Response,
+    /// No connection could be made.
+    ConnectError,
+    /// No answer within the upstream's `timeout`.
+    Timeout,
+    /// The connection failed after it was made.
+    Error,
+}
+
+impl UpstreamOutcome {
+    const ALL: [Self; 4] = [
+        Self::Response,
+        Self::ConnectError,
+        Self::Timeout,
+        Self::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Response => "response",
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The metrics of one upstream target.
+#[derive(Debug, Clone)]
+pub struct TargetMetrics {
+    outcomes: [Counter; 4],
+}
+
+impl TargetMetrics {
+    /// Counts a request's outcome.
+    pub fn count(&self, outcome: UpstreamOutcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}
+
+/// The metrics of one plugin entry of one route.
+pub struct PluginMetrics {
+    route: Arc<String>,
+    plugin: Arc<String>,
+    duration: [Histogram; 2],
+    failures: [Counter; 5],
+    counters: Family<PluginCounterLabels, Counter>,
+    /// Counter names this entry has created, capped at [`MAX_PLUGIN_COUNTERS`].
+    names: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for PluginMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginMetrics")
+            .field("route", &self.route)
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a plugin's counter was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterError {
+    /// The name is not 1–64 characters of `a-z`, `0-9` and `_`.
+    InvalidName,
+    /// The entry already has [`MAX_PLUGIN_COUNTERS`] names.
+    TooMany,
+}
+
+impl PluginMetrics {
+    /// A detached set of handles, registered nowhere (for plugins loaded outside a gateway).
+    pub fn detached(route: &str, plugin: &str) -> Self {
+        Metrics::new().plugin(route, plugin)
+    }
+
+    /// Records a hook's duration; `response` selects the phase.
+    pub fn observe(&self, response: bool, elapsed: Duration) {
+        self.duration[usize::from(response)].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failure; `kind` indexes [`FAILURE_KINDS`].
+    pub fn failed(&self, kind: usize) {
+        if let Some(c) = self.failures.get(kind) {
+            c.inc();
+        }
+    }
+
+    /// Adds `delta` to the plugin's own counter `name`.
+    pub fn counter_add(&self, name: &str, delta: u64) -> Result<(), CounterError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(CounterError::InvalidName);
+        }
+        {
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            if !names.contains(name) {
+                if names.len() >= MAX_PLUGIN_COUNTERS {
+                    return Err(CounterError::TooMany);
+                }
+                names.insert(name.to_owned());
+            }
+        }
+        self.counters
+            .get_or_create(&PluginCounterLabels {
+                route: self.route.clone(),
+                plugin: self.plugin.clone(),
+                name: name.to_owned(),
+            })
+            .inc_by(delta);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_family_with_its_labels() {
+        let m = Metrics::new();
+        m.route("users")
+            .finished(&Method::GET, 200, Duration::from_millis(3));
+        m.route("users")
+            .finished(&Method::from_bytes(b"BREW").unwrap(), 404, Duration::ZERO);
+        m.target("users", "127.0.0.1:9001")
+            .count(UpstreamOutcome::ConnectError);
+        let p = m.plugin("users", "key-auth");
+        p.observe(false, Duration::from_micros(20));
+        p.failed(2);
+        p.counter_add("rejected", 3).unwrap();
+        m.reload(false);
+        m.connections().inc();
+        let text = m.encode();
+        for needle in [
+            r#"wasmgate_requests_total{route="users",method="GET",status="200"} 1"#,
+            r#"wasmgate_requests_total{route="users",method="OTHER",status="404"} 1"#,
+            r#"wasmgate_request_duration_seconds_count{route="users"} 2"#,
+            r#"wasmgate_upstream_requests_total{upstream="users",target="127.0.0.1:9001",outcome="connect_error"} 1"#,
+            r#"wasmgate_plugin_duration_seconds_count{route="users",plugin="key-auth",phase="request"} 1"#,
+            r#"wasmgate_plugin_failures_total{route="users",plugin="key-auth",kind="timeout"} 1"#,
+            r#"wasmgate_plugin_counter_total{route="users",plugin="key-auth",name="rejected"} 3"#,
+            r#"wasmgate_config_reloads_total{result="failure"} 1"#,
+            r#"wasmgate_config_reloads_total{result="success"} 0"#,
+            "wasmgate_connections_active 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn plugin_counters_are_named_and_bounded() {
+        let p = PluginMetrics::detached("r", "p");
+        assert_eq!(p.counter_add("Bad Name", 1), Err(CounterError::InvalidName));
+        assert_eq!(p.counter_add("", 1), Err(CounterError::InvalidName));
+        for i in 0..MAX_PLUGIN_COUNTERS {
+            p.counter_add(&format!("c{i}"), 1).unwrap();
+        }
+        assert_eq!(p.counter_add("one_more", 1), Err(CounterError::TooMany));
+        assert_eq!(p.counter_add("c0", 1), Ok(()), "existing names still count");
+    }
+}

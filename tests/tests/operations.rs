@@ -1,0 +1,475 @@
+//! Operating a running gateway (the `wasmgate` binary as a child process): hot reload from the
+//! watched file, SIGHUP and `POST /reload`, the admin API, metrics and the access log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wasmgate_tests::*;
+
+const TAGGER: &str = env!("WASM_TAGGER");
+const MISBEHAVE: &str = env!("WASM_MISBEHAVE");
+
+fn write(path: &Path, text: &str) {
+    // Written beside and renamed over, as editors and deploy tools do: the watcher never sees
+    // half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn gateway_section(extra: &str) -> String {
+    format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nplugin_cache_dir = \"\"\n{extra}\n"
+    )
+}
+
+fn mock_route(name: &str, path: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\npaths = [\"={path}\"]\nrespond = {{ body = \"{name}\" }}\n"
+    )
+}
+
+struct Running {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    gw: GatewayProcess,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start(config_text: &str, setup: impl FnOnce(&Path)) -> Running {
+    let dir = workdir();
+    setup(dir.path());
+    let config = dir.path().join("gateway.toml");
+    write(&config, config_text);
+    let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
+    let http = gw.addrs[0];
+    let admin = gw.admin().expect("admin address logged");
+    Running {
+        _dir: dir,
+        config,
+        gw,
+        http,
+        admin,
+    }
+}
+
+async fn get(url: String) -> (u16, String) {
+    let resp = client().get(url).send().await.expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+async fn admin_json(admin: SocketAddr, path: &str) -> Value {
+    let (status, body) = get(format!("http://{admin}{path}")).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// Polls until `url` answers `status`, for at most `limit`; how long it took.
+async fn until_status(url: &str, status: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(resp) = client().get(url).send().await
+            && resp.status().as_u16() == status
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{url} did not answer {status} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_route_added_to_the_watched_file_serves_within_3s() {
+    let base = format!("{}{}", gateway_section(""), mock_route("a", "/a"));
+    let run = start(&base, |_| {});
+    assert_eq!(get(format!("http://{}/b", run.http)).await.0, 404);
+    write(&run.config, &format!("{base}{}", mock_route("b", "/b")));
+    let took = until_status(
+        &format!("http://{}/b", run.http),
+        200,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        get(format!("http://{}/a", run.http)).await,
+        (200, "a".into())
+    );
+    let metrics = get(format!("http://{}/metrics", run.admin)).await.1;
+    assert!(
+        metrics.contains(r#"wasmgate_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+    eprintln!("new route served {took:?} after the write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_keeps_the_old_routes_serving_and_reports_every_problem() {
+    let base = format!("{}{}", gateway_section(""), mock_route("a", "/a"));
+    let run = start(&base, |_| {});
+    let seen = run.gw.log_len();
+    write(
+        &run.config,
+        &format!(
+            "{base}[[routes]]\nname = \"b\"\npaths = [\"/b\"]\nupstream = \"nowhere\"\nstrip_paht = true\n"
+        ),
+    );
+    let gw = &run.gw;
+    tokio::task::block_in_place(|| gw.wait_for_log("reload failed", seen, Duration::from_secs(5)))
+        .expect("the failed reload is logged");
+    let log = run.gw.log_text();
+    assert!(
+        log.contains("gateway.toml:14:1: routes[1].strip_paht"),
+        "{log}"
+    );
+    assert!(log.contains("nowhere"), "{log}");
+    assert_eq!(
+        get(format!("http://{}/a", run.http)).await,
+        (200, "a".into())
+    );
+
+    let resp = client()
+        .post(format!("http://{}/reload", run.admin))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["result"], "failure");
+    let errors = body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 2, "{body}");
+    let metrics = get(format!("http://{}/metrics", run.admin)).await.1;
+    assert!(
+        metrics.contains(r#"wasmgate_config_reloads_total{result="failure"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"wasmgate_config_reloads_total{result="success"} 0"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file() {
+    let base = format!(
+        "{}{}",
+        gateway_section("watch = false"),
+        mock_route("a", "/a")
+    );
+    let run = start(&base, |_| {});
+    write(&run.config, &format!("{base}{}", mock_route("b", "/b")));
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await.0,
+        404,
+        "not watched"
+    );
+    let seen = run.gw.log_len();
+    run.gw.signal("HUP").expect("signal");
+    let gw = &run.gw;
+    tokio::task::block_in_place(|| gw.wait_for_log("reloaded", seen, Duration::from_secs(5)))
+        .expect("reloaded");
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await,
+        (200, "b".into())
+    );
+}
+
+fn tagged_route(up: SocketAddr, value: &str) -> String {
+    format!(
+        r#"
+        [upstreams.echo]
+        targets = ["{up}"]
+        [[routes]]
+        name = "tagged"
+        upstream = "echo"
+        [[routes.plugins]]
+        name = "tagger"
+        config = {{ header = "x-tag", value = "{value}" }}
+        "#
+    )
+}
+
+fn with_tagger(dir: &Path) {
+    std::fs::create_dir(dir.join("plugins")).expect("mkdir");
+    std::fs::copy(TAGGER, dir.join("plugins/tagger.wasm")).expect("copy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_reloads_under_keep_alive_load_lose_no_request() {
+    let up = echo_upstream("echo").await;
+    let config_for = |v: &str| {
+        format!(
+            "{}{}",
+            gateway_section("watch = false"),
+            tagged_route(up, v)
+        )
+    };
+    let run = start(&config_for("v0"), with_tagger);
+    let url = format!("http://{}/load", run.http);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, stop, ok) = (url.clone(), stop.clone(), ok.clone());
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client, reused for every request.
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client");
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let body: Value = r.json().await.expect("json");
+                        let tag = body["headers"]["x-tag"].as_str().unwrap_or("");
+                        if tag.starts_with('v') {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures.push(format!("untagged: {body}"));
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("error {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    let admin = client();
+    let started = Instant::now();
+    for i in 1..=20 {
+        write(&run.config, &config_for(&format!("v{i}")));
+        let resp = admin
+            .post(format!("http://{}/reload", run.admin))
+            .send()
+            .await
+            .expect("reload");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.expect("client task"));
+    }
+    let served = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "{served} requests over {:?} and 20 reloads, {} failed",
+        started.elapsed(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(served > 100, "only {served} requests");
+    let (_, body) = get(format!("http://{}/after", run.http)).await;
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["headers"]["x-tag"], "v20", "the last reload serves");
+    let metrics = get(format!("http://{}/metrics", run.admin)).await.1;
+    assert!(
+        metrics.contains(r#"wasmgate_config_reloads_total{result="success"} 20"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn admin_api_reports_health_metrics_routes_plugins_and_config() {
+    let up = echo_upstream("echo").await;
+    let run = start(
+        &format!("{}{}", gateway_section(""), tagged_route(up, "secret-ish")),
+        with_tagger,
+    );
+    for path in ["/health", "/ready"] {
+        assert_eq!(get(format!("http://{}{path}", run.admin)).await.0, 200);
+    }
+    assert_eq!(get(format!("http://{}/users/1", run.http)).await.0, 200);
+    let missing = client()
+        .get(format!("http://{}/x", run.http))
+        .header("host", "unknown.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(missing.status(), 200, "the route matches any host");
+
+    let metrics = get(format!("http://{}/metrics", run.admin)).await.1;
+    for needle in [
+        r#"wasmgate_requests_total{route="tagged",method="GET",status="200"} 2"#,
+        r#"wasmgate_request_duration_seconds_count{route="tagged"} 2"#,
+        r#"wasmgate_plugin_duration_seconds_count{route="tagged",plugin="tagger",phase="request"} 2"#,
+        r#"wasmgate_plugin_duration_seconds_count{route="tagged",plugin="tagger",phase="response"} 2"#,
+        r#"wasmgate_plugin_failures_total{route="tagged",plugin="tagger",kind="trap"} 0"#,
+        "wasmgate_connections_active",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!(
+            r#"wasmgate_upstream_requests_total{{upstream="echo",target="{up}",outcome="response"}} 2"#
+        )),
+        "{metrics}"
+    );
+
+    let routes = admin_json(run.admin, "/routes").await;
+    assert_eq!(routes["routes"][0]["name"], "tagged");
+    assert_eq!(routes["routes"][0]["upstream"]["name"], "echo");
+    assert_eq!(routes["routes"][0]["plugins"][0], "tagger");
+
+    let plugins = admin_json(run.admin, "/plugins").await;
+    let p = &plugins["plugins"][0];
+    assert_eq!(p["name"], "tagger");
+    assert_eq!(p["route"], "tagged");
+    assert_eq!(p["sha256"].as_str().map(str::len), Some(64));
+    assert!(p["pooled_instances"].as_u64() >= Some(1), "{p}");
+    assert_eq!(p["failures"]["trap"], 0);
+
+    let config = admin_json(run.admin, "/config").await;
+    assert_eq!(
+        config["routes"][0]["plugins"][0]["config"]["header"],
+        "x-tag"
+    );
+    assert!(
+        config["file"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("gateway.toml")
+    );
+
+    let wrong = client()
+        .get(format!("http://{}/reload", run.admin))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 405);
+}
+
+#[tokio::test]
+async fn a_changed_plugin_file_is_recompiled_and_swapped_in() {
+    let up = echo_upstream("echo").await;
+    let run = start(
+        &format!("{}{}", gateway_section(""), tagged_route(up, "one")),
+        with_tagger,
+    );
+    let body: Value =
+        serde_json::from_str(&get(format!("http://{}/x", run.http)).await.1).expect("json");
+    assert_eq!(body["headers"]["x-tag"], "one");
+    let before = admin_json(run.admin, "/plugins").await["plugins"][0]["sha256"].clone();
+
+    // Another component under the same name: it accepts the config and adds no header.
+    let plugins = run.config.parent().expect("dir").join("plugins");
+    let tmp = plugins.join("next.tmp");
+    std::fs::copy(MISBEHAVE, &tmp).expect("copy");
+    std::fs::rename(&tmp, plugins.join("tagger.wasm")).expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = admin_json(run.admin, "/plugins").await["plugins"][0]["sha256"].clone();
+        if now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plugin not swapped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body: Value =
+        serde_json::from_str(&get(format!("http://{}/x", run.http)).await.1).expect("json");
+    assert!(body["headers"].get("x-tag").is_none(), "{body}");
+
+    // The new plugin keeps a counter of its own through the host API.
+    for _ in 0..3 {
+        assert_eq!(get(format!("http://{}/metric", run.http)).await.0, 200);
+    }
+    let metrics = get(format!("http://{}/metrics", run.admin)).await.1;
+    assert!(
+        metrics.contains(
+            r#"wasmgate_plugin_counter_total{route="tagged",plugin="tagger",name="counted"} 6"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("Not A Valid Name"), "{metrics}");
+    assert_eq!(
+        run.gw.log_text().matches("plugin counter ignored").count(),
+        1,
+        "an invalid name is logged once"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request() {
+    let up = echo_upstream("echo").await;
+    let run = start(
+        &format!("{}{}", gateway_section(""), tagged_route(up, "v")),
+        with_tagger,
+    );
+    let resp = client()
+        .post(format!("http://{}/orders?x=1", run.http))
+        .header("x-request-id", "req-42")
+        .body("0123456789")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let sent = resp.bytes().await.expect("body").len() as u64;
+    let rejected = raw_exchange(
+        run.http,
+        b"GET /nope/../x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("exchange");
+    assert_eq!(raw_status(&rejected), Some(400));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<Value> = run
+            .gw
+            .stdout
+            .lock()
+            .expect("stdout")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line = lines
+        .iter()
+        .find(|l| l["request_id"] == "req-42")
+        .expect("a line for the request");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/orders");
+    assert_eq!(line["route"], "tagged");
+    assert_eq!(line["upstream"], up.to_string());
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes_in"], 10);
+    assert_eq!(line["bytes_out"], sent);
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(
+        line["host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("127.0.0.1:"))
+    );
+    assert!(line["duration_ms"].as_f64() > Some(0.0));
+    assert!(line["plugin_ms"].as_f64() > Some(0.0));
+    assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // Rejected requests are logged too, without a route.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["status"] == 400 && l["route"].is_null()),
+        "{lines:?}"
+    );
+}
