@@ -169,25 +169,21 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             ),
         },
         (_, "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config") => {
-            let mut r = json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method not allowed"}),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-            r
+            method_not_allowed("GET, HEAD")
         }
-        (_, "/reload") => {
-            let mut r = json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method not allowed"}),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-            r
-        }
+        (_, "/reload") => method_not_allowed("POST"),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": "method not allowed"}),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
