@@ -84,7 +84,8 @@ impl<'a> Request<'a> {
     }
 
     /// Replaces the path and query sent upstream, e.g. `/v2/users/7?x=1`. Fails unless it starts
-    /// with `/` and is a valid HTTP path.
+    /// with `/` and is a valid HTTP path. A new path is sent as written (the route's `strip_path`
+    /// no longer applies); the same path with another query keeps `strip_path`.
     pub fn set_path_with_query(&mut self, path_with_query: &str) -> Result<(), HeaderError> {
         match &mut self.backend {
             Backend::Host(r) => r.set_path_with_query(path_with_query).map_err(from_wit),

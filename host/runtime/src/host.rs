@@ -385,8 +385,12 @@ impl types::HostRequest for HostState {
         };
         match Uri::from_parts(parts) {
             Ok(uri) => {
+                // Only a new path turns `strip_path` off: a plugin that edits the query alone
+                // (e.g. removes a credential) leaves the route's path handling as it was.
+                if uri.path() != req.parts.uri.path() {
+                    req.path_rewritten = true;
+                }
                 req.parts.uri = uri;
-                req.path_rewritten = true;
                 Ok(Ok(()))
             }
             Err(_) => Ok(Err(header_error(format!(
