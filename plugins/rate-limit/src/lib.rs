@@ -1,15 +1,218 @@
-//! Placeholder while the plugin is written.
+//! `rate-limit`: a Wasmgate plugin that limits requests per client, consumer, header value or
+//! route in fixed windows, with the IETF `RateLimit-*` headers on every response and `429` with
+//! `Retry-After` over the limit.
+//!
+//! ```toml
+//! [[routes.plugins]]
+//! name = "rate-limit"
+//! config = { limit = 100, window = "1m", by = "consumer", overrides = { bob = 500 } }
+//! ```
+//!
+//! Counters live in the gateway's shared state ([`wasmgate_sdk::state::counter_add`]), so the
+//! limit holds across the plugin's pooled instances and concurrent requests. Windows are fixed
+//! and aligned on the UNIX epoch (a `1m` window restarts at every full UTC minute).
+//!
+//! Per request: `on_request` makes one or two reads (the context's `consumer` or the header, and
+//! the client IP when falling back to it), one `counter_add`, and one context write;
+//! `on_response` one context read and one batched header edit. See the README for every key.
 
+use std::collections::{BTreeMap, HashMap};
+
+use wasmgate_sdk::config::Duration;
 use wasmgate_sdk::prelude::*;
+use wasmgate_sdk::state;
 
-struct Skeleton;
+mod identity;
+mod quota;
 
-impl Plugin for Skeleton {
-    type Config = NoConfig;
+use identity::{By, Identity};
+use quota::Decision;
 
-    fn new(_config: NoConfig) -> Result<Self, ConfigError> {
-        Ok(Self)
+const LIMIT_HEADER: &str = "ratelimit-limit";
+const REMAINING_HEADER: &str = "ratelimit-remaining";
+const RESET_HEADER: &str = "ratelimit-reset";
+
+/// The route entry's `config` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Requests allowed per identity and window; at least 1. Required.
+    pub limit: u64,
+    /// The window length, at least 1 s (`"1m"`, `"1h"`, `"24h"`, or seconds). Default `"1m"`.
+    #[serde(default = "default_window")]
+    pub window: Duration,
+    /// What requests are counted by: `"ip"`, `"consumer"` (the context's `consumer`, else the
+    /// client IP), `"route"` (one counter for everyone) or `"header:NAME"` (the header's first
+    /// value, else the client IP). Default `"consumer"`.
+    #[serde(default = "default_by")]
+    pub by: String,
+    /// Limits for particular identities (consumer name, IP address or header value), each at
+    /// least 1. Not allowed with `by = "route"`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, u64>,
+    /// Entries with the same `namespace`, `window` and `by` share their counters, on any route;
+    /// give entries different namespaces to count separately. Default `""`.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+fn default_window() -> Duration {
+    Duration::new(std::time::Duration::from_secs(60))
+}
+
+fn default_by() -> String {
+    "consumer".to_owned()
+}
+
+/// The plugin, built once per instance from a [`Config`].
+#[derive(Debug)]
+pub struct RateLimit {
+    by: By,
+    limit: u64,
+    overrides: HashMap<String, u64>,
+    window: std::time::Duration,
+    /// Start of every counter key: namespace and window, so that entries share counters only
+    /// when both agree (the host namespaces keys per plugin name, not per route or entry; and
+    /// one key must never be used with two windows, whose boundaries differ).
+    key_prefix: String,
+    /// The context key carrying the numbers to `on_response`; distinct per namespace, window and
+    /// `by`, so two entries on one route do not read each other's.
+    ctx_key: String,
+}
+
+impl Plugin for RateLimit {
+    /// Taken as JSON and read into [`Config`] in [`Plugin::new`], so that a type error names the
+    /// key path (`overrides.bob: invalid type ...`).
+    type Config = serde_json::Value;
+
+    fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
+        Self::from_config(read_config(config)?)
+    }
+
+    fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
+        let identity = self.by.identify(req, ctx);
+        let limit = self.limit_for(&identity);
+        let counter = state::counter_add(&identity.counter_key(&self.key_prefix), 1, self.window);
+        let decision = Decision::new(limit, counter.value, counter.reset);
+        if !decision.allowed {
+            // This plugin's own on_response does not run after its answer: the answer carries
+            // the headers itself.
+            return Ok(self.refusal(&decision));
+        }
+        ctx.set(&self.ctx_key, &decision.encode());
+        Ok(Action::Continue)
+    }
+
+    fn on_response(&self, resp: &mut Response<'_>, ctx: &Context) -> Result<Action, Error> {
+        let Some(value) = ctx.get(&self.ctx_key) else {
+            return Ok(Action::Continue);
+        };
+        if let Some([limit, remaining, reset]) = quota::decode(&value) {
+            resp.edit_headers(
+                &[
+                    (LIMIT_HEADER, limit),
+                    (REMAINING_HEADER, remaining),
+                    (RESET_HEADER, reset),
+                ],
+                &[],
+            )?;
+        }
+        Ok(Action::Continue)
     }
 }
 
-wasmgate_sdk::export!(Skeleton);
+impl RateLimit {
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        if config.limit == 0 {
+            return Err(ConfigError::new(
+                "limit = 0: must be at least 1 (to refuse every request, use another plugin)",
+            ));
+        }
+        let window = config.window.get();
+        if window < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::new(format!(
+                "window = {window:?}: must be at least 1s (the RateLimit headers count whole seconds)"
+            )));
+        }
+        let by = By::parse(&config.by)?;
+        if by == By::Route && !config.overrides.is_empty() {
+            return Err(ConfigError::new(
+                r#"overrides: not allowed with by = "route" (there is one counter for everyone)"#,
+            ));
+        }
+        if let Some((name, _)) = config.overrides.iter().find(|(_, limit)| **limit == 0) {
+            return Err(ConfigError::new(format!(
+                "overrides.{name} = 0: must be at least 1"
+            )));
+        }
+        let window_ms = window.as_millis();
+        let namespace = config.namespace;
+        Ok(Self {
+            ctx_key: format!("rate-limit:{namespace}:{window_ms}:{by}"),
+            key_prefix: format!("{namespace}\u{1f}{window_ms}\u{1f}"),
+            by,
+            limit: config.limit,
+            overrides: config.overrides.into_iter().collect(),
+            window,
+        })
+    }
+
+    fn limit_for(&self, identity: &Identity) -> u64 {
+        identity
+            .name()
+            .and_then(|name| self.overrides.get(name))
+            .copied()
+            .unwrap_or(self.limit)
+    }
+
+    fn refusal(&self, decision: &Decision) -> Action {
+        let limit = decision.limit.to_string();
+        let reset = decision.reset_secs.to_string();
+        let body = serde_json::json!({
+            "error": "rate_limited",
+            "message": format!(
+                "rate limit of {} requests per {} s exceeded; retry in {} s",
+                decision.limit,
+                quota::secs_rounded_up(self.window),
+                decision.reset_secs,
+            ),
+        });
+        Action::respond(429)
+            .header("content-type", "application/json")
+            .header("retry-after", reset.as_str())
+            .header(LIMIT_HEADER, limit)
+            .header(REMAINING_HEADER, "0")
+            .header(RESET_HEADER, reset)
+            .body(body.to_string())
+    }
+}
+
+/// Reads the JSON config into `T`, prefixing serde's message with the key path
+/// (`overrides.bob: invalid type: string "lots", expected u64`).
+fn read_config<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(config).map_err(|err| {
+        let message = err.inner().to_string();
+        let mut segments: Vec<_> = err.path().iter().collect();
+        // Serde names an unknown key in its message already: point at the table holding it.
+        if message.starts_with("unknown field") {
+            segments.pop();
+        }
+        let mut path = String::new();
+        for segment in segments {
+            if !path.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
+                path.push('.');
+            }
+            path.push_str(&segment.to_string());
+        }
+        ConfigError::new(if path.is_empty() {
+            message
+        } else {
+            format!("{path}: {message}")
+        })
+    })
+}
+
+wasmgate_sdk::export!(RateLimit);
+
+#[cfg(test)]
+mod tests;

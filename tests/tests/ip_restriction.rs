@@ -1,0 +1,104 @@
+//! The shipped `ip-restriction` plugin through a real gateway: allow and deny lists matched
+//! against the address the gateway saw, 127.0.0.1 for IPv4 and ::1 for IPv6.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use wasmgate_tests::*;
+
+const IP_RESTRICTION: &str = env!("WASM_IP_RESTRICTION");
+
+/// A gateway listening on `listen` with one route per `(path, config)`, each with ip-restriction
+/// and that config, verbatim.
+async fn gateway(listen: &str, routes: &[(&str, &str)]) -> TestGateway {
+    let up = echo_upstream("up").await;
+    let dir = workdir();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("mkdir");
+    std::fs::copy(IP_RESTRICTION, plugins.join("ip-restriction.wasm")).expect("copy plugin");
+    let mut toml = format!(
+        "[gateway]\nlisten = [\"{listen}\"]\nplugin_cache_dir = \"\"\n\
+         [upstreams.u]\ntargets = [\"{up}\"]\n"
+    );
+    for (i, (path, config)) in routes.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\npaths = [\"{path}\"]\nupstream = \"u\"\n\
+             [[routes.plugins]]\nname = \"ip-restriction\"\nconfig = {config}\n"
+        ));
+    }
+    TestGateway::start_in(dir, &toml).await.expect("start")
+}
+
+async fn assert_forbidden(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert!(
+        resp.headers().get("x-echo-server").is_none(),
+        "the upstream was not called"
+    );
+    let body: Value = resp.json().await.expect("json body");
+    assert_eq!(body["error"], "forbidden");
+    assert_eq!(body["message"], "IP address not allowed");
+}
+
+#[tokio::test]
+async fn ipv4_allow_and_deny_lists_match_the_clients_address() {
+    let gw = gateway(
+        "127.0.0.1:0",
+        &[
+            ("/allow-loopback", r#"{ allow = ["127.0.0.0/8"] }"#),
+            ("/allow-exact", r#"{ allow = ["127.0.0.1"] }"#),
+            ("/allow-other", r#"{ allow = ["10.0.0.0/8", "192.0.2.1"] }"#),
+            ("/deny-exact", r#"{ deny = ["127.0.0.1"] }"#),
+            ("/deny-other", r#"{ deny = ["10.0.0.0/8", "::1"] }"#),
+        ],
+    )
+    .await;
+    let c = client();
+    for path in ["/allow-loopback", "/allow-exact", "/deny-other"] {
+        let resp = c.get(gw.url(path)).send().await.expect("send");
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["x-echo-server"], "up", "{path}");
+    }
+    for path in ["/allow-other", "/deny-exact"] {
+        assert_forbidden(c.get(gw.url(path)).send().await.expect("send")).await;
+    }
+}
+
+/// `[::1]` when this machine has IPv6 loopback, otherwise `None` (the test then says so and
+/// passes: there is nothing to test).
+fn ipv6_loopback() -> Option<SocketAddr> {
+    let listener = std::net::TcpListener::bind("[::1]:0").ok()?;
+    listener.local_addr().ok()
+}
+
+#[tokio::test]
+async fn ipv6_allow_and_deny_lists_match_the_clients_address() {
+    if ipv6_loopback().is_none() {
+        eprintln!("skipped: cannot bind [::1] on this machine");
+        return;
+    }
+    let gw = gateway(
+        "[::1]:0",
+        &[
+            ("/allow-exact", r#"{ allow = ["::1"] }"#),
+            ("/allow-net", r#"{ allow = ["::/64"] }"#),
+            ("/allow-v4", r#"{ allow = ["127.0.0.1"] }"#),
+            ("/deny-exact", r#"{ deny = ["::1/128"] }"#),
+            (
+                "/deny-other",
+                r#"{ deny = ["2001:db8::/32", "127.0.0.1"] }"#,
+            ),
+        ],
+    )
+    .await;
+    assert!(gw.http.is_ipv6(), "{}", gw.http);
+    let c = client();
+    for path in ["/allow-exact", "/allow-net", "/deny-other"] {
+        let resp = c.get(gw.url(path)).send().await.expect("send");
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    for path in ["/allow-v4", "/deny-exact"] {
+        assert_forbidden(c.get(gw.url(path)).send().await.expect("send")).await;
+    }
+}
