@@ -37,6 +37,14 @@ async fn gateway() -> TestGateway {
             [[routes.plugins]]
             name = "key-auth"
             config = {{ header = "x-api-key", query = "apikey", keys = {{ alice = "k-alice", bob = "k-bob" }} }}
+            [[routes]]
+            name = "stripped"
+            paths = ["/s"]
+            upstream = "u"
+            strip_path = true
+            [[routes.plugins]]
+            name = "key-auth"
+            config = {{ query = "apikey", keys = {{ alice = "k-alice" }} }}
             "#
         ),
     )
@@ -152,6 +160,21 @@ async fn a_key_in_the_query_is_accepted_and_removed_from_the_upstream_path() {
         (status, body["message"].as_str()),
         (401, Some("invalid API key"))
     );
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_query_keeps_the_routes_strip_path() {
+    let gw = gateway().await;
+    let resp = client()
+        .get(gw.url("/s/items?apikey=k-alice&page=2"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.expect("echo json");
+    assert_eq!(seen["headers"]["x-consumer"], "alice");
+    assert_eq!(seen["path"], "/items", "the /s prefix is still stripped");
+    assert_eq!(seen["query"], "page=2");
 }
 
 #[tokio::test]
