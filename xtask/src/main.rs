@@ -1,6 +1,9 @@
 //! `cargo xtask <command>`: the project's developer tasks (tests as CI runs them, the demo, plugins).
 //!
-//! Std and anyhow only, so that the tasks build fast and don't drag dependencies into CI.
+//! Std, anyhow and serde_json (for the benchmark report) only, so that the tasks build fast and
+//! don't drag dependencies into CI.
+
+mod bench;
 
 use std::env;
 use std::ffi::OsString;
@@ -21,6 +24,7 @@ commands:
   test [--no-lint] [-- ARGS]  fmt check, clippy and the whole test suite, as CI runs them (ARGS go to `cargo test`)
   demo                        build and start the quickstart gateway and its echo upstream
   plugins                     build every plugins/*/ crate for wasm32-wasip2 into plugins/NAME.wasm
+  bench [--quick]             wrk/oha load: nginx vs wasmgate (no plugins, 3 plugins); target/bench/report.json
   help                        print this message";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -63,6 +67,7 @@ fn run(args: &[OsString]) -> Result<ExitCode> {
             no_arguments("plugins", rest)?;
             plugins().map(|()| ExitCode::SUCCESS)
         }
+        "bench" => bench::bench(rest),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
