@@ -848,6 +848,8 @@ fn wasmgate_config(
          plugins_dir = {plugins_dir:?}\n\
          plugin_cache_dir = {cache_dir:?}\n\
          shutdown_grace = \"1s\"\n\
+         access_log = \"off\"\n\
+         watch = false\n\
          \n\
          [upstreams.origin]\n\
          targets = [\"{upstream}\"]\n\

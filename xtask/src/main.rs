@@ -30,6 +30,9 @@ commands:
 const WASM_TARGET: &str = "wasm32-wasip2";
 const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 const ECHO_ADDR: &str = "127.0.0.1:9001";
+const ADMIN_ADDR: &str = "127.0.0.1:9901";
+/// The shipped plugins the quickstart's /api route runs.
+const DEMO_PLUGINS: [&str; 3] = ["key-auth", "rate-limit", "transform"];
 const QUICKSTART_CONFIG: &str = "examples/quickstart/gateway.toml";
 /// How long the demo waits for each of its processes to start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -142,12 +145,19 @@ fn test(options: &TestOptions) -> Result<()> {
 
 fn demo() -> Result<ExitCode> {
     // Fail before the (long) release build if something else already holds the demo's ports.
-    for addr in [GATEWAY_ADDR, ECHO_ADDR] {
+    for addr in [GATEWAY_ADDR, ECHO_ADDR, ADMIN_ADDR] {
         ensure_port_free(addr)?;
     }
     ensure_wasm_target()?;
-    // The quickstart's /echo route runs the example plugin.
+    // The quickstart's /echo route runs the example plugin, its /api route three shipped plugins
+    // (from plugins/<name>.wasm, as `cargo xtask plugins` builds them).
     build_wasm("hello-plugin", &wasm_target_dir())?;
+    for name in DEMO_PLUGINS {
+        build_plugin(
+            &workspace_root().join("plugins").join(name),
+            &wasm_target_dir(),
+        )?;
+    }
     run_step(cargo().args([
         "build",
         "--release",
@@ -195,6 +205,9 @@ fn print_banner() {
          \x20 curl -s 'http://{GATEWAY_ADDR}/echo/anything?x=1'\n\
          \x20 curl -s --http2-prior-knowledge http://{GATEWAY_ADDR}/echo/h2\n\
          \x20 curl -i http://{GATEWAY_ADDR}/echo/hello/wave\n\
+         \x20 curl -i http://{GATEWAY_ADDR}/api/orders                         (401: no API key)\n\
+         \x20 curl -i -H 'x-api-key: k-alice' http://{GATEWAY_ADDR}/api/orders (5 a minute, then 429)\n\
+         \x20 curl -s http://{ADMIN_ADDR}/metrics                               (the admin API)\n\
          press Ctrl-C to stop\n"
     );
 }
