@@ -27,6 +27,19 @@ pub fn workdir() -> tempfile::TempDir {
         .expect("create a temporary folder")
 }
 
+/// A [`workdir`] holding `plugins/<name>.wasm` for each `(name, wasm file)`, laid out as a
+/// deployment's `plugins_dir` (the default `plugins` beside `gateway.toml`).
+pub fn workdir_with_plugins(plugins: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = workdir();
+    let plugins_dir = dir.path().join("plugins");
+    std::fs::create_dir(&plugins_dir).expect("mkdir plugins");
+    for (name, wasm) in plugins {
+        std::fs::copy(wasm, plugins_dir.join(format!("{name}.wasm")))
+            .unwrap_or_else(|e| panic!("copy {wasm} as {name}.wasm: {e}"));
+    }
+    dir
+}
+
 /// Starts an echo upstream on an ephemeral port; see [`wasmgate_echo`].
 pub async fn echo_upstream(name: &str) -> SocketAddr {
     echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), name)

@@ -23,10 +23,7 @@ const ARGON2ID_DAN_19MIB: &str = "$argon2id$v=19$m=19456,t=2,p=1$d2FzbWdhdGVzYWx
 /// Serves one route `r` with basic-auth, `entry_extra` keys on its plugin entry and `config`.
 async fn gateway(entry_extra: &str, config: &str) -> anyhow::Result<TestGateway> {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(BASIC_AUTH, plugins.join("basic-auth.wasm")).expect("copy basic-auth");
+    let dir = workdir_with_plugins(&[("basic-auth", BASIC_AUTH)]);
     TestGateway::start_in(
         dir,
         &format!(

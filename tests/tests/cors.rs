@@ -13,11 +13,7 @@ const ALLOWED: &str = "https://app.example.com";
 /// Route `/api`: cors with the issue's keys; route `/auth`: cors, then key-auth.
 async fn gateway() -> TestGateway {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(CORS, plugins.join("cors.wasm")).expect("copy cors");
-    std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).expect("copy key-auth");
+    let dir = workdir_with_plugins(&[("cors", CORS), ("key-auth", KEY_AUTH)]);
     let cors = r#"{ origins = ["https://app.example.com", "https://*.example.org"], methods = ["GET", "POST"], headers = ["content-type", "x-api-key"], expose_headers = ["x-request-id"], credentials = false, max_age = "10m" }"#;
     TestGateway::start_in(
         dir,

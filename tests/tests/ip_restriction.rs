@@ -12,10 +12,7 @@ const IP_RESTRICTION: &str = env!("WASM_IP_RESTRICTION");
 /// and that config, verbatim.
 async fn gateway(listen: &str, routes: &[(&str, &str)]) -> TestGateway {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(IP_RESTRICTION, plugins.join("ip-restriction.wasm")).expect("copy plugin");
+    let dir = workdir_with_plugins(&[("ip-restriction", IP_RESTRICTION)]);
     let mut toml = format!(
         "[gateway]\nlisten = [\"{listen}\"]\nplugin_cache_dir = \"\"\n\
          [upstreams.u]\ntargets = [\"{up}\"]\n"

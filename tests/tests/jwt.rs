@@ -86,10 +86,7 @@ fn toml_jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> String {
 /// audience, claims_to_headers and hide_credentials).
 async fn gateway() -> TestGateway {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(JWT, plugins.join("jwt.wasm")).expect("copy jwt");
+    let dir = workdir_with_plugins(&[("jwt", JWT)]);
     let rsa2 = EncodingKey::from_rsa_pem(RSA2_PRIVATE.as_bytes()).expect("rsa2");
     let jwks = [
         toml_jwk(&rsa(), Algorithm::RS256, "rsa-1"),
@@ -418,10 +415,7 @@ async fn forwards_claims_as_headers_checks_issuer_and_audience_and_hides_the_tok
 #[tokio::test]
 async fn a_private_key_as_public_key_refuses_the_config() {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(JWT, plugins.join("jwt.wasm")).expect("copy jwt");
+    let dir = workdir_with_plugins(&[("jwt", JWT)]);
     let private = std::fs::read_to_string(format!("{KEYS}/rsa_private.pem")).expect("key");
     let err = TestGateway::start_in(
         dir,

@@ -10,10 +10,7 @@ const KEY_AUTH: &str = env!("WASM_KEY_AUTH");
 /// the key in the `apikey` query parameter.
 async fn gateway() -> TestGateway {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).expect("copy key-auth");
+    let dir = workdir_with_plugins(&[("key-auth", KEY_AUTH)]);
     TestGateway::start_in(
         dir,
         &format!(
@@ -180,10 +177,7 @@ async fn a_key_removed_from_the_query_keeps_the_routes_strip_path() {
 #[tokio::test]
 async fn a_duplicate_key_is_refused_at_start_naming_both_consumers() {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).expect("copy key-auth");
+    let dir = workdir_with_plugins(&[("key-auth", KEY_AUTH)]);
     let err = TestGateway::start_in(
         dir,
         &format!(

@@ -12,12 +12,7 @@ const MISBEHAVE: &str = env!("WASM_MISBEHAVE");
 
 /// A folder with `plugins/tagger.wasm` and `plugins/misbehave.wasm`, like a deployment.
 fn plugins_dir() -> tempfile::TempDir {
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(TAGGER, plugins.join("tagger.wasm")).expect("copy tagger");
-    std::fs::copy(MISBEHAVE, plugins.join("misbehave.wasm")).expect("copy misbehave");
-    dir
+    workdir_with_plugins(&[("tagger", TAGGER), ("misbehave", MISBEHAVE)])
 }
 
 fn misbehaving_gateway_toml(up: std::net::SocketAddr, extra: &str) -> String {

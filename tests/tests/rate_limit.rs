@@ -15,11 +15,7 @@ const KEY_AUTH: &str = env!("WASM_KEY_AUTH");
 /// and `key-auth.wasm` in its plugins folder.
 async fn gateway(routes: &str) -> TestGateway {
     let up: SocketAddr = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(RATE_LIMIT, plugins.join("rate-limit.wasm")).expect("copy rate-limit");
-    std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).expect("copy key-auth");
+    let dir = workdir_with_plugins(&[("rate-limit", RATE_LIMIT), ("key-auth", KEY_AUTH)]);
     TestGateway::start_in(
         dir,
         &format!(
@@ -298,10 +294,7 @@ async fn routes_share_counters_unless_given_their_own_namespace() {
 #[tokio::test]
 async fn refuses_a_bad_config_at_start() {
     let up = echo_upstream("up").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(RATE_LIMIT, plugins.join("rate-limit.wasm")).expect("copy");
+    let dir = workdir_with_plugins(&[("rate-limit", RATE_LIMIT)]);
     let err = TestGateway::start_in(
         dir,
         &format!(

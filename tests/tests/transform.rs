@@ -76,10 +76,7 @@ const SMALL_CONFIG: &str = r#"{ request = { json_body = { remove = ["password"] 
 async fn gateway() -> TestGateway {
     let up = body_echo_upstream().await;
     let echo = echo_upstream("echo").await;
-    let dir = workdir();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("mkdir");
-    std::fs::copy(TRANSFORM, plugins.join("transform.wasm")).expect("copy transform");
+    let dir = workdir_with_plugins(&[("transform", TRANSFORM)]);
     TestGateway::start_in(
         dir,
         &format!(
