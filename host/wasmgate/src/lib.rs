@@ -171,7 +171,11 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
-        tokio::spawn(reload_on_sighup(reloader));
+        // Handlers are installed before the "listening on" lines: a supervisor (or a test) that
+        // signals as soon as it sees them must not hit the default action, which kills the process
+        // and every in-flight request with it.
+        let mut stop = StopSignals::install();
+        spawn_reload_on_sighup(reloader);
         for bound in gateway.local_addrs() {
             let scheme = if bound.tls { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{}", bound.addr);
@@ -179,13 +183,13 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!(config = %path.display(), routes, "wasmgate ready");
         gateway
             .run(async {
-                shutdown_signal().await;
+                stop.recv().await;
                 if let Some(d) = &draining {
                     d.start();
                 }
                 // A second signal during the drain stops at once.
-                tokio::spawn(async {
-                    shutdown_signal().await;
+                tokio::spawn(async move {
+                    stop.recv().await;
                     tracing::warn!("second signal: exiting without waiting for the drain");
                     std::process::exit(1);
                 });
@@ -196,8 +200,8 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reloads the config file on every SIGHUP.
-async fn reload_on_sighup(reloader: Reloader) {
+/// Reloads the config file on every SIGHUP, listening from the moment of the call.
+fn spawn_reload_on_sighup(reloader: Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -205,37 +209,59 @@ async fn reload_on_sighup(reloader: Reloader) {
             tracing::warn!("cannot install the SIGHUP handler");
             return;
         };
-        while hup.recv().await.is_some() {
-            let _ = reloader.reload("SIGHUP").await;
-        }
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = reloader.reload("SIGHUP").await;
+            }
+        });
     }
     #[cfg(not(unix))]
     drop(reloader);
 }
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment of `install`.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Self {
+                    handlers: Some((term, int)),
+                },
+                _ => {
+                    tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                    Self { handlers: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        match &mut self.handlers {
+            Some((term, int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = int.recv() => tracing::info!("SIGINT received"),
                 }
             }
-            _ => {
-                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-                std::future::pending::<()>().await;
-            }
+            None => std::future::pending::<()>().await,
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
