@@ -156,6 +156,8 @@ pub(crate) struct HostState {
     pub(crate) limits: Limits,
     pub(crate) exchange: Exchange,
     pub(crate) deadline: Instant,
+    /// When a running call starts yielding to the executor at epoch ticks.
+    pub(crate) yield_at: Instant,
     pub(crate) tags: Arc<Tags>,
     pub(crate) shared: Arc<dyn SharedState>,
     pub(crate) body_allowed: bool,
@@ -196,6 +198,7 @@ impl HostState {
             },
             exchange: Exchange::default(),
             deadline: Instant::now(),
+            yield_at: Instant::now(),
             tags,
             shared,
             body_allowed: false,

@@ -161,6 +161,11 @@ pub(crate) enum BindError {
     Instantiate(String),
 }
 
+/// How long a call runs before it yields to the executor at every epoch tick, so that one slow
+/// hook (a bcrypt check, an RSA signature) does not hold the worker thread for its whole
+/// `timeout`. Hooks shorter than this never yield.
+const YIELD_AFTER: Duration = Duration::from_millis(1);
+
 /// A fresh instance's `init` needs more than a hook: it may parse a large config.
 const INIT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -247,14 +252,22 @@ impl Binding {
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
+            let now = Instant::now();
+            let data = ctx.data();
+            if now >= data.deadline {
                 Ok(UpdateDeadline::Interrupt)
-            } else {
+            } else if now >= data.yield_at {
                 Ok(UpdateDeadline::Yield(1))
+            } else {
+                // A short call runs to the end on its fiber: yielding it would let the requests
+                // queued behind it check out (and create) further instances of this binding.
+                Ok(UpdateDeadline::Continue(1))
             }
         });
         store.set_epoch_deadline(1);
-        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+        let now = Instant::now();
+        store.data_mut().deadline = now + INIT_TIMEOUT;
+        store.data_mut().yield_at = now + YIELD_AFTER;
         store.data_mut().body_allowed = self.needs_body;
         let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             self.failure(
@@ -438,7 +451,9 @@ impl Binding {
         let data = instance.store.data_mut();
         data.exchange = exchange;
         data.exchange.request_id = Some(request_id.clone());
-        data.deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        data.deadline = now + self.timeout;
+        data.yield_at = now + YIELD_AFTER;
         data.limits.hit_memory_limit = false;
         instance.store.set_epoch_deadline(1);
     }
