@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{
     CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -45,14 +46,15 @@ pub(crate) fn add_forwarded(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let buf = ip_text(client);
+    let mut text = [0u8; 48];
+    let buf = ip_text(client, &mut text);
     let value = match headers.get(&X_FORWARDED_FOR) {
         Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + buf.len());
             joined.extend_from_slice(prior.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(buf.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
+            joined.extend_from_slice(buf);
+            HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
         }
         Some(_) => {
             // Several fields: fold them into one list, in order.
@@ -61,10 +63,10 @@ pub(crate) fn add_forwarded(
                 .iter()
                 .map(HeaderValue::as_bytes)
                 .collect();
-            all.push(buf.as_bytes());
-            HeaderValue::from_bytes(&all.join(&b", "[..])).ok()
+            all.push(buf);
+            HeaderValue::from_maybe_shared(Bytes::from(all.join(&b", "[..]))).ok()
         }
-        None => HeaderValue::from_str(&buf).ok(),
+        None => HeaderValue::from_bytes(buf).ok(),
     };
     if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
@@ -78,15 +80,19 @@ pub(crate) fn add_forwarded(
     }
 }
 
-fn ip_text(ip: IpAddr) -> String {
+/// The client address as text, written into `buf` (the longest IPv6 text is 45 bytes): one
+/// allocation fewer per request than a `String`.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write as _;
     // An IPv4-mapped IPv6 peer (dual-stack socket) is reported as the IPv4 address it is.
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..len]
 }
 
 /// The client's request id when it is usable (1 to 200 visible ASCII characters), else a new UUIDv4.
@@ -131,6 +137,11 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(&mut h, "::ffff:127.0.0.1".parse().expect("ip"), false, None);
         assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        let widest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        add_forwarded(&mut h, widest.parse().expect("ip"), false, None);
+        assert_eq!(h[X_FORWARDED_FOR], format!("1.1.1.1, {widest}").as_str());
     }
 
     #[test]

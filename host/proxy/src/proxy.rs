@@ -144,7 +144,9 @@ pub(crate) struct Proxy {
 struct Routed<'s> {
     route: &'s RouteRuntime,
     prefix_len: usize,
-    host: Option<Authority>,
+    /// The host the client asked for, as a header value: for `Host` on the upstream request when
+    /// the client's target was absolute, and for `X-Forwarded-Host`.
+    host: Option<HeaderValue>,
     /// The longest pause allowed while a body is read into memory for plugins.
     body_idle: Duration,
 }
@@ -257,6 +259,15 @@ async fn serve(
             }
         };
     trace.route = Some(route);
+    let host = host.map(|a| match req.uri().authority() {
+        Some(_) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
+        // Validated as an authority above; the header's own bytes, without a copy.
+        None => req
+            .headers()
+            .get(HOST)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("")),
+    });
     let routed = Routed {
         route: &snapshot.routes[route],
         prefix_len,
@@ -419,7 +430,6 @@ async fn forward(
     } else {
         0
     };
-    let host = routed.host.as_ref();
     let target = upstream.pick();
     trace.target = Some(target.authority.clone());
     let path_and_query = if strip > 0 {
@@ -444,14 +454,14 @@ async fn forward(
     forward::strip_hop_by_hop(headers);
     // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's authority
     // win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the target's.
-    let client_host = host.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let client_host = routed.host.as_ref();
     if absolute_form || !headers.contains_key(HOST) {
-        let value = client_host.clone().unwrap_or_else(|| {
+        let value = client_host.cloned().unwrap_or_else(|| {
             HeaderValue::from_str(target.authority.as_str()).unwrap_or(HeaderValue::from_static(""))
         });
         headers.insert(HOST, value);
     }
-    forward::add_forwarded(headers, conn.peer.ip(), conn.tls, client_host.as_ref());
+    forward::add_forwarded(headers, conn.peer.ip(), conn.tls, client_host);
     headers.insert(REQUEST_ID, request_id.clone());
 
     let req = Request::from_parts(parts, body);
