@@ -204,7 +204,7 @@ async fn unsupported_hash_formats_are_refused_at_start_naming_the_user() {
 
 /// Times verifications in the real gateway (wasm), for the README: the first request runs the
 /// hash, the next ones hit the cache. Not a pass/fail test; run it with
-/// `cargo test -p wasmgate-tests --test basic_auth -- --ignored --nocapture`.
+/// `cargo test -p wasmgate-tests --test e2e -- basic_auth:: --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement, not a check"]
 async fn measure_verification_times() {

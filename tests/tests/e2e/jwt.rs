@@ -19,11 +19,11 @@ const SECRET: &str = "e2e-secret-of-at-least-32-bytes!";
 /// plugin is most of a start.
 const CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/jwt-plugin-cache");
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/jwt/tests/keys");
-const RSA_PRIVATE: &str = include_str!("../../plugins/jwt/tests/keys/rsa_private.pem");
-const RSA_PUBLIC: &str = include_str!("../../plugins/jwt/tests/keys/rsa_public.pem");
-const RSA2_PRIVATE: &str = include_str!("../../plugins/jwt/tests/keys/rsa2_private.pem");
-const EC256_PRIVATE: &str = include_str!("../../plugins/jwt/tests/keys/ec256_private.pem");
-const ED25519_PRIVATE: &str = include_str!("../../plugins/jwt/tests/keys/ed25519_private.pem");
+const RSA_PRIVATE: &str = include_str!("../../../plugins/jwt/tests/keys/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("../../../plugins/jwt/tests/keys/rsa_public.pem");
+const RSA2_PRIVATE: &str = include_str!("../../../plugins/jwt/tests/keys/rsa2_private.pem");
+const EC256_PRIVATE: &str = include_str!("../../../plugins/jwt/tests/keys/ec256_private.pem");
+const ED25519_PRIVATE: &str = include_str!("../../../plugins/jwt/tests/keys/ed25519_private.pem");
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1,0 +1,20 @@
+//! The end-to-end suite: real gateways (in process and as the `wasmgate` command) on 127.0.0.1,
+//! real upstream servers, and the plugins compiled to wasm32-wasip2 by `build.rs`.
+//!
+//! One test binary with a module per area, rather than a binary per file: every binary links
+//! wasmtime, hyper and the harness again, which cost minutes of CI per file. Run one area with
+//! `cargo test -p wasmgate-tests --test e2e -- jwt::`.
+
+mod basic_auth;
+mod config_errors;
+mod cors;
+mod ip_restriction;
+mod jwt;
+mod key_auth;
+mod operations;
+mod plugins;
+mod process;
+mod proxy;
+mod quickstart;
+mod rate_limit;
+mod transform;
