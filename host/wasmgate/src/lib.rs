@@ -11,11 +11,6 @@ use tokio_util::sync::CancellationToken;
 use wasmgate_admin::{Admin, Reloader, Watcher};
 use wasmgate_proxy::{Prepared, Services};
 
-// Set here rather than in `main.rs` so that the end-to-end tests' copy of the command runs on the
-// same allocator as the shipped binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An API gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
 #[command(name = "wasmgate", version, about, long_about = None)]
