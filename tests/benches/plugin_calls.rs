@@ -1,15 +1,29 @@
 //! The plugin boundary's cost: a warm pooled hook call, a call on a fresh instance
-//! (`isolation = "request"`), and a 3-plugin chain, each through the same `Chain` API the proxy
-//! uses. Run: `cargo bench -p wasmgate-tests --bench plugin_calls`.
+//! (`isolation = "request"`), a 3-plugin chain, and the shipped key-auth, rate-limit and
+//! transform chain of `cargo xtask bench` through both phases, each through the same `Chain` API
+//! the proxy uses. Run: `cargo bench -p wasmgate-tests --bench plugin_calls`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
-use wasmgate_runtime::{Context, MemoryState, RequestView, Runtime};
+use wasmgate_runtime::{Context, MemoryState, RequestView, ResponseView, Runtime};
 
 const TAGGER: &str = env!("WASM_TAGGER");
+
+/// The `wasmgate-3-plugins` scenario of `cargo xtask bench`, with the same configs.
+const SHIPPED_CHAIN: &str = concat!(
+    "[[routes.plugins]]\npath = \"",
+    env!("WASM_KEY_AUTH"),
+    "\"\nconfig = { header = \"x-api-key\", keys = { alice = \"k-alice\" } }\n",
+    "[[routes.plugins]]\npath = \"",
+    env!("WASM_RATE_LIMIT"),
+    "\"\nconfig = { limit = 1000000000, window = \"1m\", by = \"consumer\" }\n",
+    "[[routes.plugins]]\npath = \"",
+    env!("WASM_TRANSFORM"),
+    "\"\nconfig = { request = { set_headers = { \"x-bench\" = \"1\" } }, response = { set_headers = { \"x-served-by\" = \"wasmgate\" } } }\n",
+);
 
 fn runtime(rt: &tokio::runtime::Runtime, plugins: &str) -> Runtime {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -79,6 +93,38 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    // Both phases, as the gateway runs them for a request that reaches the upstream: five hook
+    // calls (key-auth's request hook; rate-limit's and transform's two each).
+    let runtime = runtime(&rt, SHIPPED_CHAIN);
+    let chain = runtime.chain(0).expect("chain").clone();
+    c.bench_function(
+        "shipped key-auth + rate-limit + transform, both phases",
+        |b| {
+            b.to_async(&rt).iter(|| {
+                let chain = chain.clone();
+                let id = id.clone();
+                async move {
+                    let mut request = view();
+                    let key = HeaderValue::from_static("k-alice");
+                    request.parts.headers.insert("x-api-key", key);
+                    let (_, ctx, outcome) = chain.on_request(request, Context::new(), &id).await;
+                    assert!(matches!(
+                        outcome,
+                        wasmgate_runtime::RequestOutcome::Continue
+                    ));
+                    let (parts, ()) = http::Response::new(()).into_parts();
+                    let response = ResponseView {
+                        parts,
+                        body: None,
+                        body_replaced: false,
+                    };
+                    let (view, _, result) =
+                        chain.on_response(chain.len(), response, ctx, &id).await;
+                    assert!(result.is_ok() && view.parts.headers.contains_key("x-served-by"));
+                }
+            });
+        },
+    );
     let _ = Path::new(TAGGER);
 }
 
