@@ -239,7 +239,7 @@ async fn serve(
         return Err(Rejection::BadRequest("path contains a dot segment"));
     }
     let host = request_host(&req)?;
-    let routed_host = host.as_ref().map(|a| a.host().trim_end_matches('.'));
+    let routed_host = host.as_ref().map(|(a, _)| a.host().trim_end_matches('.'));
     let (route, prefix_len) =
         match snapshot
             .router
@@ -259,19 +259,10 @@ async fn serve(
             }
         };
     trace.route = Some(route);
-    let host = host.map(|a| match req.uri().authority() {
-        Some(_) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
-        // Validated as an authority above; the header's own bytes, without a copy.
-        None => req
-            .headers()
-            .get(HOST)
-            .cloned()
-            .unwrap_or(HeaderValue::from_static("")),
-    });
     let routed = Routed {
         route: &snapshot.routes[route],
         prefix_len,
-        host,
+        host: host.map(|(_, value)| value),
         body_idle: snapshot.body_idle,
     };
     match &routed.route.chain {
@@ -527,10 +518,13 @@ fn is_dot_segment(segment: &str) -> bool {
     matches!(dots, 1 | 2)
 }
 
-/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Result<Option<Authority>, Rejection> {
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header, parsed for
+/// routing and as the header value to forward (for `Host`, the header's own bytes, not a copy).
+fn request_host<B>(req: &Request<B>) -> Result<Option<(Authority, HeaderValue)>, Rejection> {
     if let Some(a) = req.uri().authority() {
-        return Ok(Some(a.clone()));
+        let value = HeaderValue::from_str(a.as_str())
+            .map_err(|_| Rejection::BadRequest("invalid request target"))?;
+        return Ok(Some((a.clone(), value)));
     }
     let mut hosts = req.headers().get_all(HOST).iter();
     let Some(host) = hosts.next() else {
@@ -546,7 +540,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<Authority>, Rejection> {
     Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes()))
         .ok()
         .filter(|a| !a.as_str().contains('@'))
-        .map(Some)
+        .map(|a| Some((a, host.clone())))
         .ok_or(Rejection::BadRequest("invalid host header"))
 }
 
