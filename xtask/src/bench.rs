@@ -502,9 +502,6 @@ impl Bench {
                     .arg("run")
                     .arg("--config")
                     .arg(&config)
-                    // tokio sizes its runtime from the CPUs it may run on (1 under taskset);
-                    // say so explicitly in case that changes.
-                    .env("TOKIO_WORKER_THREADS", "1")
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())
                     .stderr(log);
@@ -850,6 +847,8 @@ fn wasmgate_config(
          shutdown_grace = \"1s\"\n\
          access_log = \"off\"\n\
          watch = false\n\
+         # one worker for the one CPU it is pinned to, as nginx's `worker_processes 1`\n\
+         workers = 1\n\
          \n\
          [upstreams.origin]\n\
          targets = [\"{upstream}\"]\n\

@@ -34,6 +34,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "admin",
     "access_log",
     "watch",
+    "workers",
 ];
 const HTTP2_KEYS: &[&str] = &[
     "max_concurrent_streams",
@@ -122,7 +123,14 @@ fn default_gateway(base: &Path) -> Gateway {
         admin: None,
         access_log: AccessLog::Stdout,
         watch: true,
+        workers: default_workers(),
     }
+}
+
+/// The CPUs this process may run on (its affinity mask and cgroup quota, so 1 under
+/// `taskset -c 0`).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -509,6 +517,11 @@ impl<'r> Reader<'r> {
             && let Some(b) = self.boolean(v, &t.key("watch"))
         {
             g.watch = b;
+        }
+        if let Some(v) = t.get("workers")
+            && let Some(n) = self.integer(v, &t.key("workers"), 1, 1024)
+        {
+            g.workers = n as usize;
         }
         if let Some(v) = t.get("http2") {
             self.http2(v, &mut g.http2);

@@ -64,6 +64,10 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// `watch`: reload when the config file or a plugin file changes. Default `true`.
     pub watch: bool,
+    /// `workers`: data-path threads, each running its own event loop, accepting from the shared
+    /// listeners and keeping its own upstream connections. A connection stays on the worker that
+    /// accepted it. Default: the CPUs the process may run on.
+    pub workers: usize,
 }
 
 /// `gateway.access_log`.

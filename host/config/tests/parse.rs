@@ -16,6 +16,7 @@ fn reads_every_key_of_a_full_config() {
         max_header_size = "32KiB"
         max_headers = 50
         shutdown_grace = "0s"
+        workers = 3
 
         [gateway.http2]
         max_concurrent_streams = 64
@@ -47,6 +48,7 @@ fn reads_every_key_of_a_full_config() {
     assert_eq!(g.idle_timeout, Duration::from_secs(120));
     assert_eq!(g.max_header_size, 32 * 1024);
     assert_eq!(g.max_headers, 50);
+    assert_eq!(g.workers, 3);
     assert_eq!(g.shutdown_grace, Duration::ZERO);
     assert_eq!(g.http2.max_concurrent_streams, 64);
     assert_eq!(g.http2.keepalive_interval, None);
@@ -77,7 +79,7 @@ fn reads_every_key_of_a_full_config() {
     assert_eq!(r.headers[0].0, "x-version");
     assert!(matches!(r.action, RouteAction::Upstream(0)));
     assert!(r.strip_path);
-    assert_eq!(r.location.line, 20);
+    assert_eq!(r.location.line, 21);
 
     let RouteAction::Respond(m) = &c.routes[1].action else {
         panic!("mock route")
@@ -97,6 +99,9 @@ fn defaults_fill_an_almost_empty_file() {
     assert_eq!(c.gateway.listen, ["127.0.0.1:8080".parse().expect("addr")]);
     assert_eq!(c.gateway.max_header_size, 64 * 1024);
     assert_eq!(c.gateway.max_headers, 100);
+    // One worker per CPU the test may run on.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.gateway.workers, cpus);
     assert_eq!(c.gateway.shutdown_grace, Duration::from_secs(30));
     assert!(c.gateway.tls.is_none());
 }

@@ -147,5 +147,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         format!("{:?}", o.http2) == format!("{:?}", n.http2),
     );
     check("gateway.watch", o.watch == n.watch);
+    check("gateway.workers", o.workers == n.workers);
     changed
 }

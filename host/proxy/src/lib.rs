@@ -19,6 +19,7 @@ mod rescue;
 mod router;
 mod tls;
 mod upstream;
+mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
@@ -40,6 +40,7 @@ pub use router::{Match, Router};
 
 use listener::{Listener, Server};
 use proxy::{Proxy, Snapshot};
+use worker::Workers;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +158,9 @@ pub async fn prepare_with(
 #[derive(Debug)]
 pub struct Gateway {
     server: Arc<Server>,
-    listeners: Vec<Listener>,
+    listeners: Vec<Arc<Listener>>,
     shutdown_grace: Duration,
+    workers: usize,
     control: Control,
 }
 
@@ -183,17 +185,17 @@ impl Gateway {
         let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
         let mut listeners = Vec::new();
         for addr in &config.gateway.listen {
-            listeners.push(Listener {
-                tcp: bind(*addr).await?,
+            listeners.push(Arc::new(Listener {
+                tcp: bind(*addr)?,
                 tls: None,
-            });
+            }));
         }
         if let (Some(t), Some(server_config)) = (&config.gateway.tls, &tls) {
             for addr in &t.listen {
-                listeners.push(Listener {
-                    tcp: bind(*addr).await?,
+                listeners.push(Arc::new(Listener {
+                    tcp: bind(*addr)?,
                     tls: Some(server_config.clone()),
-                });
+                }));
             }
         }
         let access_log = Arc::new(
@@ -219,6 +221,7 @@ impl Gateway {
             server,
             listeners,
             shutdown_grace: config.gateway.shutdown_grace,
+            workers: config.gateway.workers,
             control: Control {
                 proxy,
                 services,
@@ -246,15 +249,21 @@ impl Gateway {
         self.control.clone()
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish for
-    /// up to the configured `shutdown_grace`, and returns. Returns `true` when every connection
-    /// finished within the grace period.
+    /// Serves on `gateway.workers` threads until `shutdown` resolves; then stops accepting, lets
+    /// in-flight requests finish for up to the configured `shutdown_grace`, and returns. Returns
+    /// `true` when every connection finished within the grace period. Dropping the future stops
+    /// the workers at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        for listener in self.listeners {
-            tracker.spawn(listener.accept_loop(self.server.clone(), stop.clone(), tracker.clone()));
-        }
+        let workers =
+            match Workers::start(self.workers, self.listeners, &self.server, &stop, &tracker) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, workers = self.workers, "cannot start the workers");
+                    return false;
+                }
+            };
         shutdown.await;
         tracing::info!(
             grace = ?self.shutdown_grace,
@@ -262,7 +271,7 @@ impl Gateway {
         );
         stop.cancel();
         tracker.close();
-        match tokio::time::timeout(self.shutdown_grace, tracker.wait()).await {
+        let drained = match tokio::time::timeout(self.shutdown_grace, tracker.wait()).await {
             Ok(()) => {
                 tracing::info!("all connections drained");
                 true
@@ -274,7 +283,9 @@ impl Gateway {
                 );
                 false
             }
-        }
+        };
+        workers.stop().await;
+        drained
     }
 }
 
@@ -286,7 +297,9 @@ fn open_access_log(destination: &AccessLogConfig, metrics: &Metrics) -> std::io:
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// A listening socket, not yet registered with any event loop: each worker registers its own
+/// handle.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -294,7 +307,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     .and_then(|s| {
         s.set_reuseaddr(true)?;
         s.bind(addr)?;
-        s.listen(1024)
+        s.listen(1024)?.into_std()
     });
     socket.map_err(|source| StartError::Bind { addr, source })
 }

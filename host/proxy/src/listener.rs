@@ -65,9 +65,9 @@ impl Server {
     }
 }
 
-/// A bound listening socket.
+/// A bound listening socket, shared by the workers: each accepts through its own handle.
 pub(crate) struct Listener {
-    pub(crate) tcp: TcpListener,
+    pub(crate) tcp: std::net::TcpListener,
     /// The TLS settings, swapped by a reload that changes certificates.
     pub(crate) tls: Option<Arc<ArcSwap<ServerConfig>>>,
 }
@@ -86,18 +86,27 @@ impl Listener {
         self.tcp.local_addr()
     }
 
-    /// Accepts until `stop` is cancelled, serving each connection on `tracker`.
+    /// Accepts on the calling worker until `stop` is cancelled, serving each connection on
+    /// `tracker`.
     pub(crate) async fn accept_loop(
-        self,
+        self: Arc<Self>,
         server: Arc<Server>,
         stop: CancellationToken,
         tracker: TaskTracker,
     ) {
+        // A handle of the worker's own, registered with the worker's event loop.
+        let tcp = match self.tcp.try_clone().and_then(TcpListener::from_std) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::error!(error = %e, "a worker cannot accept on a listener");
+                return;
+            }
+        };
         loop {
             let accepted = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                accepted = self.tcp.accept() => accepted,
+                accepted = tcp.accept() => accepted,
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,

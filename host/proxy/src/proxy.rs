@@ -83,7 +83,7 @@ impl Snapshot {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, metrics)))
+            .map(|u| Arc::new(Upstream::new(u, config.gateway.workers, metrics)))
             .collect();
         let routes = config
             .routes
@@ -456,7 +456,7 @@ async fn forward(
     headers.insert(REQUEST_ID, request_id.clone());
 
     let req = Request::from_parts(parts, body);
-    let result = tokio::time::timeout(upstream.timeout, upstream.client.request(req)).await;
+    let result = tokio::time::timeout(upstream.timeout, upstream.client().request(req)).await;
     let response = match result {
         Err(_) => {
             target.metrics.count(UpstreamOutcome::Timeout);

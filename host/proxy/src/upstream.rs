@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use wasmgate_telemetry::{Metrics, TargetMetrics};
 
 use crate::body::Body;
+use crate::worker;
 
 /// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
 const EJECTION: Duration = Duration::from_secs(10);
@@ -23,7 +24,9 @@ pub(crate) struct Upstream {
     /// Smooth weighted round-robin order, computed once: indices into `targets`.
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
-    pub(crate) client: Client<HttpConnector, Body>,
+    /// One client (and so one keep-alive pool) per worker: a connection is driven by the worker
+    /// that opened it and only that worker's requests use it.
+    clients: Box<[Client<HttpConnector, Body>]>,
     pub(crate) timeout: Duration,
     epoch: Instant,
 }
@@ -37,19 +40,25 @@ pub(crate) struct Target {
 }
 
 impl Upstream {
-    pub(crate) fn new(config: &wasmgate_config::Upstream, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        config: &wasmgate_config::Upstream,
+        workers: usize,
+        metrics: &Metrics,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            // The gateway sets Host itself: it forwards the client's.
-            .set_host(false)
-            .build(connector);
+        let client = || {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.pool_idle_timeout)
+                .pool_max_idle_per_host(config.pool_max_idle)
+                // The gateway sets Host itself: it forwards the client's.
+                .set_host(false)
+                .build(connector.clone())
+        };
         let weights: Vec<u32> = config.targets.iter().map(|t| t.weight).collect();
         Self {
             name: config.name.clone(),
@@ -64,10 +73,15 @@ impl Upstream {
                 .collect(),
             schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
             cursor: AtomicUsize::new(0),
-            client,
+            clients: (0..workers.max(1)).map(|_| client()).collect(),
             timeout: config.timeout,
             epoch: Instant::now(),
         }
+    }
+
+    /// The calling worker's client.
+    pub(crate) fn client(&self) -> &Client<HttpConnector, Body> {
+        &self.clients[worker::current() % self.clients.len()]
     }
 
     fn now_ms(&self) -> u64 {

@@ -132,7 +132,8 @@ impl Loader {
                     .map(move |(p, e)| (r, p, e))
             })
             .collect();
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Each worker runs one call at a time, so about one idle instance per worker is enough.
+        let workers = config.gateway.workers;
         let bindings_count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         let settings = EngineSettings {
             cache_dir: config.gateway.plugin_cache_dir.clone(),

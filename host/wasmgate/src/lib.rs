@@ -112,10 +112,14 @@ async fn load(path: &Path, services: &Services) -> Option<Prepared> {
     }
 }
 
+/// The control runtime: start-up, admin API, signals, reloads. Requests are served by the
+/// gateway's own worker threads (`gateway.workers`), not here; two threads keep the admin API
+/// answering while a reload compiles plugins.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
-        .thread_name("wasmgate-worker")
+        .thread_name("wasmgate-control")
         .build()
         .context("cannot start the async runtime")
 }

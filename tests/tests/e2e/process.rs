@@ -38,6 +38,32 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     assert!(code.1.contains("SIGTERM received"), "{}", code.1);
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serves_on_the_configured_number_of_worker_threads() {
+    let up = echo_upstream("up").await;
+    let dir = workdir();
+    let config = write_config(&dir, &proxy_everything_to(up, "workers = 3"));
+    let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
+    let url = format!("http://{}/x", gw.addrs[0]);
+    let requests = (0..24).map(|_| {
+        let url = url.clone();
+        // A client each: separate connections, which the workers share between them.
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+    });
+    for request in requests {
+        assert_eq!(request.await.expect("join").expect("served"), 200);
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", gw.pid())).expect("threads");
+    // Thread names are cut to 15 bytes: "wasmgate-worker-0" reads "wasmgate-worker".
+    let workers = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|name| name.starts_with("wasmgate-worker"))
+        .count();
+    assert_eq!(workers, 3, "{}", gw.log_text());
+}
+
 #[test]
 fn check_accepts_a_valid_config_and_names_line_and_key_of_an_unknown_one() {
     let dir = workdir();

@@ -621,3 +621,25 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn dropping_a_running_gateway_closes_its_listeners() {
+    let gw = TestGateway::start(&proxy_everything_to(closed_port(), "workers = 2"))
+        .await
+        .expect("start");
+    let addr = gw.http;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_ok(),
+        "listening"
+    );
+    drop(gw);
+    // The workers stop on their own threads once told to: poll, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting 5 s after the gateway was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
