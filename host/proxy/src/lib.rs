@@ -6,8 +6,10 @@
 //! ```
 //!
 //! [`Gateway::bind`] opens every listener (so a caller knows the addresses, and a port clash is an
-//! error before anything serves); [`Gateway::run`] serves until its shutdown future resolves, then
-//! drains in-flight requests for the configured grace period.
+//! error before anything serves); [`Gateway::run`] starts the `gateway.workers` threads that
+//! serve (see `worker.rs`: one single-threaded event loop per CPU, each with its own upstream
+//! pools), and when its shutdown future resolves, drains in-flight requests for the configured
+//! grace period.
 
 mod body;
 mod control;

@@ -9,9 +9,11 @@
 //! * WASI 0.2's streams (a guest's `println!`, a panic message) are implemented asynchronously by
 //!   wasmtime-wasi; their synchronous wrappers block on a Tokio runtime, which panics on a Tokio
 //!   worker thread. Sync calls would need `block_in_place` per call or a thread hop per request.
-//! * With async calls a long-running plugin yields to the executor every epoch tick instead of
-//!   holding a worker thread for its whole time budget, and later capabilities (outbound HTTP for
-//!   JWKS, Redis) can await I/O within the request's deadline.
+//! * With async calls a long-running plugin yields to the executor every epoch tick (once it has
+//!   run for 1 ms) instead of holding its worker thread for its whole time budget — and a worker
+//!   is one thread serving every connection it accepted, so a call that cannot yield stalls all
+//!   of them. Later capabilities (outbound HTTP for JWKS, Redis) can await I/O within the
+//!   request's deadline.
 //!
 //! The price is a fiber switch per call; `cargo bench -p wasmgate-runtime` measures it (see
 //! `bench/RESULTS.md`).

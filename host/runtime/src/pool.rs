@@ -257,7 +257,15 @@ impl Binding {
             if now >= data.deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else if now >= data.yield_at {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's `yield_now` lets the event loop poll for I/O before this call resumes.
+                // A plain `Yield` wakes the task at once: on a worker with nothing else ready
+                // the scheduler would re-run the call slice after slice and look at sockets
+                // only every 61 task polls (measured: other requests on the worker stalled for
+                // the whole of a looping call's timeout).
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             } else {
                 // A short call runs to the end on its fiber: yielding it would let the requests
                 // queued behind it check out (and create) further instances of this binding.

@@ -534,3 +534,42 @@ async fn a_client_stalling_a_buffered_body_gets_408() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_looping_plugin_does_not_stall_the_other_requests_of_its_worker() {
+    // One worker: the looping call and every other request share one thread. The call yields at
+    // each epoch tick once it has run for 1 ms, so the worker keeps serving while it loops until
+    // its 300 ms timeout. A call that did not yield would leave at most the requests already
+    // answered before it started.
+    let up = echo_upstream("up").await;
+    let toml = misbehaving_gateway_toml(up, "")
+        .replacen(
+            "plugin_cache_dir = \"\"",
+            "plugin_cache_dir = \"\"\n        workers = 1",
+            1,
+        )
+        .replacen("timeout = \"100ms\"", "timeout = \"300ms\"", 1);
+    let gw = TestGateway::start_in(plugins_dir(), &toml)
+        .await
+        .expect("start");
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("/fine")).send().await.expect("send").status(),
+        200
+    );
+    let looping = tokio::spawn(c.get(gw.url("/loop")).send());
+    let mut served_meanwhile = 0;
+    while !looping.is_finished() {
+        let status = c.get(gw.url("/fine")).send().await.expect("send").status();
+        assert_eq!(status, 200);
+        if !looping.is_finished() {
+            served_meanwhile += 1;
+        }
+    }
+    let status = looping.await.expect("join").expect("send").status();
+    assert_eq!(status, 503, "the loop hit its timeout");
+    assert!(
+        served_meanwhile >= 10,
+        "only {served_meanwhile} requests were served while the plugin looped"
+    );
+}
