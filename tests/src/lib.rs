@@ -71,7 +71,7 @@ pub struct TestGateway {
     /// The first TLS listener, when the config has one.
     pub https: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<bool>>,
+    task: Option<JoinHandle<Result<bool, wasmgate_proxy::StartError>>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -126,7 +126,7 @@ impl TestGateway {
             let _ = tx.send(());
         }
         match self.task.take() {
-            Some(t) => t.await.unwrap_or(false),
+            Some(t) => matches!(t.await, Ok(Ok(true))),
             None => true,
         }
     }

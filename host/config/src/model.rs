@@ -161,7 +161,7 @@ pub struct Upstream {
     pub timeout: Duration,
     /// `pool_idle_timeout`: how long an idle keep-alive connection to a target is kept. Default 60 s.
     pub pool_idle_timeout: Duration,
-    /// `pool_max_idle`: idle keep-alive connections kept per target. Default 256.
+    /// `pool_max_idle`: idle keep-alive connections kept per target by each worker. Default 256.
     pub pool_max_idle: usize,
 }
 

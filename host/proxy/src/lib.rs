@@ -66,6 +66,14 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The worker threads (`gateway.workers`) could not be started.
+    #[error("cannot start {workers} worker threads (gateway.workers): {source}")]
+    Workers {
+        /// How many were asked for.
+        workers: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// One listening address of a running gateway.
@@ -252,20 +260,17 @@ impl Gateway {
     }
 
     /// Serves on `gateway.workers` threads until `shutdown` resolves; then stops accepting, lets
-    /// in-flight requests finish for up to the configured `shutdown_grace`, and returns. Returns
-    /// `true` when every connection finished within the grace period. Dropping the future stops
-    /// the workers at once.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+    /// in-flight requests finish for up to the configured `shutdown_grace`, and returns whether
+    /// every connection finished within the grace period. Fails only when the worker threads
+    /// cannot be started. Dropping the future stops the workers at once.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<bool, StartError> {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let workers =
-            match Workers::start(self.workers, self.listeners, &self.server, &stop, &tracker) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(error = %e, workers = self.workers, "cannot start the workers");
-                    return false;
-                }
-            };
+        let workers = Workers::start(self.workers, self.listeners, &self.server, &stop, &tracker)
+            .map_err(|source| StartError::Workers {
+            workers: self.workers,
+            source,
+        })?;
         shutdown.await;
         tracing::info!(
             grace = ?self.shutdown_grace,
@@ -287,7 +292,7 @@ impl Gateway {
             }
         };
         workers.stop().await;
-        drained
+        Ok(drained)
     }
 }
 

@@ -198,7 +198,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
                     std::process::exit(1);
                 });
             })
-            .await;
+            .await?;
         stop_admin.cancel();
         Ok(ExitCode::SUCCESS)
     })
