@@ -398,10 +398,14 @@ async fn a_changed_plugin_file_is_recompiled_and_swapped_in() {
         "{metrics}"
     );
     assert!(!metrics.contains("Not A Valid Name"), "{metrics}");
-    assert_eq!(
-        run.gw.log_text().matches("plugin counter ignored").count(),
-        1,
-        "an invalid name is logged once"
+    // Logged once per binding of the entry, not per call (three calls here). Under load the
+    // watcher may see the rename as two changes 250 ms apart, and each reload binds anew.
+    let log = run.gw.log_text();
+    let logged = log.matches("plugin counter ignored").count();
+    let reloads = log.matches("reloading").count();
+    assert!(
+        logged >= 1 && logged <= reloads && logged < 3,
+        "an invalid name is logged once per binding: {logged} times after {reloads} reloads\n{log}"
     );
 }
 
