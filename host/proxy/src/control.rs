@@ -63,8 +63,16 @@ impl Control {
 
     async fn swap(&self, config: Config) -> Result<Reloaded, Vec<Diagnostic>> {
         let old = self.proxy.snapshot.load_full();
+        // The running workers stay until a restart; the new snapshot sizes its per-worker
+        // upstream pools and plugin pools for them, not for the file's new number.
+        let mut config = config;
+        let workers_changed = config.gateway.workers != old.config.gateway.workers;
+        config.gateway.workers = old.config.gateway.workers;
         let prepared = prepare_with(&self.services, config).await?;
-        let restart_needed = restart_needed(&old.config, &prepared.config);
+        let mut restart_needed = restart_needed(&old.config, &prepared.config);
+        if workers_changed {
+            restart_needed.push("gateway.workers");
+        }
         let destination = &prepared.config.gateway.access_log;
         // A file is reopened on every reload, so `logrotate` can move it and then reload.
         let access_log = if *destination == old.config.gateway.access_log
@@ -147,6 +155,5 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         format!("{:?}", o.http2) == format!("{:?}", n.http2),
     );
     check("gateway.watch", o.watch == n.watch);
-    check("gateway.workers", o.workers == n.workers);
     changed
 }

@@ -12,12 +12,16 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::{Listener, Server};
+
+/// Threads each worker may use for blocking work.
+const BLOCKING_THREADS: usize = 8;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -37,8 +41,8 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers accepting from `listeners` until `stop` is cancelled; every
-    /// connection is tracked by `tracker`.
+    /// Starts `count` workers (at least one) accepting from `listeners` until `stop` is
+    /// cancelled; every accept loop and connection is tracked by `tracker`.
     pub(crate) fn start(
         count: usize,
         listeners: Vec<Arc<Listener>>,
@@ -46,6 +50,7 @@ impl Workers {
         stop: &CancellationToken,
         tracker: &TaskTracker,
     ) -> std::io::Result<Self> {
+        let count = count.max(1);
         let abort = CancellationToken::new();
         let mut workers = Self {
             abort: abort.clone(),
@@ -59,6 +64,10 @@ impl Workers {
                 (server.clone(), stop.clone(), tracker.clone(), abort.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Blocking work here is DNS lookups of upstream names: a few threads per worker
+                // (tokio's default allows 512 each).
+                .max_blocking_threads(BLOCKING_THREADS)
+                .thread_name("wasmgate-blocking")
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("wasmgate-worker-{index}"))
@@ -66,7 +75,9 @@ impl Workers {
                     INDEX.with(|i| i.set(index));
                     runtime.block_on(async move {
                         for listener in listeners {
-                            tokio::spawn(listener.accept_loop(
+                            // Tracked too: a connection accepted just as the drain finishes is
+                            // then still waited for.
+                            tracker.spawn(listener.accept_loop(
                                 server.clone(),
                                 stop.clone(),
                                 tracker.clone(),
@@ -82,8 +93,9 @@ impl Workers {
                             () = abort.cancelled() => {}
                         }
                     });
-                    // Dropping the runtime closes whatever connections are left.
-                    drop(runtime);
+                    // Closes whatever connections are left, without waiting for a DNS lookup
+                    // that may never return.
+                    runtime.shutdown_timeout(Duration::ZERO);
                     let _ = exited.send(());
                 })?;
             workers.exited.push(on_exit);
