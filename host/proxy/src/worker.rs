@@ -5,8 +5,8 @@
 //! connection) and serves the connections it accepted to the end, including their upstream
 //! connections, which it keeps in its own pools. A request never crosses threads.
 //!
-//! Measured against tokio's work-stealing runtime on one CPU (`cargo xtask bench` setup,
-//! bench/RESULTS.md): 31.0 k vs 19.4 k requests/s and 32 vs 51 µs of CPU per request. The
+//! Measured against tokio's work-stealing runtime on one CPU (`cargo xtask bench --quick`,
+//! bench/RESULTS.md): 23.4–25.9 k vs 19.4 k requests/s and 38–43 vs 51 µs of CPU per request. The
 //! work-stealing scheduler pays for cross-thread queues and wake-ups on every task switch
 //! even with one worker; a worker here wakes only its own thread.
 
