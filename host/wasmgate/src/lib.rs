@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use wasmgate_admin::{Admin, Reloader, Watcher};
+use wasmgate_admin::{Admin, Fingerprint, Reloader, Watcher};
 use wasmgate_proxy::{Prepared, Services};
 
 /// An API gateway extended by sandboxed WebAssembly plugins.
@@ -141,6 +141,8 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let services = Services::new();
+        // Taken before the load: a change in between is then seen as one, never missed.
+        let fingerprint = Fingerprint::read(path);
         let Some(prepared) = load(path, &services).await else {
             eprintln!(
                 "error: {}: refusing to start with an invalid config",
@@ -152,7 +154,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let watch = prepared.config.gateway.watch;
         let routes = prepared.config.routes.len();
         let gateway = wasmgate_proxy::Gateway::bind_prepared(prepared, services).await?;
-        let reloader = Reloader::new(path.to_path_buf(), gateway.control());
+        let reloader = Reloader::new(path.to_path_buf(), gateway.control(), fingerprint);
         let stop_admin = CancellationToken::new();
         let mut draining = None;
         if let Some(addr) = admin_addr {

@@ -111,6 +111,68 @@ async fn a_route_added_to_the_watched_file_serves_within_3s() {
     eprintln!("new route served {took:?} after the write");
 }
 
+/// `wasmgate_config_reloads_total` by result: (success, failure).
+async fn reloads(admin: SocketAddr) -> (u64, u64) {
+    let metrics = get(format!("http://{admin}/metrics")).await.1;
+    let count = |result: &str| {
+        let prefix = format!("wasmgate_config_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    (count("success"), count("failure"))
+}
+
+/// Long enough for the watcher to have acted on anything it saw: four debounce periods.
+const WATCHER_SETTLES: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_checking_or_touching_the_file_does_not_reload_and_a_change_reloads_once() {
+    let base = format!("{}{}", gateway_section(""), mock_route("a", "/a"));
+    let run = start(&base, |_| {});
+
+    // What operators do to a live file without changing it: read it, check it, touch it, and
+    // deploy the same content again (written beside and renamed over).
+    std::fs::read_to_string(&run.config).expect("read");
+    let (code, out) = check(wasmgate_bin!(), &run.config).expect("check");
+    assert_eq!(code, 0, "{out}");
+    std::fs::File::options()
+        .append(true)
+        .open(&run.config)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .expect("touch");
+    write(&run.config, &base);
+    tokio::time::sleep(WATCHER_SETTLES).await;
+    assert_eq!(reloads(run.admin).await, (0, 0), "{}", run.gw.log_text());
+
+    write(&run.config, &format!("{base}{}", mock_route("b", "/b")));
+    until_status(
+        &format!("http://{}/b", run.http),
+        200,
+        Duration::from_secs(3),
+    )
+    .await;
+    tokio::time::sleep(WATCHER_SETTLES).await;
+    assert_eq!(reloads(run.admin).await, (1, 0), "{}", run.gw.log_text());
+
+    // A broken file fails once, not once per look at it.
+    let seen = run.gw.log_len();
+    write(&run.config, "[gateway\n");
+    let gw = &run.gw;
+    tokio::task::block_in_place(|| gw.wait_for_log("reload failed", seen, Duration::from_secs(5)))
+        .expect("the failed reload is logged");
+    let (code, _) = check(wasmgate_bin!(), &run.config).expect("check");
+    assert_eq!(code, 1);
+    std::fs::read_to_string(&run.config).expect("read");
+    tokio::time::sleep(WATCHER_SETTLES).await;
+    assert_eq!(reloads(run.admin).await, (1, 1), "{}", run.gw.log_text());
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await,
+        (200, "b".into())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_keeps_the_old_routes_serving_and_reports_every_problem() {
     let base = format!("{}{}", gateway_section(""), mock_route("a", "/a"));
