@@ -12,13 +12,16 @@ pub struct Location {
 
 /// One problem in a config file: where it is, which key, and what is wrong.
 ///
-/// Displays as `FILE:LINE:COL: KEY: MESSAGE`, the form editors and CI logs link to.
+/// Displays as `FILE:LINE:COL: KEY: MESSAGE`, the form editors and CI logs link to. A problem with
+/// no place in the file (the file cannot be read; a default value cannot be used) displays as
+/// `FILE: KEY: MESSAGE`, and one about the file as a whole as `FILE: MESSAGE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// The config file.
     pub file: PathBuf,
-    /// Where in it.
-    pub location: Location,
+    /// Where in it: the key's (or entry's) position, or `None` for a setting that is not written
+    /// in the file (a default).
+    pub location: Option<Location>,
     /// The dotted key path, e.g. `routes[1].upstream` or `upstreams.users.timeout`.
     pub key: String,
     /// What is wrong, in lowercase, carrying the offending value.
@@ -27,13 +30,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: ",
-            self.file.display(),
-            self.location.line,
-            self.location.column
-        )?;
+        write!(f, "{}", self.file.display())?;
+        if let Some(at) = self.location {
+            write!(f, ":{}:{}", at.line, at.column)?;
+        }
+        f.write_str(": ")?;
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }
@@ -63,7 +64,7 @@ impl ConfigError {
         match self {
             Self::Read { path, source } => vec![Diagnostic {
                 file: path.clone(),
-                location: Location { line: 1, column: 1 },
+                location: None,
                 key: String::new(),
                 message: format!("cannot read config file: {source}"),
             }],
@@ -119,6 +120,8 @@ pub(crate) struct Report<'a> {
     pub(crate) text: &'a str,
     index: LineIndex,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Where each key read so far is written, by dotted path.
+    pub(crate) keys: std::collections::HashMap<String, Location>,
 }
 
 impl<'a> Report<'a> {
@@ -128,6 +131,7 @@ impl<'a> Report<'a> {
             text,
             index: LineIndex::new(text),
             diagnostics: Vec::new(),
+            keys: std::collections::HashMap::new(),
         }
     }
 
@@ -144,7 +148,7 @@ impl<'a> Report<'a> {
         let location = self.locate(span);
         self.diagnostics.push(Diagnostic {
             file: self.file.to_path_buf(),
-            location,
+            location: Some(location),
             key: key.to_owned(),
             message: message.into(),
         });
@@ -185,6 +189,21 @@ mod tests {
         assert_eq!(index.locate(text, 6), Location { line: 2, column: 1 });
         // 'é' is two bytes but one column.
         assert_eq!(index.locate(text, 9), Location { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn displays_with_or_without_a_position() {
+        let mut d = Diagnostic {
+            file: "gw.toml".into(),
+            location: Some(Location { line: 3, column: 7 }),
+            key: "gateway.admin".into(),
+            message: "invalid".into(),
+        };
+        assert_eq!(d.to_string(), "gw.toml:3:7: gateway.admin: invalid");
+        d.location = None;
+        assert_eq!(d.to_string(), "gw.toml: gateway.admin: invalid");
+        d.key.clear();
+        assert_eq!(d.to_string(), "gw.toml: invalid");
     }
 
     #[test]

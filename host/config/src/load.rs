@@ -92,12 +92,17 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigErro
             .err()
             .unwrap_or(crate::ConfigError::Invalid(Vec::new())));
     }
-    let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+    // Absolute, so that relative paths in the file mean the same wherever they are used from
+    // (wasmtime's compile cache refuses a relative directory) and name the real place in errors.
+    let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
+    let base = std::path::absolute(folder.unwrap_or(Path::new(".")))
+        .unwrap_or_else(|_| folder.unwrap_or(Path::new("")).to_path_buf());
     let mut reader = Reader {
         report,
         base: &base,
     };
-    let config = reader.config(file, doc.get_ref(), &doc.span());
+    let mut config = reader.config(file, doc.get_ref(), &doc.span());
+    config.locations = std::mem::take(&mut reader.report.keys);
     reader.report.finish()?;
     Ok(config)
 }
@@ -216,6 +221,8 @@ impl<'r> Reader<'r> {
     ) -> Table<'t, 'i> {
         for (key, _) in table.iter() {
             let name: &str = key.get_ref();
+            let location = self.report.locate(&key.span());
+            self.report.keys.insert(join(path, name), location);
             if !known.contains(&name) {
                 let message = match did_you_mean(name, known.iter().copied()) {
                     Some(m) => format!("unknown key `{name}`, did you mean `{m}`?"),
@@ -436,6 +443,7 @@ impl<'r> Reader<'r> {
             gateway,
             upstreams,
             routes,
+            locations: std::collections::HashMap::new(),
         }
     }
 
@@ -689,6 +697,8 @@ impl<'r> Reader<'r> {
         let mut out = Vec::new();
         for (name, value) in t.iter() {
             let path = format!("upstreams.{}", name.get_ref());
+            let location = self.report.locate(&name.span());
+            self.report.keys.insert(path.clone(), location);
             if let Some(u) = self.upstream(name.get_ref(), value, &path) {
                 out.push(u);
             }

@@ -4,13 +4,14 @@
 //! library cannot use, say) carry the [`Location`] they were written at, so those stages can report
 //! `FILE:LINE:COL` too.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::Location;
+use crate::{Diagnostic, Location};
 
 /// A whole gateway configuration, loaded from one file.
 #[derive(Debug, Clone)]
@@ -23,9 +24,28 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// Where each key is written, by dotted path (`gateway.admin`, `routes[2].plugins[0].config`).
+    pub(crate) locations: HashMap<String, Location>,
 }
 
 impl Config {
+    /// Where `key`, a dotted path such as `gateway.plugin_cache_dir`, is written in the file;
+    /// `None` when the file does not set it (its default applies).
+    pub fn location_of(&self, key: &str) -> Option<Location> {
+        self.locations.get(key).copied()
+    }
+
+    /// A problem with `key` found after loading (a file that cannot be opened, a setting the
+    /// system refuses), located where the key is written, or at no position for a default.
+    pub fn diagnostic(&self, key: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            location: self.location_of(key),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
     /// The upstream called `name`, if the configuration defines one.
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)

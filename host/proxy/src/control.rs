@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic, Location};
+use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
 use wasmgate_runtime::Runtime;
 use wasmgate_telemetry::Metrics;
 
@@ -81,12 +81,10 @@ impl Control {
             old.access_log.clone()
         } else {
             let log = open_access_log(destination, &self.services.metrics).map_err(|e| {
-                vec![Diagnostic {
-                    file: prepared.config.file.clone(),
-                    location: Location::default(),
-                    key: "gateway.access_log".into(),
-                    message: format!("cannot open the access log: {e}"),
-                }]
+                vec![prepared.config.diagnostic(
+                    "gateway.access_log",
+                    format!("cannot open the access log: {e}"),
+                )]
             })?;
             Arc::new(log)
         };

@@ -47,25 +47,11 @@ use worker::Workers;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The configuration is valid TOML with valid keys, but something in it cannot be used.
+    /// The configuration is valid TOML with valid keys, but something in it cannot be used: a
+    /// plugin, a certificate, a listening address that is taken, an access log that cannot be
+    /// opened.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<Diagnostic>),
-    /// The access log file could not be opened.
-    #[error("cannot open the access log {}: {source}", path.display())]
-    AccessLog {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A listening socket could not be opened.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
     /// The worker threads (`gateway.workers`) could not be started.
     #[error("cannot start {workers} worker threads (gateway.workers): {source}")]
     Workers {
@@ -193,30 +179,38 @@ impl Gateway {
             tls,
         } = prepared;
         let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
+        let bind = |key: &str, addr: SocketAddr| {
+            bind(addr).map_err(|e| {
+                StartError::Config(vec![
+                    config.diagnostic(key, format!("cannot listen on {addr}: {e}")),
+                ])
+            })
+        };
         let mut listeners = Vec::new();
         for addr in &config.gateway.listen {
             listeners.push(Arc::new(Listener {
-                tcp: bind(*addr)?,
+                tcp: bind("gateway.listen", *addr)?,
                 tls: None,
             }));
         }
         if let (Some(t), Some(server_config)) = (&config.gateway.tls, &tls) {
             for addr in &t.listen {
                 listeners.push(Arc::new(Listener {
-                    tcp: bind(*addr)?,
+                    tcp: bind("gateway.tls.listen", *addr)?,
                     tls: Some(server_config.clone()),
                 }));
             }
         }
         let access_log = Arc::new(
-            open_access_log(&config.gateway.access_log, &services.metrics).map_err(|source| {
-                StartError::AccessLog {
-                    path: match &config.gateway.access_log {
-                        AccessLogConfig::File(p) => p.clone(),
-                        _ => "stdout".into(),
-                    },
-                    source,
-                }
+            open_access_log(&config.gateway.access_log, &services.metrics).map_err(|e| {
+                let target = match &config.gateway.access_log {
+                    AccessLogConfig::File(p) => p.display().to_string(),
+                    _ => "stdout".into(),
+                };
+                StartError::Config(vec![config.diagnostic(
+                    "gateway.access_log",
+                    format!("cannot open the access log {target}: {e}"),
+                )])
             })?,
         );
         let config = Arc::new(config);
@@ -306,15 +300,12 @@ fn open_access_log(destination: &AccessLogConfig, metrics: &Metrics) -> std::io:
 
 /// A listening socket, not yet registered with any event loop: each worker registers its own
 /// handle.
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .and_then(|s| {
-        s.set_reuseaddr(true)?;
-        s.bind(addr)?;
-        s.listen(1024)?.into_std()
-    });
-    socket.map_err(|source| StartError::Bind { addr, source })
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }

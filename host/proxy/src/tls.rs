@@ -20,7 +20,7 @@ pub(crate) fn server_config(
     for (i, cert) in certificates.iter().enumerate() {
         let problem = |message: String| Diagnostic {
             file: config.file.clone(),
-            location: cert.location,
+            location: Some(cert.location),
             key: format!("gateway.tls.certificates[{i}]"),
             message,
         };
@@ -60,14 +60,7 @@ pub(crate) fn server_config(
     }
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| {
-            vec![Diagnostic {
-                file: config.file.clone(),
-                location: Default::default(),
-                key: "gateway.tls".into(),
-                message: format!("tls setup failed: {e}"),
-            }]
-        })?
+        .map_err(|e| vec![config.diagnostic("gateway.tls", format!("tls setup failed: {e}"))])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -56,17 +56,41 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The compile cache directory cannot be created or used.
+    #[error("cannot use {} as the plugin compile cache: {}", dir.display(), source.root_cause())]
+    Cache {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: wasmtime::Error,
+    },
+    /// The engine itself (its instance pool, its epoch thread) cannot be set up.
+    #[error("cannot start the plugin engine: {0:#}")]
+    Start(wasmtime::Error),
+}
+
 impl Engine {
     /// Builds the engine, starts its epoch ticker and links the host API.
-    pub fn new(settings: &EngineSettings) -> wasmtime::Result<Self> {
+    pub fn new(settings: &EngineSettings) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.memory_init_cow(true);
         if let Some(dir) = &settings.cache_dir {
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
-            config.cache(Some(Cache::new(cache)?));
+            let cache = Cache::new(cache).map_err(|source| EngineError::Cache {
+                dir: dir.clone(),
+                source,
+            })?;
+            config.cache(Some(cache));
         }
+        Self::with_config(config, settings).map_err(EngineError::Start)
+    }
+
+    fn with_config(mut config: Config, settings: &EngineSettings) -> wasmtime::Result<Self> {
         let slots = settings.instance_slots.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)

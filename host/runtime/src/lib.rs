@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use wasmgate_config::{Config, Diagnostic, Location, PluginEntry};
+use wasmgate_config::{Config, Diagnostic, PluginEntry};
 use wasmgate_telemetry::Metrics;
 use wasmtime::component::Component;
 
 pub use chain::{Chain, RequestOutcome};
-pub use engine::{Engine, EngineSettings};
+pub use engine::{Engine, EngineError, EngineSettings};
 pub use host::{Context, RequestView, ResponseView};
 pub use pool::{Binding, Failure, FailureCounts, FailureKind};
 pub use shared::{Counter, MemoryState, SharedState};
@@ -150,19 +150,20 @@ impl Loader {
         };
         let diagnostic = |entry: &PluginEntry, key: String, message: String| Diagnostic {
             file: config.file.clone(),
-            location: entry.location,
+            location: Some(entry.location),
             key,
             message,
         };
-        let (engine, mut compiled) = match self.engine_for(&settings) {
+        let (engine, mut compiled) = match self.engine_for(config, &settings) {
             Ok(found) => found,
-            Err(e) => {
-                return Err(vec![Diagnostic {
-                    file: config.file.clone(),
-                    location: Location::default(),
-                    key: String::new(),
-                    message: format!("cannot start the plugin engine: {e:#}"),
-                }]);
+            Err(e @ EngineError::Cache { .. }) => {
+                return Err(vec![
+                    config.diagnostic("gateway.plugin_cache_dir", e.to_string()),
+                ]);
+            }
+            // Sized from every plugin entry's `memory` and count: no single key to point at.
+            Err(e @ EngineError::Start(_)) => {
+                return Err(vec![config.diagnostic("routes", e.to_string())]);
             }
         };
         let mut problems = Vec::new();
@@ -242,10 +243,14 @@ impl Loader {
 
     /// The last load's engine and compiled plugins when `settings` fit in its limits, otherwise
     /// a new engine (a bigger pool or memory limit cannot be changed in place).
+    ///
+    /// A compile cache the file does not set (the default folder) that cannot be used is logged
+    /// and done without; one the file sets is an error.
     fn engine_for(
         &self,
+        config: &Config,
         settings: &EngineSettings,
-    ) -> wasmtime::Result<(Arc<Engine>, HashMap<String, LoadedPlugin>)> {
+    ) -> Result<(Arc<Engine>, HashMap<String, LoadedPlugin>), EngineError> {
         let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = cached
             && c.settings.cache_dir == settings.cache_dir
@@ -254,7 +259,23 @@ impl Loader {
         {
             return Ok((c.engine, c.compiled));
         }
-        Ok((Arc::new(Engine::new(settings)?), HashMap::new()))
+        let engine = match Engine::new(settings) {
+            Err(e @ EngineError::Cache { .. })
+                if config.location_of("gateway.plugin_cache_dir").is_none() =>
+            {
+                tracing::warn!(
+                    error = %e,
+                    "compiling plugins without a cache (set gateway.plugin_cache_dir to a writable folder, or \"\" to turn the cache off)"
+                );
+                let uncached = EngineSettings {
+                    cache_dir: None,
+                    ..settings.clone()
+                };
+                Engine::new(&uncached)?
+            }
+            built => built?,
+        };
+        Ok((Arc::new(engine), HashMap::new()))
     }
 
     fn keep(

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use wasmgate_admin::{Admin, Fingerprint, Reloader, Watcher};
-use wasmgate_proxy::{Prepared, Services};
+use wasmgate_config::Diagnostic;
+use wasmgate_proxy::{Prepared, Services, StartError};
 
 /// An API gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -144,23 +145,29 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         // Taken before the load: a change in between is then seen as one, never missed.
         let fingerprint = Fingerprint::read(path);
         let Some(prepared) = load(path, &services).await else {
-            eprintln!(
-                "error: {}: refusing to start with an invalid config",
-                path.display()
-            );
-            return Ok(ExitCode::from(1));
+            return Ok(refuse(path, &[]));
         };
         let admin_addr = prepared.config.gateway.admin;
         let watch = prepared.config.gateway.watch;
         let routes = prepared.config.routes.len();
-        let gateway = wasmgate_proxy::Gateway::bind_prepared(prepared, services).await?;
+        // Where `gateway.admin` is written, for a bind failure after the config has moved on.
+        let mut admin_problem = prepared.config.diagnostic("gateway.admin", "");
+        let gateway = match wasmgate_proxy::Gateway::bind_prepared(prepared, services).await {
+            Ok(g) => g,
+            Err(StartError::Config(problems)) => return Ok(refuse(path, &problems)),
+            Err(e) => return Err(e.into()),
+        };
         let reloader = Reloader::new(path.to_path_buf(), gateway.control(), fingerprint);
         let stop_admin = CancellationToken::new();
         let mut draining = None;
         if let Some(addr) = admin_addr {
-            let admin = Admin::bind(addr, reloader.clone())
-                .await
-                .with_context(|| format!("cannot listen on {addr} (gateway.admin)"))?;
+            let admin = match Admin::bind(addr, reloader.clone()).await {
+                Ok(admin) => admin,
+                Err(e) => {
+                    admin_problem.message = format!("cannot listen on {addr}: {e}");
+                    return Ok(refuse(path, &[admin_problem]));
+                }
+            };
             let bound = admin.local_addr()?;
             draining = Some(admin.draining());
             tokio::spawn(admin.serve(stop_admin.clone()));
@@ -204,6 +211,18 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         stop_admin.cancel();
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Prints `problems` (any not printed yet) and the refusal to start; the exit code.
+fn refuse(path: &Path, problems: &[Diagnostic]) -> ExitCode {
+    for d in problems {
+        eprintln!("{d}");
+    }
+    eprintln!(
+        "error: {}: refusing to start with an invalid config",
+        path.display()
+    );
+    ExitCode::from(1)
 }
 
 /// Reloads the config file on every SIGHUP, listening from the moment of the call.

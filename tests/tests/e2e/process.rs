@@ -113,6 +113,98 @@ fn run_refuses_to_start_with_an_invalid_config() {
     assert!(!stderr.contains("listening on"), "{stderr}");
 }
 
+const TAGGER: &str = env!("WASM_TAGGER");
+
+/// `wasmgate ARGS` run from `dir`: exit code and stderr.
+fn wasmgate_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(wasmgate_bin!())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run wasmgate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_relative_plugin_cache_dir_resolves_against_a_relatively_named_config_file() {
+    let dir = workdir_with_plugins(&[("tagger", TAGGER)]);
+    write_config(
+        &dir,
+        r#"
+        [gateway]
+        plugin_cache_dir = "cache"
+        [[routes]]
+        name = "tagged"
+        respond = { body = "ok" }
+        [[routes.plugins]]
+        name = "tagger"
+        config = { header = "x-tag", value = "1" }
+        "#,
+    );
+    let (code, stderr) = wasmgate_in(dir.path(), &["check", "--config", "gateway.toml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(dir.path().join("cache").is_dir(), "{stderr}");
+}
+
+#[test]
+fn an_unusable_plugin_cache_dir_is_reported_at_its_key_and_a_default_one_is_done_without() {
+    let dir = workdir_with_plugins(&[("tagger", TAGGER)]);
+    // A file where the folder should be: neither the folder nor anything in it can be created.
+    std::fs::write(dir.path().join("blocked"), "").expect("write");
+    let plugins = "[[routes]]\nname = \"tagged\"\nrespond = { body = \"ok\" }\n\
+                   [[routes.plugins]]\nname = \"tagger\"\nconfig = { header = \"x-tag\", value = \"1\" }\n";
+    write_config(
+        &dir,
+        &format!("[gateway]\nplugin_cache_dir = \"blocked/cache\"\n{plugins}"),
+    );
+    let (code, stderr) = wasmgate_in(dir.path(), &["check", "--config", "gateway.toml"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("gateway.toml:2:1: gateway.plugin_cache_dir: cannot use "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(":0:0"), "{stderr}");
+
+    // The default folder ($XDG_CACHE_HOME/wasmgate) unusable: a warning, and plugins still load.
+    write_config(&dir, plugins);
+    let out = std::process::Command::new(wasmgate_bin!())
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("blocked"))
+        .args(["check", "--config", "gateway.toml"])
+        .output()
+        .expect("run wasmgate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("compiling plugins without a cache"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_taken_listen_address_is_reported_at_its_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = workdir();
+    write_config(
+        &dir,
+        &format!(
+            "[gateway]\nlisten = [\"{addr}\"]\n[[routes]]\nname = \"x\"\nrespond = {{ body = \"ok\" }}\n"
+        ),
+    );
+    let (code, stderr) = wasmgate_in(dir.path(), &["run", "--config", "gateway.toml"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "gateway.toml:2:1: gateway.listen: cannot listen on {addr}: "
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn streams_200_mib_up_and_down_within_bounded_memory() {
     use futures_util::StreamExt;
