@@ -323,26 +323,31 @@ fn config(active: Active<'_>) -> Value {
             route
         })
         .collect();
+    // The file's values of the settings that wait for a restart, under their dotted keys.
+    let pending: serde_json::Map<String, Value> = active
+        .pending_restart
+        .map(|p| {
+            let file = gateway_json(&p.file);
+            p.keys
+                .iter()
+                .map(|key| {
+                    let field = key.trim_start_matches("gateway.").replace('.', "_");
+                    let value = GATEWAY_FIELDS
+                        .iter()
+                        .find(|(k, _)| *k == field)
+                        .and_then(|(_, json)| file.get(*json))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    ((*key).to_owned(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     json!({
         "file": c.file.display().to_string(),
         "loaded_at": loaded_at(&active),
-        "gateway": {
-            "listen": g.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "tls_listen": g.tls.as_ref().map(|t| t.listen.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            "admin": g.admin.map(|a| a.to_string()),
-            "plugins_dir": g.plugins_dir.display().to_string(),
-            "access_log": match &g.access_log {
-                wasmgate_config::AccessLog::Stdout => "stdout".to_owned(),
-                wasmgate_config::AccessLog::Off => "off".to_owned(),
-                wasmgate_config::AccessLog::File(p) => p.display().to_string(),
-            },
-            "watch": g.watch,
-            "header_read_timeout_ms": g.header_read_timeout.as_millis(),
-            "idle_timeout_ms": g.idle_timeout.as_millis(),
-            "max_header_size": g.max_header_size,
-            "max_headers": g.max_headers,
-            "shutdown_grace_ms": g.shutdown_grace.as_millis(),
-        },
+        "gateway": gateway_json(g),
+        "pending_restart": pending,
         "upstreams": c.upstreams.iter().map(|u| json!({
             "name": u.name,
             "targets": u.targets.iter().map(|t| json!({"address": t.address.as_str(), "weight": t.weight})).collect::<Vec<_>>(),
@@ -350,6 +355,53 @@ fn config(active: Active<'_>) -> Value {
             "timeout_ms": u.timeout.as_millis(),
         })).collect::<Vec<_>>(),
         "routes": routes,
+    })
+}
+
+/// Restart-only settings (`gateway.` and dots dropped, `_` for the dot in `tls.listen`) and the
+/// field of [`gateway_json`] that shows each.
+const GATEWAY_FIELDS: &[(&str, &str)] = &[
+    ("listen", "listen"),
+    ("tls_listen", "tls_listen"),
+    ("admin", "admin"),
+    ("header_read_timeout", "header_read_timeout_ms"),
+    ("idle_timeout", "idle_timeout_ms"),
+    ("max_header_size", "max_header_size"),
+    ("max_headers", "max_headers"),
+    ("shutdown_grace", "shutdown_grace_ms"),
+    ("http2", "http2"),
+    ("watch", "watch"),
+    ("workers", "workers"),
+];
+
+/// `[gateway]` as JSON: durations in milliseconds, paths absolute.
+fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
+    let addrs = |a: &[std::net::SocketAddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>();
+    json!({
+        "listen": addrs(&g.listen),
+        "tls_listen": g.tls.as_ref().map(|t| addrs(&t.listen)),
+        "admin": g.admin.map(|a| a.to_string()),
+        "plugins_dir": g.plugins_dir.display().to_string(),
+        "plugin_cache_dir": g.plugin_cache_dir.as_ref().map(|p| p.display().to_string()),
+        "access_log": match &g.access_log {
+            wasmgate_config::AccessLog::Stdout => "stdout".to_owned(),
+            wasmgate_config::AccessLog::Off => "off".to_owned(),
+            wasmgate_config::AccessLog::File(p) => p.display().to_string(),
+        },
+        "watch": g.watch,
+        "workers": g.workers,
+        "header_read_timeout_ms": g.header_read_timeout.as_millis(),
+        "idle_timeout_ms": g.idle_timeout.as_millis(),
+        "max_header_size": g.max_header_size,
+        "max_headers": g.max_headers,
+        "shutdown_grace_ms": g.shutdown_grace.as_millis(),
+        "http2": {
+            "max_concurrent_streams": g.http2.max_concurrent_streams,
+            "max_pending_reset_streams": g.http2.max_pending_reset_streams,
+            "max_local_reset_streams": g.http2.max_local_reset_streams,
+            "keepalive_interval_ms": g.http2.keepalive_interval.map(|d| d.as_millis()),
+            "keepalive_timeout_ms": g.http2.keepalive_timeout.as_millis(),
+        },
     })
 }
 

@@ -102,7 +102,7 @@ pub enum AccessLog {
 }
 
 /// `[gateway.http2]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http2 {
     /// `max_concurrent_streams` a client may open on one connection. Default 128.
     pub max_concurrent_streams: u32,

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
+use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic, Gateway};
 use wasmgate_runtime::Runtime;
 use wasmgate_telemetry::Metrics;
 
@@ -26,6 +26,17 @@ pub struct Control {
     pub(crate) tls: Option<Arc<ArcSwap<ServerConfig>>>,
     /// One reload at a time: two racing reloads could otherwise swap in the older one last.
     pub(crate) reloading: Arc<tokio::sync::Mutex<()>>,
+    /// The `[gateway]` settings the gateway started with: what the listeners and workers run.
+    pub(crate) started: Arc<Gateway>,
+}
+
+/// Settings of the last reloaded file that differ from the running ones and wait for a restart.
+#[derive(Debug, Clone)]
+pub struct PendingRestart {
+    /// The dotted keys, e.g. `gateway.listen`.
+    pub keys: Vec<&'static str>,
+    /// The file's `[gateway]` table, for the values of those keys.
+    pub file: Gateway,
 }
 
 /// What a successful reload swapped in.
@@ -35,8 +46,9 @@ pub struct Reloaded {
     pub routes: usize,
     /// Plugin entries now bound.
     pub plugins: usize,
-    /// Settings that changed in the file but apply only after a restart (listeners, connection
-    /// timeouts, HTTP/2 limits, the admin address); they keep their old values until then.
+    /// Settings whose value in the file differs from the running one and applies only after a
+    /// restart (listeners, connection limits and timeouts, HTTP/2 limits, the admin address,
+    /// workers); they keep their running values until then. Empty once the file agrees again.
     pub restart_needed: Vec<&'static str>,
 }
 
@@ -49,6 +61,9 @@ pub struct Active<'a> {
     pub runtime: Option<&'a Runtime>,
     /// When it started serving.
     pub loaded_at: SystemTime,
+    /// What the file asks for that only a restart applies; `None` when the file agrees with what
+    /// runs.
+    pub pending_restart: Option<&'a PendingRestart>,
 }
 
 impl Control {
@@ -63,16 +78,13 @@ impl Control {
 
     async fn swap(&self, config: Config) -> Result<Reloaded, Vec<Diagnostic>> {
         let old = self.proxy.snapshot.load_full();
-        // The running workers stay until a restart; the new snapshot sizes its per-worker
-        // upstream pools and plugin pools for them, not for the file's new number.
+        // What only a restart applies keeps its running value in the new snapshot (so per-worker
+        // pools match the threads that exist and `/config` shows what is served); the file's
+        // values wait in `pending_restart`, compared with what runs, not with the last file.
         let mut config = config;
-        let workers_changed = config.gateway.workers != old.config.gateway.workers;
-        config.gateway.workers = old.config.gateway.workers;
+        let file = config.gateway.clone();
+        let restart_needed = keep_running(&self.started, &mut config.gateway);
         let prepared = prepare_with(&self.services, config).await?;
-        let mut restart_needed = restart_needed(&old.config, &prepared.config);
-        if workers_changed {
-            restart_needed.push("gateway.workers");
-        }
         let destination = &prepared.config.gateway.access_log;
         // A file is reopened on every reload, so `logrotate` can move it and then reload.
         let access_log = if *destination == old.config.gateway.access_log
@@ -94,14 +106,18 @@ impl Control {
         let reloaded = Reloaded {
             routes: prepared.config.routes.len(),
             plugins: prepared.runtime.as_ref().map_or(0, |r| r.bound.len()),
-            restart_needed,
+            restart_needed: restart_needed.clone(),
         };
-        let snapshot = Snapshot::new(
+        let mut snapshot = Snapshot::new(
             Arc::new(prepared.config),
             prepared.runtime,
             &self.services.metrics,
             access_log,
         );
+        snapshot.pending_restart = (!restart_needed.is_empty()).then_some(PendingRestart {
+            keys: restart_needed,
+            file,
+        });
         self.proxy.snapshot.store(Arc::new(snapshot));
         Ok(reloaded)
     }
@@ -113,6 +129,7 @@ impl Control {
             config: &snapshot.config,
             runtime: snapshot.runtime.as_ref(),
             loaded_at: snapshot.loaded_at,
+            pending_restart: snapshot.pending_restart.as_ref(),
         })
     }
 
@@ -122,36 +139,38 @@ impl Control {
     }
 }
 
-/// The `[gateway]` settings of `new` that differ from `old` and that only a restart applies.
-fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.gateway, &new.gateway);
-    let tls_listen = |c: &Config| c.gateway.tls.as_ref().map(|t| t.listen.clone());
+/// Sets every setting of `file` that only a restart applies to its `running` value; the keys
+/// whose file value differed, in `[gateway]` order.
+fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let mut check = |key: &'static str, same: bool| {
-        if !same {
-            changed.push(key);
+    macro_rules! keep {
+        ($key:literal, $($field:ident).+) => {
+            if file.$($field).+ != running.$($field).+ {
+                changed.push($key);
+                file.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("gateway.listen", listen);
+    let tls_listen = |g: &Gateway| g.tls.as_ref().map(|t| t.listen.clone());
+    if tls_listen(file) != tls_listen(running) {
+        changed.push("gateway.tls.listen");
+        match (&mut file.tls, &running.tls) {
+            // Certificates reload; the listening addresses stay.
+            (Some(f), Some(r)) => f.listen = r.listen.clone(),
+            // No TLS listener to serve them on, or nothing to serve on the running ones: the
+            // running TLS settings stay whole.
+            (f, r) => *f = r.clone(),
         }
-    };
-    check("gateway.listen", o.listen == n.listen);
-    check("gateway.tls.listen", tls_listen(old) == tls_listen(new));
-    check("gateway.admin", o.admin == n.admin);
-    check(
-        "gateway.header_read_timeout",
-        o.header_read_timeout == n.header_read_timeout,
-    );
-    check("gateway.idle_timeout", o.idle_timeout == n.idle_timeout);
-    check(
-        "gateway.max_header_size",
-        o.max_header_size == n.max_header_size,
-    );
-    check(
-        "gateway.shutdown_grace",
-        o.shutdown_grace == n.shutdown_grace,
-    );
-    check(
-        "gateway.http2",
-        format!("{:?}", o.http2) == format!("{:?}", n.http2),
-    );
-    check("gateway.watch", o.watch == n.watch);
+    }
+    keep!("gateway.admin", admin);
+    keep!("gateway.header_read_timeout", header_read_timeout);
+    keep!("gateway.idle_timeout", idle_timeout);
+    keep!("gateway.max_header_size", max_header_size);
+    keep!("gateway.max_headers", max_headers);
+    keep!("gateway.shutdown_grace", shutdown_grace);
+    keep!("gateway.http2", http2);
+    keep!("gateway.watch", watch);
+    keep!("gateway.workers", workers);
     changed
 }

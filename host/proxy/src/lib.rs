@@ -37,7 +37,7 @@ use wasmgate_runtime::{Loader, MemoryState, Runtime};
 use wasmgate_telemetry::{AccessLog, Metrics};
 
 pub use body::{Body, BodyError};
-pub use control::{Active, Control, Reloaded};
+pub use control::{Active, Control, PendingRestart, Reloaded};
 pub use router::{Match, Router};
 
 use listener::{Listener, Server};
@@ -231,6 +231,7 @@ impl Gateway {
                 services,
                 tls,
                 reloading: Arc::new(tokio::sync::Mutex::new(())),
+                started: Arc::new(config.gateway.clone()),
             },
         })
     }

@@ -19,6 +19,7 @@ use wasmgate_runtime::{Chain, Context, RequestOutcome, RequestView, ResponseView
 use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, UpstreamOutcome};
 
 use crate::body::Body;
+use crate::control::PendingRestart;
 use crate::forward::{self, REQUEST_ID};
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::Rejection;
@@ -49,6 +50,8 @@ pub(crate) struct Snapshot {
     pub(crate) runtime: Option<Runtime>,
     /// When this snapshot started serving.
     pub(crate) loaded_at: SystemTime,
+    /// What its file asked for that waits for a restart.
+    pub(crate) pending_restart: Option<PendingRestart>,
 }
 
 #[derive(Debug)]
@@ -129,6 +132,7 @@ impl Snapshot {
             access_log,
             runtime,
             loaded_at: SystemTime::now(),
+            pending_restart: None,
             config,
         }
     }

@@ -219,6 +219,88 @@ async fn an_invalid_file_keeps_the_old_routes_serving_and_reports_every_problem(
     );
 }
 
+async fn post_reload(admin: SocketAddr) -> Value {
+    let resp = client()
+        .post(format!("http://{admin}/reload"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    resp.json().await.expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_shows_what_runs_and_a_reverted_restart_setting_is_no_longer_pending() {
+    let base = |listen: &str, extra: &str| {
+        format!(
+            "[gateway]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nwatch = false\n\
+             header_read_timeout = \"10s\"\n{}{extra}",
+            mock_route("a", "/a")
+        )
+    };
+    let run = start(&base("127.0.0.1:0", ""), |_| {});
+    let elsewhere = closed_port();
+
+    // A new listener needs a restart; the new route does not.
+    write(
+        &run.config,
+        &base(&elsewhere.to_string(), &mock_route("b", "/b")).replace(
+            "header_read_timeout = \"10s\"",
+            "header_read_timeout = \"5s\"",
+        ),
+    );
+    let reloaded = post_reload(run.admin).await;
+    assert_eq!(
+        reloaded["restart_needed"],
+        serde_json::json!(["gateway.listen", "gateway.header_read_timeout"])
+    );
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await,
+        (200, "b".into())
+    );
+    let config = admin_json(run.admin, "/config").await;
+    assert_eq!(
+        config["gateway"]["listen"],
+        serde_json::json!(["127.0.0.1:0"])
+    );
+    assert_eq!(config["gateway"]["header_read_timeout_ms"], 10_000);
+    assert_eq!(
+        config["pending_restart"],
+        serde_json::json!({
+            "gateway.listen": [elsewhere.to_string()],
+            "gateway.header_read_timeout": 5000,
+        })
+    );
+    assert!(
+        tokio::net::TcpStream::connect(elsewhere).await.is_err(),
+        "not listening before a restart"
+    );
+
+    // Put back as it runs: nothing is pending any more, and nothing is warned about.
+    let seen = run.gw.log_len();
+    write(
+        &run.config,
+        &base(
+            "127.0.0.1:0",
+            &format!("{}{}", mock_route("b", "/b"), mock_route("c", "/c")),
+        ),
+    );
+    let reloaded = post_reload(run.admin).await;
+    assert_eq!(reloaded["restart_needed"], serde_json::json!([]));
+    assert_eq!(
+        get(format!("http://{}/c", run.http)).await,
+        (200, "c".into())
+    );
+    let config = admin_json(run.admin, "/config").await;
+    assert_eq!(config["pending_restart"], serde_json::json!({}));
+    let log = run.gw.log_text();
+    let after: Vec<&str> = log.lines().skip(seen).collect();
+    assert!(
+        !after.iter().any(|l| l.contains("only after a restart")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
     let base = format!(
