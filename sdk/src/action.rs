@@ -33,14 +33,56 @@ impl Action {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            rejection: None,
         })
     }
 
-    /// Sets the body of the answer. No effect on [`Action::Continue`].
+    /// A refusal in the gateway's own error format: `status` (400–599) with
+    /// `content-type: application/json` and the body
+    /// `{"error": ERROR, "message": MESSAGE, "request_id": "…"}`, where the gateway fills in the
+    /// request's `x-request-id`. Clients then get one error shape from the gateway and from every
+    /// plugin. Add headers (`www-authenticate`, `retry-after`) with [`Action::header`].
+    ///
+    /// `error` is a short code for programs: 1–64 characters of `a-z`, `0-9` and `_`, such as
+    /// `unauthorized`, `forbidden` or `rate_limited`; `message` is a sentence for people. In
+    /// native tests the reply's body is the JSON without `request_id`, which only the gateway
+    /// knows.
+    ///
+    /// ```
+    /// use wasmgate_sdk::Action;
+    ///
+    /// let denied = Action::reject(401, "unauthorized", "missing API key")
+    ///     .header("www-authenticate", "Key realm=\"api\"");
+    /// let reply = denied.reply().unwrap();
+    /// assert_eq!(reply.status(), 401);
+    /// assert_eq!(reply.error(), Some("unauthorized"));
+    /// assert_eq!(reply.message(), Some("missing API key"));
+    /// assert_eq!(reply.body(), br#"{"error":"unauthorized","message":"missing API key"}"#);
+    /// ```
+    ///
+    /// A status outside 400–599 or an invalid code makes the hook fail, as an invalid
+    /// [`Action::respond`] does.
+    pub fn reject(status: u16, error: impl Into<String>, message: impl Into<String>) -> Self {
+        let (error, message) = (error.into(), message.into());
+        let body = serde_json::json!({ "error": &error, "message": &message })
+            .to_string()
+            .into_bytes();
+        Self::Respond(Reply {
+            status,
+            headers: Vec::new(),
+            body,
+            rejection: Some(Rejection { error, message }),
+        })
+    }
+
+    /// Sets the body of the answer. No effect on [`Action::Continue`]. On an
+    /// [`Action::reject`] it replaces the error body, which makes the answer a plain
+    /// [`Action::respond`].
     #[must_use]
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         if let Self::Respond(reply) = &mut self {
             reply.body = body.into();
+            reply.rejection = None;
         }
         self
     }
@@ -69,15 +111,34 @@ impl Action {
 }
 
 /// An answer a plugin gives instead of letting the request go on; built with
-/// [`Action::respond`].
+/// [`Action::respond`] or [`Action::reject`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
+    /// Set by [`Action::reject`]: the gateway renders the body.
+    pub(crate) rejection: Option<Rejection>,
+}
+
+/// The code and message of an [`Action::reject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) error: String,
+    pub(crate) message: String,
 }
 
 impl Reply {
+    /// The error code, if this is an [`Action::reject`].
+    pub fn error(&self) -> Option<&str> {
+        self.rejection.as_ref().map(|r| r.error.as_str())
+    }
+
+    /// The error message, if this is an [`Action::reject`].
+    pub fn message(&self) -> Option<&str> {
+        self.rejection.as_ref().map(|r| r.message.as_str())
+    }
+
     /// The status code.
     pub fn status(&self) -> u16 {
         self.status
@@ -104,6 +165,20 @@ impl Reply {
     /// Checks what the gateway would refuse: a status outside 100–999, an invalid header name or
     /// value.
     pub(crate) fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.rejection {
+            if !(400..=599).contains(&self.status) {
+                return Err(format!(
+                    "invalid status {} in the plugin's rejection (400-599)",
+                    self.status
+                ));
+            }
+            if !valid_code(&r.error) {
+                return Err(format!(
+                    "invalid error code {:?} in the plugin's rejection (1-64 characters of a-z, 0-9 and _)",
+                    r.error
+                ));
+            }
+        }
         if !(100..=999).contains(&self.status) {
             return Err(format!(
                 "invalid status {} in the plugin's answer (100-999)",
@@ -117,4 +192,13 @@ impl Reply {
         }
         Ok(())
     }
+}
+
+/// An error code: 1 to 64 characters of `a-z`, `0-9` and `_`.
+fn valid_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }

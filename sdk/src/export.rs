@@ -98,11 +98,19 @@ fn to_wit(action: Action) -> Result<types::Action, Error> {
         Action::Continue => Ok(types::Action::Continue),
         Action::Respond(reply) => {
             reply.validate().map_err(Error::new)?;
-            Ok(types::Action::Respond(types::ResponseSpec {
-                status: reply.status,
-                headers: reply.headers,
-                body: reply.body,
-            }))
+            Ok(match reply.rejection {
+                Some(r) => types::Action::Reject(types::Rejection {
+                    status: reply.status,
+                    error: r.error,
+                    message: r.message,
+                    headers: reply.headers,
+                }),
+                None => types::Action::Respond(types::ResponseSpec {
+                    status: reply.status,
+                    headers: reply.headers,
+                    body: reply.body,
+                }),
+            })
         }
     }
 }
@@ -332,5 +340,28 @@ mod tests {
             "{bad_value}"
         );
         let _: Option<&Reply> = Action::Continue.reply();
+    }
+
+    #[test]
+    fn rejections_go_to_the_gateway_as_code_and_message() {
+        let action =
+            Action::reject(429, "rate_limited", "too many requests").header("retry-after", "3");
+        let Ok(types::Action::Reject(r)) = to_wit(action) else {
+            panic!("expected a rejection");
+        };
+        assert_eq!((r.status, r.error.as_str()), (429, "rate_limited"));
+        assert_eq!(r.message, "too many requests");
+        assert_eq!(r.headers, vec![("retry-after".to_owned(), "3".to_owned())]);
+
+        let plain = Action::reject(401, "unauthorized", "no").body("custom");
+        assert!(matches!(to_wit(plain), Ok(types::Action::Respond(_))));
+
+        let not_an_error = to_wit(Action::reject(302, "moved", "elsewhere")).unwrap_err();
+        assert!(not_an_error.message().contains("400-599"), "{not_an_error}");
+        let bad_code = to_wit(Action::reject(403, "Not Allowed", "no")).unwrap_err();
+        assert!(
+            bad_code.message().contains("invalid error code"),
+            "{bad_code}"
+        );
     }
 }

@@ -87,9 +87,10 @@
 //!   `Option` fields, nested structs and enums all work. A plugin without configuration uses
 //!   [`NoConfig`]. Validate in [`Plugin::new`]: an error refuses the gateway's configuration at
 //!   `wasmgate check`, start and reload, never at request time.
-//! - **Three outcomes**: [`Action::Continue`]; a deliberate answer, [`Action::respond`]; a failure,
-//!   `Err(`[`Error`]`)`, which the client sees as a generic 500 while the message goes to the
-//!   gateway's log.
+//! - **Three outcomes**: [`Action::Continue`]; a deliberate answer, [`Action::respond`] (or
+//!   [`Action::reject`] for a refusal in the gateway's own JSON error format, stamped with the
+//!   request id); a failure, `Err(`[`Error`]`)`, which the client sees as a generic 500 while the
+//!   message goes to the gateway's log.
 //! - **State**: instances are pooled and reused, so keep nothing per request in `self`. Per-request
 //!   values shared along the plugin chain (and between your two hooks) go in the [`Context`];
 //!   state that outlives a request (rate-limit counters, caches) goes in [`state`].

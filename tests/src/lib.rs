@@ -72,6 +72,7 @@ pub struct TestGateway {
     pub https: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<bool, wasmgate_proxy::StartError>>>,
+    control: wasmgate_proxy::Control,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -102,6 +103,7 @@ impl TestGateway {
             .find(|a| !a.tls)
             .map_or_else(closed_port, |a| a.addr);
         let https = addrs.iter().find(|a| a.tls).map(|a| a.addr);
+        let control = gateway.control();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.run(async {
             let _ = rx.await;
@@ -111,8 +113,14 @@ impl TestGateway {
             https,
             shutdown: Some(tx),
             task: Some(task),
+            control,
             _dir: None,
         })
+    }
+
+    /// The gateway's metrics, as `/metrics` on the admin listener shows them.
+    pub fn metrics(&self) -> String {
+        self.control.metrics().encode()
     }
 
     /// `http://127.0.0.1:PORT` + `path`.

@@ -172,14 +172,17 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             method_not_allowed("GET, HEAD")
         }
         (_, "/reload") => method_not_allowed("POST"),
-        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "message": "no such admin endpoint"}),
+        ),
     }
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut r = json_response(
         StatusCode::METHOD_NOT_ALLOWED,
-        &json!({"error": "method not allowed"}),
+        &json!({"error": "method_not_allowed", "message": "method not allowed"}),
     );
     r.headers_mut()
         .insert(header::ALLOW, http::HeaderValue::from_static(allow));

@@ -15,14 +15,16 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmgate_config::{Config, RouteAction};
-use wasmgate_runtime::{Chain, Context, RequestOutcome, RequestView, ResponseView, Runtime};
+use wasmgate_runtime::{
+    Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView, Runtime,
+};
 use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, UpstreamOutcome};
 
 use crate::body::Body;
 use crate::control::PendingRestart;
 use crate::forward::{self, REQUEST_ID};
 use crate::record::{Arrival, Record, Recorded, Trace};
-use crate::rescue::Rejection;
+use crate::rescue::{self, Rejection};
 use crate::router::{Match, Router};
 use crate::upstream::Upstream;
 
@@ -251,7 +253,9 @@ async fn serve(
         {
             Match::Found { route, prefix_len } => (route, prefix_len),
             Match::NotFound => return Err(Rejection::NoRoute),
-            Match::MethodNotAllowed(methods) => {
+            Match::MethodNotAllowed { route, methods } => {
+                // Counted and logged under the route that matched all but the method.
+                trace.route = Some(route);
                 let allow = methods
                     .iter()
                     .map(|m| m.as_str())
@@ -325,6 +329,9 @@ async fn serve_with_plugins(
     let (response, rest, ran) = match outcome {
         RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
         RequestOutcome::Respond { response, ran } => (response, None, ran),
+        RequestOutcome::Reject { rejection, ran } => {
+            (rescue::plugin_rejection(rejection, request_id), None, ran)
+        }
         RequestOutcome::Continue => {
             let body = match (view.body, stream) {
                 (Some(bytes), _) => Body::full(bytes),
@@ -366,9 +373,23 @@ async fn serve_with_plugins(
         }
     };
     let started = Instant::now();
-    let (view, _ctx, result) = chain.on_response(ran, response, ctx, request_id).await;
+    let (mut view, mut ctx, mut ran) = (response, ctx, ran);
+    loop {
+        let result;
+        (view, ctx, result) = chain.on_response(ran, view, ctx, request_id).await;
+        match result.map_err(Rejection::Plugin)? {
+            ResponseOutcome::Done => break,
+            // A refusal replaces the response; the plugins before the one that refused see it.
+            ResponseOutcome::Reject {
+                rejection,
+                remaining,
+            } => {
+                view = rescue::plugin_rejection(rejection, request_id);
+                ran = remaining;
+            }
+        }
+    }
     trace.plugins += started.elapsed();
-    result.map_err(Rejection::Plugin)?;
     let body = match (view.body, rest) {
         (Some(bytes), _) => Body::full(bytes),
         (None, Some(rest)) => rest,

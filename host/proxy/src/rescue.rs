@@ -1,15 +1,17 @@
 //! The one place where data-path failures become HTTP responses.
 //!
-//! Every failure answers with a small JSON body, `{"error": "...", "request_id": "..."}`, and the
-//! request id header. The `error` text is fixed per kind: details (addresses, OS errors) go to the
-//! logs, never to the client.
+//! Every failure answers with a small JSON body, `{"error": "...", "message": "...", "request_id":
+//! "..."}`, and the request id header; plugin refusals (`reject`) get the same shape. The `error`
+//! code and `message` are fixed per kind: details (addresses, OS errors) go to the logs, never to
+//! the client.
 
 use std::time::Duration;
 
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use wasmgate_runtime::FailureKind;
+use bytes::Bytes;
+use wasmgate_runtime::{FailureKind, PluginRejection, ResponseView};
 
 use crate::body::Body;
 use crate::forward::REQUEST_ID;
@@ -56,36 +58,64 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    fn status_and_text(&self) -> (StatusCode, &'static str) {
+    /// The status, the error code and the message the client gets.
+    fn answer(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", "bad request"),
             Self::HeadersTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
                 "request header fields too large",
             ),
-            Self::NoRoute => (StatusCode::NOT_FOUND, "no route matched"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out"),
-            Self::UpstreamBody => (StatusCode::BAD_GATEWAY, "upstream unavailable"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route matched"),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body too large",
+            ),
+            Self::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body timed out",
+            ),
+            Self::UpstreamBody => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "upstream unavailable",
+            ),
             Self::Plugin(f) => match f.kind {
-                FailureKind::Timeout | FailureKind::Unavailable => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable")
-                }
-                FailureKind::Error | FailureKind::Trap | FailureKind::OutOfMemory => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "plugin failed")
-                }
+                FailureKind::Timeout | FailureKind::Unavailable => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "plugin_unavailable",
+                    "plugin unavailable",
+                ),
+                FailureKind::Error | FailureKind::Trap | FailureKind::OutOfMemory => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "plugin_failed",
+                    "plugin failed",
+                ),
             },
-            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-            Self::Connect { .. } | Self::Upstream { .. } => {
-                (StatusCode::BAD_GATEWAY, "upstream unavailable")
-            }
-            Self::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+            Self::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            ),
+            Self::Connect { .. } | Self::Upstream { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "upstream unavailable",
+            ),
+            Self::Timeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "upstream timed out",
+            ),
         }
     }
 
     /// The response for this rejection. `request_id` is echoed in the body and header.
     pub(crate) fn into_response(self, request_id: &HeaderValue, method: &Method) -> Response<Body> {
-        let (status, text) = self.status_and_text();
+        let (status, error, message) = self.answer();
         match (&self, status) {
             // The chain already logged the failure with its route, plugin and detail.
             (Self::Plugin(_), _) => {}
@@ -94,25 +124,56 @@ impl Rejection {
             }
             _ => tracing::debug!(request_id = ?request_id, error = %self, "request rejected"),
         }
-        let body = serde_json::json!({
-            "error": text,
-            "request_id": request_id.to_str().unwrap_or_default(),
-        })
-        .to_string();
-        let len = body.len();
-        let mut response = Response::new(if method == Method::HEAD {
+        let (mut parts, body) = error_answer(status, error, message, request_id);
+        if let Self::MethodNotAllowed(allow) = self {
+            parts.headers.insert(ALLOW, allow);
+        }
+        let body = if method == Method::HEAD {
             Body::empty()
         } else {
             Body::full(body)
-        });
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-        headers.insert(REQUEST_ID, request_id.clone());
-        if let Self::MethodNotAllowed(allow) = self {
-            headers.insert(ALLOW, allow);
-        }
-        response
+        };
+        Response::from_parts(parts, body)
     }
+}
+
+/// A plugin's refusal, answered like the gateway's own errors: its status and headers, the JSON
+/// body with its code and message and the request id.
+pub(crate) fn plugin_rejection(r: PluginRejection, request_id: &HeaderValue) -> ResponseView {
+    let (mut parts, body) = error_answer(r.status, &r.error, &r.message, request_id);
+    let mut headers = r.headers;
+    for (name, value) in parts.headers.drain() {
+        if let Some(name) = name {
+            headers.insert(name, value);
+        }
+    }
+    parts.headers = headers;
+    ResponseView {
+        parts,
+        body: Some(body),
+        body_replaced: true,
+    }
+}
+
+/// Every error answer's head and body: `status`, `{"error": …, "message": …, "request_id": …}`
+/// as `application/json`, and the request id header.
+fn error_answer(
+    status: StatusCode,
+    error: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> (http::response::Parts, Bytes) {
+    let body = serde_json::json!({
+        "error": error,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    })
+    .to_string();
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    let headers = &mut parts.headers;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(REQUEST_ID, request_id.clone());
+    (parts, Bytes::from(body))
 }

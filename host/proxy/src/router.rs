@@ -45,7 +45,12 @@ pub enum Match<'r> {
         prefix_len: usize,
     },
     /// Some route matched everything but the method; these methods would have matched.
-    MethodNotAllowed(Vec<&'r Method>),
+    MethodNotAllowed {
+        /// The most specific route that matched all but the method.
+        route: usize,
+        /// Every method that would have matched, in precedence order.
+        methods: Vec<&'r Method>,
+    },
     /// No route matched.
     NotFound,
 }
@@ -106,7 +111,7 @@ impl Router {
         let mut lowered = [0u8; 256];
         let host = host.and_then(|h| lowercase(h, &mut lowered));
         let mut allowed: Vec<&'r Method> = Vec::new();
-        let mut path_matched = false;
+        let mut path_matched: Option<usize> = None;
         let mut scan = |bucket: &'r [Candidate]| -> Option<Match<'r>> {
             for c in bucket {
                 let Some(prefix_len) = path_match(&c.path, path) else {
@@ -125,7 +130,7 @@ impl Router {
                         prefix_len,
                     });
                 }
-                path_matched = true;
+                path_matched.get_or_insert(c.route);
                 for m in &c.methods {
                     if !allowed.contains(&m) {
                         allowed.push(m);
@@ -157,10 +162,12 @@ impl Router {
         if let Some(m) = scan(&self.any_host) {
             return m;
         }
-        if path_matched {
-            Match::MethodNotAllowed(allowed)
-        } else {
-            Match::NotFound
+        match path_matched {
+            Some(route) => Match::MethodNotAllowed {
+                route,
+                methods: allowed,
+            },
+            None => Match::NotFound,
         }
     }
 }
@@ -311,9 +318,10 @@ mod tests {
         ]);
         let h = HeaderMap::new();
         match r.route(None, "/items", &Method::DELETE, &h) {
-            Match::MethodNotAllowed(m) => {
-                let m: Vec<&str> = m.iter().map(|m| m.as_str()).collect();
+            Match::MethodNotAllowed { route, methods } => {
+                let m: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
                 assert_eq!(m, ["GET", "HEAD", "POST"]);
+                assert_eq!(route, 0, "the first route that matched all but the method");
             }
             other => panic!("expected 405, got {other:?}"),
         }

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::bindings::wasmgate::plugin::types::ResponseSpec;
+use crate::bindings::wasmgate::plugin::types::{Rejection as WitRejection, ResponseSpec};
 use crate::host::MAX_HEADERS;
 use crate::host::{Context, RequestView, ResponseView};
 use crate::pool::{Binding, Failure, FailureKind, Outcome};
@@ -41,8 +41,44 @@ pub enum RequestOutcome {
         /// How many plugins saw the request before the answer.
         ran: usize,
     },
+    /// A plugin refused the request; render the refusal, then run the response phase for the
+    /// first `ran` plugins on it.
+    Reject {
+        /// The refusal.
+        rejection: PluginRejection,
+        /// How many plugins saw the request before the refusal.
+        ran: usize,
+    },
     /// A plugin failed with `on_error = "deny"`.
     Failed(Failure),
+}
+
+/// How (a stretch of) the response phase ended.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// Every plugin let the response continue.
+    Done,
+    /// A plugin replaced the response with a refusal; render it, then go on with the response
+    /// phase of the first `remaining` plugins.
+    Reject {
+        /// The refusal.
+        rejection: PluginRejection,
+        /// The plugins still to run, before the one that refused.
+        remaining: usize,
+    },
+}
+
+/// A plugin's refusal (`reject`), checked: the proxy answers it in the gateway's error format.
+#[derive(Debug)]
+pub struct PluginRejection {
+    /// 400-599.
+    pub status: StatusCode,
+    /// The error code: 1-64 characters of `a-z`, `0-9` and `_`.
+    pub error: String,
+    /// The message for people.
+    pub message: String,
+    /// The plugin's extra headers (invalid ones dropped).
+    pub headers: HeaderMap,
 }
 
 impl Chain {
@@ -97,6 +133,17 @@ impl Chain {
                         }
                     }
                 },
+                Ok(Outcome::Reject(rejection)) => match checked(rejection) {
+                    Ok(rejection) => {
+                        return (view, ctx, RequestOutcome::Reject { rejection, ran: i });
+                    }
+                    Err(detail) => {
+                        let failure = binding.failure(FailureKind::Error, detail);
+                        if !self.tolerated(binding, &failure, request_id) {
+                            return (view, ctx, RequestOutcome::Failed(failure));
+                        }
+                    }
+                },
                 Err(failure) => {
                     if !self.tolerated(binding, &failure, request_id) {
                         return (view, ctx, RequestOutcome::Failed(failure));
@@ -108,39 +155,54 @@ impl Chain {
     }
 
     /// Runs the response phase over the first `ran` plugins (all of them when the request
-    /// reached the upstream), in reverse order.
+    /// reached the upstream), in reverse order. It stops at a refusal, which the caller renders
+    /// and hands back with the `remaining` plugins.
     pub async fn on_response(
         &self,
         ran: usize,
         mut view: ResponseView,
         mut ctx: Context,
         request_id: &HeaderValue,
-    ) -> (ResponseView, Context, Result<(), Failure>) {
-        for binding in self.bindings[..ran.min(self.bindings.len())].iter().rev() {
+    ) -> (ResponseView, Context, Result<ResponseOutcome, Failure>) {
+        let ran = ran.min(self.bindings.len());
+        for (i, binding) in self.bindings[..ran].iter().enumerate().rev() {
             if !binding.hooks.response {
                 continue;
             }
             let result;
             (view, ctx, result) = binding.on_response(view, ctx, request_id).await;
-            match result {
-                Ok(Outcome::Continue) => {}
+            let detail = match result {
+                Ok(Outcome::Continue) => continue,
                 Ok(Outcome::Respond(spec)) => match reply(spec) {
-                    Ok(replacement) => view = replacement,
-                    Err(detail) => {
-                        let failure = binding.failure(FailureKind::Error, detail);
-                        if !self.tolerated(binding, &failure, request_id) {
-                            return (view, ctx, Err(failure));
-                        }
+                    Ok(replacement) => {
+                        view = replacement;
+                        continue;
                     }
+                    Err(detail) => detail,
+                },
+                Ok(Outcome::Reject(rejection)) => match checked(rejection) {
+                    Ok(rejection) => {
+                        let outcome = ResponseOutcome::Reject {
+                            rejection,
+                            remaining: i,
+                        };
+                        return (view, ctx, Ok(outcome));
+                    }
+                    Err(detail) => detail,
                 },
                 Err(failure) => {
                     if !self.tolerated(binding, &failure, request_id) {
                         return (view, ctx, Err(failure));
                     }
+                    continue;
                 }
+            };
+            let failure = binding.failure(FailureKind::Error, detail);
+            if !self.tolerated(binding, &failure, request_id) {
+                return (view, ctx, Err(failure));
             }
         }
-        (view, ctx, Ok(()))
+        (view, ctx, Ok(ResponseOutcome::Done))
     }
 
     /// Number of plugins in the chain.
@@ -182,20 +244,43 @@ impl Chain {
     }
 }
 
-/// A plugin's `respond` as a response. Invalid headers from the plugin are dropped (and logged);
-/// an answer with more than [`MAX_HEADERS`] headers is a plugin failure.
-fn reply(spec: ResponseSpec) -> Result<ResponseView, String> {
-    if spec.headers.len() > MAX_HEADERS {
+/// A plugin's `reject`, checked like a `respond`: a status outside 400-599, an invalid code or
+/// more than [`MAX_HEADERS`] headers is a plugin failure; invalid headers are dropped (and
+/// logged).
+fn checked(r: WitRejection) -> Result<PluginRejection, String> {
+    let status = StatusCode::from_u16(r.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .ok_or_else(|| format!("rejected with status {} (400-599)", r.status))?;
+    let valid_code = !r.error.is_empty()
+        && r.error.len() <= 64
+        && r.error
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid_code {
         return Err(format!(
-            "answered with {} headers (at most {MAX_HEADERS})",
-            spec.headers.len()
+            "rejected with error code {:?} (1-64 characters of a-z, 0-9 and _)",
+            r.error
         ));
     }
-    let mut response = http::Response::new(());
-    *response.status_mut() =
-        StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    for (name, value) in spec.headers {
+    Ok(PluginRejection {
+        status,
+        error: r.error,
+        message: r.message,
+        headers: header_map(r.headers)?,
+    })
+}
+
+/// A plugin's answer headers; invalid ones are dropped (and logged).
+fn header_map(pairs: Vec<(String, String)>) -> Result<HeaderMap, String> {
+    if pairs.len() > MAX_HEADERS {
+        return Err(format!(
+            "answered with {} headers (at most {MAX_HEADERS})",
+            pairs.len()
+        ));
+    }
+    let mut headers = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
@@ -208,6 +293,17 @@ fn reply(spec: ResponseSpec) -> Result<ResponseView, String> {
             }
         }
     }
+    Ok(headers)
+}
+
+/// A plugin's `respond` as a response. Invalid headers from the plugin are dropped (and logged);
+/// an answer with more than [`MAX_HEADERS`] headers is a plugin failure.
+fn reply(spec: ResponseSpec) -> Result<ResponseView, String> {
+    let mut response = http::Response::new(());
+    *response.status_mut() =
+        StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.headers_mut() = header_map(spec.headers)?;
+    let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_LENGTH,
         HeaderValue::from(spec.body.len()),

@@ -29,7 +29,7 @@ use wasmgate_config::{Config, Diagnostic, PluginEntry};
 use wasmgate_telemetry::Metrics;
 use wasmtime::component::Component;
 
-pub use chain::{Chain, RequestOutcome};
+pub use chain::{Chain, PluginRejection, RequestOutcome, ResponseOutcome};
 pub use engine::{Engine, EngineError, EngineSettings};
 pub use host::{Context, RequestView, ResponseView};
 pub use pool::{Binding, Failure, FailureCounts, FailureKind};

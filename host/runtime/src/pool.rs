@@ -16,7 +16,9 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::exports::wasmgate::plugin::lifecycle::PluginInfo;
-use crate::bindings::wasmgate::plugin::types::{Action as WitAction, ResponseSpec};
+use crate::bindings::wasmgate::plugin::types::{
+    Action as WitAction, Rejection as WitRejection, ResponseSpec,
+};
 use crate::bindings::{Plugin, PluginPre};
 use crate::engine::Engine;
 use crate::host::{Context, Exchange, HostState, RequestView, ResponseView, Tags};
@@ -117,6 +119,7 @@ enum Hook {
 pub(crate) enum Outcome {
     Continue,
     Respond(ResponseSpec),
+    Reject(WitRejection),
 }
 
 /// One plugin entry of one route, ready to serve calls.
@@ -481,6 +484,10 @@ impl Binding {
             Ok(Ok(WitAction::Respond(spec))) => {
                 self.checkin(instance);
                 Ok(Outcome::Respond(spec))
+            }
+            Ok(Ok(WitAction::Reject(rejection))) => {
+                self.checkin(instance);
+                Ok(Outcome::Reject(rejection))
             }
             Ok(Err(e)) => {
                 self.checkin(instance);

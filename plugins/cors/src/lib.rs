@@ -245,16 +245,12 @@ impl Cors {
 /// The answer to a preflight from an origin that is not allowed: no CORS headers, so the
 /// browser fails it; 403 says why to anyone looking.
 fn refusal() -> Action {
-    Action::respond(403)
-        .header("content-type", "application/json")
-        .header("vary", "Origin")
-        .body(
-            serde_json::json!({
-                "error": "forbidden",
-                "message": "origin not allowed by the route's CORS policy",
-            })
-            .to_string(),
-        )
+    Action::reject(
+        403,
+        "forbidden",
+        "origin not allowed by the route's CORS policy",
+    )
+    .header("vary", "Origin")
 }
 
 /// The `Vary` value to set so that it lists `Origin`, or `None` when it already does (or is

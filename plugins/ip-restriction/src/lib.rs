@@ -94,10 +94,7 @@ impl Plugin for IpRestriction {
                 config.status
             )));
         }
-        let body = serde_json::json!({ "error": "forbidden", "message": config.message });
-        let rejection = Action::respond(config.status)
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        let rejection = Action::reject(config.status, "forbidden", config.message);
         Ok(Self {
             mode,
             rules,
@@ -231,7 +228,10 @@ mod tests {
         let action = p.on_request(&mut req, &Context::new()).expect("ok");
         let reply = action.reply().expect("an answer");
         assert_eq!(reply.status(), 403);
-        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert!(
+            reply.error().is_some(),
+            "a rejection in the gateway's error format"
+        );
         let body: serde_json::Value = serde_json::from_slice(reply.body()).expect("json");
         assert_eq!(body["error"], "forbidden");
         assert_eq!(body["message"], "IP address not allowed");

@@ -69,10 +69,6 @@ impl Rejection {
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{message}\""
             ),
         };
-        let body = serde_json::json!({ "error": "unauthorized", "message": message });
-        Action::respond(401)
-            .header("content-type", "application/json")
-            .header("www-authenticate", challenge)
-            .body(body.to_string())
+        Action::reject(401, "unauthorized", message).header("www-authenticate", challenge)
     }
 }

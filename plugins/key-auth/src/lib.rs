@@ -210,11 +210,7 @@ fn check_realm(realm: &str) -> Result<(), ConfigError> {
 }
 
 fn unauthorized(www_authenticate: &str, message: &str) -> Action {
-    let body = serde_json::json!({ "error": "unauthorized", "message": message });
-    Action::respond(401)
-        .header("content-type", "application/json")
-        .header("www-authenticate", www_authenticate)
-        .body(body.to_string())
+    Action::reject(401, "unauthorized", message).header("www-authenticate", www_authenticate)
 }
 
 #[cfg(test)]
@@ -239,7 +235,10 @@ mod tests {
 
     fn rejection(action: &Action) -> (u16, String) {
         let reply = action.reply().expect("a rejection");
-        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert!(
+            reply.error().is_some(),
+            "a rejection in the gateway's error format"
+        );
         assert_eq!(
             reply.header("www-authenticate"),
             Some("Key realm=\"wasmgate\"")

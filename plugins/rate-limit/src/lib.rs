@@ -168,22 +168,17 @@ impl RateLimit {
     fn refusal(&self, decision: &Decision) -> Action {
         let limit = decision.limit.to_string();
         let reset = decision.reset_secs.to_string();
-        let body = serde_json::json!({
-            "error": "rate_limited",
-            "message": format!(
-                "rate limit of {} requests per {} s exceeded; retry in {} s",
-                decision.limit,
-                quota::secs_rounded_up(self.window),
-                decision.reset_secs,
-            ),
-        });
-        Action::respond(429)
-            .header("content-type", "application/json")
+        let message = format!(
+            "rate limit of {} requests per {} s exceeded; retry in {} s",
+            decision.limit,
+            quota::secs_rounded_up(self.window),
+            decision.reset_secs,
+        );
+        Action::reject(429, "rate_limited", message)
             .header("retry-after", reset.as_str())
             .header(LIMIT_HEADER, limit)
             .header(REMAINING_HEADER, "0")
             .header(RESET_HEADER, reset)
-            .body(body.to_string())
     }
 }
 

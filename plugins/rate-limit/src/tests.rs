@@ -109,7 +109,10 @@ fn remaining_counts_down_then_refuses_with_429_and_retry_after() {
     assert_eq!(reply.header("ratelimit-limit"), Some("3"));
     assert_eq!(reply.header("ratelimit-remaining"), Some("0"));
     assert_eq!(reply.header("ratelimit-reset"), Some("45"));
-    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(
+        reply.error().is_some(),
+        "a rejection in the gateway's error format"
+    );
     let body: serde_json::Value = serde_json::from_slice(reply.body()).expect("json body");
     assert_eq!(body["error"], "rate_limited");
     assert!(

@@ -228,10 +228,14 @@ async fn rejects_a_missing_token_with_a_bare_bearer_challenge() {
         resp.headers()["www-authenticate"],
         "Bearer realm=\"wasmgate\""
     );
+    let id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let body: Value = resp.json().await.expect("json");
     assert_eq!(
         body,
-        json!({ "error": "unauthorized", "message": "missing bearer token" })
+        json!({ "error": "unauthorized", "message": "missing bearer token", "request_id": id })
     );
 }
 

@@ -58,8 +58,13 @@ async fn rejection(resp: reqwest::Response) -> (u16, Value) {
         resp.headers().get("x-echo-server").is_none(),
         "the upstream was not called"
     );
+    let id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let body: Value = resp.json().await.expect("json body");
     assert_eq!(body["error"], "unauthorized");
+    assert_eq!(body["request_id"], id.as_str(), "stamped by the gateway");
     (status, body)
 }
 

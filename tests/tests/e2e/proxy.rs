@@ -151,7 +151,8 @@ async fn unmatched_request_gets_404_json_with_request_id() {
         .to_owned();
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body = json(resp).await;
-    assert_eq!(body["error"], "no route matched");
+    assert_eq!(body["error"], "no_route");
+    assert_eq!(body["message"], "no route matched");
     assert_eq!(body["request_id"], id.as_str());
 }
 
@@ -202,7 +203,12 @@ async fn method_mismatch_gets_405_with_allow() {
     let resp = c.post(gw.url("/items")).send().await.expect("send");
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET");
-    assert_eq!(json(resp).await["error"], "method not allowed");
+    assert_eq!(json(resp).await["error"], "method_not_allowed");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(r#"wasmgate_requests_total{route="read",method="POST",status="405"} 1"#),
+        "counted under the route that matched all but the method:\n{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +240,7 @@ async fn refused_upstream_gets_502_and_slow_upstream_gets_504() {
     let c = client();
     let resp = c.get(gw.url("/dead")).send().await.expect("send");
     assert_eq!(resp.status(), 502);
-    assert_eq!(json(resp).await["error"], "upstream unavailable");
+    assert_eq!(json(resp).await["error"], "upstream_unavailable");
 
     let started = Instant::now();
     let resp = c.get(gw.url("/delay/3000")).send().await.expect("send");
@@ -244,7 +250,7 @@ async fn refused_upstream_gets_502_and_slow_upstream_gets_504() {
         took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
         "{took:?}"
     );
-    assert_eq!(json(resp).await["error"], "upstream timed out");
+    assert_eq!(json(resp).await["error"], "upstream_timeout");
 
     let resp = c.get(gw.url("/delay/50")).send().await.expect("send");
     assert_eq!(
@@ -453,7 +459,7 @@ async fn malformed_requests_get_400() {
     .await
     .expect("io");
     assert_eq!(raw_status(&no_host), Some(400), "{no_host}");
-    assert!(no_host.contains("\"error\":\"bad request\""), "{no_host}");
+    assert!(no_host.contains("\"error\":\"bad_request\""), "{no_host}");
     let two_hosts = raw_exchange(
         gw.http,
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
