@@ -16,7 +16,7 @@ const TAGGER: &str = env!("WASM_TAGGER");
 const SHIPPED_CHAIN: &str = concat!(
     "[[routes.plugins]]\npath = \"",
     env!("WASM_KEY_AUTH"),
-    "\"\nconfig = { header = \"x-api-key\", keys = { alice = \"k-alice\" } }\n",
+    "\"\nconfig = { header = \"x-api-key\", consumers = [{ name = \"alice\", keys = [\"k-alice\"] }] }\n",
     "[[routes.plugins]]\npath = \"",
     env!("WASM_RATE_LIMIT"),
     "\"\nconfig = { limit = 1000000000, window = \"1m\", by = \"consumer\" }\n",

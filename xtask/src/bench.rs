@@ -38,7 +38,7 @@ use super::{
 const PLUGINS: [(&str, &str); 3] = [
     (
         "key-auth",
-        r#"{ header = "x-api-key", keys = { alice = "k-alice" } }"#,
+        r#"{ header = "x-api-key", consumers = [{ name = "alice", keys = ["k-alice"] }] }"#,
     ),
     (
         "rate-limit",

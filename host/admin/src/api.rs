@@ -421,15 +421,21 @@ const SECRET_KEYS: &[&str] = &[
     "credential",
 ];
 
-/// A plugin config with every string, number and boolean under a secret-looking key replaced
-/// by `"<redacted>"` (maps keep their keys, e.g. consumer names).
+/// A plugin config with everything under a secret-looking key replaced by `"<redacted>"`: every
+/// string, number and boolean, and a table's keys too (a table under `keys` may map keys to
+/// names as easily as names to keys). Structure elsewhere stays, so consumer names given as
+/// values (`consumers = [{ name = "alice", keys = [...] }]`) remain readable.
 fn redact(value: &Value, secret: bool) -> Value {
     match value {
+        Value::Object(map) if secret => Value::String(match map.len() {
+            1 => "<redacted: 1 entry>".to_owned(),
+            n => format!("<redacted: {n} entries>"),
+        }),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
                     let lower = k.to_ascii_lowercase();
-                    let hidden = secret || SECRET_KEYS.iter().any(|s| lower.contains(s));
+                    let hidden = SECRET_KEYS.iter().any(|s| lower.contains(s));
                     (k.clone(), redact(v, hidden))
                 })
                 .collect(),
@@ -449,7 +455,7 @@ mod tests {
     fn redacts_secrets_but_keeps_structure_and_harmless_keys() {
         let config = json!({
             "header": "x-api-key",
-            "keys": {"alice": "k-alice", "bob": "k-bob"},
+            "consumers": [{"name": "alice", "keys": ["k-alice", "k-alice-2"]}],
             "secret": "s3cr3t",
             "users": {"alice": "$2y$05$hash"},
             "jwks": {"keys": [{"kty": "RSA", "n": "abc"}]},
@@ -457,11 +463,26 @@ mod tests {
         });
         let redacted = redact(&config, false);
         assert_eq!(redacted["header"], "x-api-key");
-        assert_eq!(redacted["keys"]["alice"], "<redacted>");
+        assert_eq!(redacted["consumers"][0]["name"], "alice");
+        assert_eq!(
+            redacted["consumers"][0]["keys"],
+            json!(["<redacted>", "<redacted>"])
+        );
         assert_eq!(redacted["secret"], "<redacted>");
-        assert_eq!(redacted["users"]["alice"], "<redacted>");
-        assert_eq!(redacted["jwks"]["keys"][0]["n"], "<redacted>");
+        assert_eq!(redacted["users"], "<redacted: 1 entry>");
+        assert_eq!(redacted["jwks"], "<redacted: 1 entry>");
         assert_eq!(redacted["limit"], 100);
         assert!(!redacted.to_string().contains("k-alice"));
+    }
+
+    #[test]
+    fn a_table_under_a_secret_key_hides_its_keys_whichever_way_round_it_is() {
+        // key-auth's legacy table written backwards: the API keys are the table's keys.
+        let reversed = json!({"keys": {"k-alice": "alice", "k-bob": "bob"}});
+        let redacted = redact(&reversed, false).to_string();
+        assert!(
+            !redacted.contains("k-alice") && !redacted.contains("k-bob"),
+            "{redacted}"
+        );
     }
 }

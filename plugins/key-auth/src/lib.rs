@@ -5,7 +5,7 @@
 //! ```toml
 //! [[routes.plugins]]
 //! name = "key-auth"
-//! config = { header = "x-api-key", keys = { alice = "k-alice", bob = "k-bob" } }
+//! config = { consumers = [{ name = "alice", keys = ["k-alice"] }, { name = "bob", keys = ["k-bob"] }] }
 //! ```
 //!
 //! - A request whose key matches a consumer's goes on with the context key `consumer` and the
@@ -46,8 +46,12 @@ pub struct Config {
     /// A query parameter that may carry the key when the header is absent. Default: none.
     #[serde(default)]
     pub query: Option<String>,
-    /// Consumer name → key.
-    pub keys: BTreeMap<String, String>,
+    /// The consumers and their keys: `[{ name = "alice", keys = ["k-alice"] }]`.
+    #[serde(default)]
+    pub consumers: Option<Vec<ConsumerConfig>>,
+    /// The legacy form, one key per consumer: consumer name → key. Not with `consumers`.
+    #[serde(default)]
+    pub keys: Option<BTreeMap<String, String>>,
     /// Remove the key (header and query parameter) before the request goes upstream. Default
     /// `true`.
     #[serde(default = "default_true")]
@@ -59,6 +63,53 @@ pub struct Config {
     /// `"wasmgate"`.
     #[serde(default = "default_realm")]
     pub realm: String,
+}
+
+/// One entry of `consumers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The consumer's name, for the context and the upstream header.
+    pub name: String,
+    /// Its keys; any of them authenticates it (several while one is being rotated).
+    pub keys: Vec<String>,
+}
+
+/// `consumers`, or the legacy `keys`, as keyring entries labelled for errors.
+fn consumer_entries(
+    consumers: Option<Vec<ConsumerConfig>>,
+    keys: Option<BTreeMap<String, String>>,
+) -> Result<Vec<keyring::Entry>, ConfigError> {
+    match (consumers, keys) {
+        (Some(consumers), None) => Ok(consumers
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| keyring::Entry {
+                name: c.name,
+                name_label: format!("consumers[{i}].name"),
+                keys: c
+                    .keys
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, key)| (key, format!("consumers[{i}].keys[{k}]")))
+                    .collect(),
+            })
+            .collect()),
+        (None, Some(keys)) => Ok(keys
+            .into_iter()
+            .map(|(name, key)| keyring::Entry {
+                name_label: "keys".to_owned(),
+                keys: vec![(key, format!("keys.{name}"))],
+                name,
+            })
+            .collect()),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "give the consumers either as `consumers` or as the legacy `keys`, not both",
+        )),
+        (None, None) => Err(ConfigError::new(
+            "missing `consumers`, e.g. consumers = [{ name = \"alice\", keys = [\"k-alice\"] }]",
+        )),
+    }
 }
 
 fn default_header() -> String {
@@ -116,7 +167,7 @@ impl Plugin for KeyAuth {
             )));
         }
         check_realm(&config.realm)?;
-        let keyring = Keyring::new(config.keys)?;
+        let keyring = Keyring::new(consumer_entries(config.consumers, config.keys)?)?;
 
         let mut remove = Vec::new();
         if config.hide_credentials {
@@ -457,7 +508,20 @@ mod tests {
         let err = config_error(&format!(r#"{{"hide": true, {keys}}}"#));
         assert!(err.contains("unknown field `hide`"), "{err}");
         let err = config_error(r#"{"header": "x-api-key"}"#);
-        assert!(err.contains("missing field `keys`"), "{err}");
+        assert!(err.starts_with("missing `consumers`"), "{err}");
+        let err = config_error(
+            r#"{"keys": {"alice": "k"}, "consumers": [{"name": "bob", "keys": ["b"]}]}"#,
+        );
+        assert!(err.contains("not both"), "{err}");
+        let err = config_error(r#"{"consumers": [{"name": "bob", "key": "b"}]}"#);
+        assert!(err.contains("unknown field `key`"), "{err}");
+        let err = config_error(
+            r#"{"consumers": [{"name": "a", "keys": ["k1"]}, {"name": "b", "keys": ["k2", "k1"]}]}"#,
+        );
+        assert_eq!(
+            err,
+            "consumers[1].keys[1]: the same key as consumers[0].keys[0]: a key may belong to one consumer only, once"
+        );
         let err = config_error(r#"{"keys": {"alice": "k", "bob": "k"}}"#);
         assert!(
             err.contains("keys.bob: the same key as keys.alice"),
@@ -465,6 +529,30 @@ mod tests {
         );
         let err = config_error(r#"{"keys": {"alice": ""}}"#);
         assert_eq!(err, "keys.alice: the key is empty");
+    }
+
+    #[test]
+    fn consumers_may_have_several_keys_and_the_legacy_table_still_works() {
+        let p = plugin(
+            r#"{"consumers": [{"name": "alice", "keys": ["k-alice"]}, {"name": "bob", "keys": ["k-bob", "k-bob-new"]}]}"#,
+        );
+        for (key, consumer) in [("k-alice", "alice"), ("k-bob", "bob"), ("k-bob-new", "bob")] {
+            let mut req = Request::builder()
+                .uri("/x")
+                .header("x-api-key", key)
+                .build();
+            let ctx = Context::new();
+            assert_eq!(p.on_request(&mut req, &ctx).unwrap(), Action::Continue);
+            assert_eq!(ctx.get(CONSUMER_CONTEXT_KEY).as_deref(), Some(consumer));
+        }
+        let legacy = plugin(ISSUE_CONFIG);
+        let mut req = Request::builder()
+            .uri("/x")
+            .header("x-api-key", "k-bob")
+            .build();
+        let ctx = Context::new();
+        assert_eq!(legacy.on_request(&mut req, &ctx).unwrap(), Action::Continue);
+        assert_eq!(ctx.get(CONSUMER_CONTEXT_KEY).as_deref(), Some("bob"));
     }
 
     #[test]

@@ -33,7 +33,7 @@ async fn gateway() -> TestGateway {
             upstream = "u"
             [[routes.plugins]]
             name = "key-auth"
-            config = {{ header = "x-api-key", query = "apikey", keys = {{ alice = "k-alice", bob = "k-bob" }} }}
+            config = {{ header = "x-api-key", query = "apikey", consumers = [{{ name = "alice", keys = ["k-alice"] }}, {{ name = "bob", keys = ["k-bob"] }}] }}
             [[routes]]
             name = "stripped"
             paths = ["/s"]

@@ -501,6 +501,38 @@ async fn admin_api_reports_health_metrics_routes_plugins_and_config() {
 }
 
 #[tokio::test]
+async fn config_redacts_api_keys_in_either_form_and_either_direction() {
+    let route = |name: &str, config: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npaths = [\"/{name}\"]\nrespond = {{ body = \"ok\" }}\n\
+             [[routes.plugins]]\nname = \"key-auth\"\nconfig = {config}\n"
+        )
+    };
+    let text = format!(
+        "{}{}{}",
+        gateway_section(""),
+        route(
+            "new",
+            r#"{ consumers = [{ name = "alice", keys = ["k-secret-1", "k-secret-2"] }] }"#
+        ),
+        // The legacy table written backwards is accepted: the API key is the table's key.
+        route("reversed", r#"{ keys = { k-secret-3 = "bob" } }"#),
+    );
+    let run = start(&text, |dir| {
+        std::fs::create_dir(dir.join("plugins")).expect("mkdir");
+        std::fs::copy(env!("WASM_KEY_AUTH"), dir.join("plugins/key-auth.wasm")).expect("copy");
+    });
+    let config = get(format!("http://{}/config", run.admin)).await.1;
+    for secret in ["k-secret-1", "k-secret-2", "k-secret-3"] {
+        assert!(!config.contains(secret), "{secret} shown in\n{config}");
+    }
+    assert!(
+        config.contains("\"alice\""),
+        "consumer names stay: {config}"
+    );
+}
+
+#[tokio::test]
 async fn a_changed_plugin_file_is_recompiled_and_swapped_in() {
     let up = echo_upstream("echo").await;
     let run = start(
