@@ -62,6 +62,9 @@ const ROUTE_KEYS: &[&str] = &[
     "upstream",
     "respond",
     "strip_path",
+    "protocols",
+    "https_redirect",
+    "preserve_host",
     "max_body",
     "plugins",
 ];
@@ -100,6 +103,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigErro
     let mut reader = Reader {
         report,
         base: &base,
+        tls_listeners: false,
     };
     let mut config = reader.config(file, doc.get_ref(), &doc.span());
     config.locations = std::mem::take(&mut reader.report.keys);
@@ -149,6 +153,8 @@ fn default_cache_dir() -> Option<PathBuf> {
 struct Reader<'r> {
     report: Report<'r>,
     base: &'r Path,
+    /// Whether `[gateway.tls]` has listeners: routes check `protocols` against it.
+    tls_listeners: bool,
 }
 
 /// A table whose keys have been checked against the known ones.
@@ -414,6 +420,7 @@ impl<'r> Reader<'r> {
             Some(v) => self.gateway(v),
             None => default_gateway(self.base),
         };
+        self.tls_listeners = gateway.tls.as_ref().is_some_and(|t| !t.listen.is_empty());
         let upstreams = match root.get("upstreams") {
             Some(v) => self.upstreams(v),
             None => Vec::new(),
@@ -872,6 +879,33 @@ impl<'r> Reader<'r> {
             .get("strip_path")
             .and_then(|v| self.boolean(v, &t.key("strip_path")))
             .unwrap_or(false);
+        let protocols = t
+            .get("protocols")
+            .map_or(Protocols::ALL, |v| self.protocols(v, &t.key("protocols")));
+        let https_redirect = t
+            .get("https_redirect")
+            .and_then(|v| self.boolean(v, &t.key("https_redirect")))
+            .unwrap_or(false);
+        if https_redirect && protocols.http {
+            let span = t.get("https_redirect").map_or(t.span.clone(), |v| v.span());
+            self.err(
+                &span,
+                &t.key("https_redirect"),
+                "redirects plain-HTTP requests, so it needs protocols = [\"https\"]",
+            );
+        }
+        if !protocols.http && !self.tls_listeners {
+            let span = t.get("protocols").map_or(t.span.clone(), |v| v.span());
+            self.err(
+                &span,
+                &t.key("protocols"),
+                "the route serves https only, but no gateway.tls listener is configured",
+            );
+        }
+        let preserve_host = t
+            .get("preserve_host")
+            .and_then(|v| self.boolean(v, &t.key("preserve_host")))
+            .unwrap_or(true);
         let max_body = t
             .get("max_body")
             .and_then(|v| self.size(v, &t.key("max_body"), 0, 1 << 30))
@@ -934,6 +968,9 @@ impl<'r> Reader<'r> {
             headers,
             action: action?,
             strip_path,
+            protocols,
+            https_redirect,
+            preserve_host,
             max_body,
             plugins,
             location,
@@ -1201,6 +1238,37 @@ impl<'r> Reader<'r> {
                 key,
                 "at least one path is needed (omit `paths` to match every path)",
             );
+        }
+        out
+    }
+
+    fn protocols(&mut self, v: &Value<'_>, key: &str) -> Protocols {
+        let mut out = Protocols {
+            http: false,
+            https: false,
+        };
+        let items = self.string_items(v, key);
+        if items.is_empty() && v.get_ref().as_array().is_some_and(|a| a.is_empty()) {
+            self.err(
+                &v.span(),
+                key,
+                "at least one protocol is needed: \"http\", \"https\" or both",
+            );
+            return Protocols::ALL;
+        }
+        for (s, item, k) in items {
+            match s {
+                "http" => out.http = true,
+                "https" => out.https = true,
+                other => {
+                    let message =
+                        format!("invalid protocol {other:?} (expected \"http\" or \"https\")");
+                    self.err(&item.span(), &k, message);
+                }
+            }
+        }
+        if !out.http && !out.https {
+            return Protocols::ALL;
         }
         out
     }

@@ -211,6 +211,15 @@ pub struct Route {
     pub action: RouteAction,
     /// `strip_path`: remove the matched path prefix before forwarding. Default false.
     pub strip_path: bool,
+    /// `protocols`: the client protocols the route serves, `http` (plain listeners) and/or
+    /// `https` (TLS listeners). Default both.
+    pub protocols: Protocols,
+    /// `https_redirect`: answer a plain-HTTP request to an `https`-only route with a 308 redirect
+    /// to the same URL over HTTPS, instead of a 426. Default false.
+    pub https_redirect: bool,
+    /// `preserve_host`: send the client's `Host` upstream (true), or the target's address
+    /// (false, as nginx and Kong do by default). Default true.
+    pub preserve_host: bool,
     /// `max_body`: the largest body buffered for plugins that ask for bodies (413 beyond for
     /// requests). Default 1 MiB.
     pub max_body: usize,
@@ -218,6 +227,28 @@ pub struct Route {
     pub plugins: Vec<PluginEntry>,
     /// Where this route's `[[routes]]` header was written.
     pub location: Location,
+}
+
+/// `protocols`: which listeners' requests a route serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    /// `"http"`: requests on plain listeners.
+    pub http: bool,
+    /// `"https"`: requests on TLS listeners.
+    pub https: bool,
+}
+
+impl Protocols {
+    /// Both, the default.
+    pub const ALL: Self = Self {
+        http: true,
+        https: true,
+    };
+
+    /// Whether a request that came over TLS (`tls`) or not is served.
+    pub fn allows(self, tls: bool) -> bool {
+        if tls { self.https } else { self.http }
+    }
 }
 
 /// One `[[routes.plugins]]` entry: a plugin bound to a route with its config.

@@ -114,6 +114,7 @@ impl Control {
             &self.services.metrics,
             access_log,
         );
+        snapshot.https_port = old.https_port;
         snapshot.pending_restart = (!restart_needed.is_empty()).then_some(PendingRestart {
             keys: restart_needed,
             file,

@@ -214,7 +214,12 @@ impl Gateway {
             })?,
         );
         let config = Arc::new(config);
-        let snapshot = Snapshot::new(config.clone(), runtime, &services.metrics, access_log);
+        let mut snapshot = Snapshot::new(config.clone(), runtime, &services.metrics, access_log);
+        snapshot.https_port = listeners
+            .iter()
+            .find(|l| l.tls.is_some())
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
         let proxy = Arc::new(Proxy::new(snapshot));
         let server = Arc::new(Server::new(
             proxy.clone(),

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use wasmgate_config::{Config, RouteAction};
+use wasmgate_config::{Config, Protocols, RouteAction};
 use wasmgate_runtime::{
     Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView, Runtime,
 };
@@ -54,12 +54,17 @@ pub(crate) struct Snapshot {
     pub(crate) loaded_at: SystemTime,
     /// What its file asked for that waits for a restart.
     pub(crate) pending_restart: Option<PendingRestart>,
+    /// The port of the first TLS listener, for redirects to HTTPS.
+    pub(crate) https_port: Option<u16>,
 }
 
 #[derive(Debug)]
 struct RouteRuntime {
     action: Action,
     strip_path: bool,
+    protocols: Protocols,
+    https_redirect: bool,
+    preserve_host: bool,
     max_body: usize,
     chain: Option<Arc<Chain>>,
 }
@@ -96,6 +101,9 @@ impl Snapshot {
             .enumerate()
             .map(|(i, r)| RouteRuntime {
                 strip_path: r.strip_path,
+                protocols: r.protocols,
+                https_redirect: r.https_redirect,
+                preserve_host: r.preserve_host,
                 max_body: r.max_body,
                 chain: runtime.as_ref().and_then(|rt| rt.chain(i)).cloned(),
                 action: match &r.action {
@@ -135,6 +143,7 @@ impl Snapshot {
             runtime,
             loaded_at: SystemTime::now(),
             pending_restart: None,
+            https_port: None,
             config,
         }
     }
@@ -267,8 +276,18 @@ async fn serve(
             }
         };
     trace.route = Some(route);
+    let runtime = &snapshot.routes[route];
+    if !runtime.protocols.allows(conn.tls) {
+        let host = host.as_ref().map(|(a, _)| a.host());
+        return match (runtime.https_redirect, host) {
+            (true, Some(host)) => Ok(https_redirect(host, snapshot.https_port, req.uri())),
+            _ => Err(Rejection::HttpsRequired {
+                http1: req.version() < Version::HTTP_2,
+            }),
+        };
+    }
     let routed = Routed {
-        route: &snapshot.routes[route],
+        route: runtime,
         prefix_len,
         host: host.map(|(_, value)| value),
         body_idle: snapshot.body_idle,
@@ -471,7 +490,9 @@ async fn forward(
     // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's authority
     // win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the target's.
     let client_host = routed.host.as_ref();
-    if absolute_form || !headers.contains_key(HOST) {
+    if !routed.route.preserve_host {
+        headers.insert(HOST, upstream_host(&target.authority));
+    } else if absolute_form || !headers.contains_key(HOST) {
         let value = client_host.cloned().unwrap_or_else(|| {
             HeaderValue::from_str(target.authority.as_str()).unwrap_or(HeaderValue::from_static(""))
         });
@@ -518,6 +539,36 @@ async fn forward(
         parts,
         Body::watched(body, upstream.timeout),
     ))
+}
+
+/// `Host` for `preserve_host = false`: the target's address, without the default port.
+fn upstream_host(target: &Authority) -> HeaderValue {
+    let text = match target.port_u16() {
+        Some(80) => target.host(),
+        _ => target.as_str(),
+    };
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A 308 to the same URL over HTTPS (method and body kept): the request's host, the first TLS
+/// listener's port unless it is 443, the path and query as received.
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = match port {
+        Some(443) | None => format!("https://{host}{path}"),
+        Some(port) => format!("https://{host}:{port}{path}"),
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
 }
 
 /// Whether a path has a `.` or `..` segment, plain or percent-encoded.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, UPGRADE};
 use http::{Method, Response, StatusCode};
 
 use bytes::Bytes;
@@ -37,13 +37,21 @@ pub(crate) enum Rejection {
     NoRoute,
     #[error("method not allowed")]
     MethodNotAllowed(HeaderValue),
-    #[error("upstream {upstream} target {target}: connect failed: {source}")]
+    #[error("plain-HTTP request to a route served over https only")]
+    HttpsRequired { http1: bool },
+    #[error(
+        "upstream {upstream} target {target}: connect failed: {}",
+        Causes(source)
+    )]
     Connect {
         upstream: String,
         target: String,
         source: hyper_util::client::legacy::Error,
     },
-    #[error("upstream {upstream} target {target}: request failed: {source}")]
+    #[error(
+        "upstream {upstream} target {target}: request failed: {}",
+        Causes(source)
+    )]
     Upstream {
         upstream: String,
         target: String,
@@ -55,6 +63,30 @@ pub(crate) enum Rejection {
         target: String,
         timeout: Duration,
     },
+}
+
+/// What went wrong below a client error, cause by cause: the client's own text ("client error
+/// (Connect)") says only which step failed, and the operator needs the OS error under it
+/// (`tcp connect error: Connection refused (os error 111)`).
+struct Causes<'e>(&'e hyper_util::client::legacy::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut next = std::error::Error::source(self.0);
+        if next.is_none() {
+            return write!(f, "{}", self.0);
+        }
+        let mut first = true;
+        while let Some(cause) = next {
+            if !first {
+                f.write_str(": ")?;
+            }
+            write!(f, "{cause}")?;
+            first = false;
+            next = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Rejection {
@@ -100,6 +132,11 @@ impl Rejection {
                 "method_not_allowed",
                 "method not allowed",
             ),
+            Self::HttpsRequired { .. } => (
+                StatusCode::UPGRADE_REQUIRED,
+                "https_required",
+                "this route is served over https only",
+            ),
             Self::Connect { .. } | Self::Upstream { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
@@ -125,8 +162,18 @@ impl Rejection {
             _ => tracing::debug!(request_id = ?request_id, error = %self, "request rejected"),
         }
         let (mut parts, body) = error_answer(status, error, message, request_id);
-        if let Self::MethodNotAllowed(allow) = self {
-            parts.headers.insert(ALLOW, allow);
+        match self {
+            Self::MethodNotAllowed(allow) => {
+                parts.headers.insert(ALLOW, allow);
+            }
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to. HTTP/2 has no Upgrade
+            // (RFC 9113 §8.2.2), so only HTTP/1 answers carry it.
+            Self::HttpsRequired { http1: true } => {
+                parts
+                    .headers
+                    .insert(UPGRADE, HeaderValue::from_static("TLS/1.2, HTTP/1.1"));
+            }
+            _ => {}
         }
         let body = if method == Method::HEAD {
             Body::empty()

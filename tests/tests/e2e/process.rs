@@ -205,6 +205,30 @@ fn a_taken_listen_address_is_reported_at_its_key() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_connection_is_logged_with_the_target_and_the_os_error() {
+    let dead = closed_port();
+    let dir = workdir();
+    let config = write_config(&dir, &proxy_everything_to(dead, ""));
+    let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
+    let resp = client()
+        .get(format!("http://{}/x", gw.addrs[0]))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    let seen = 0;
+    tokio::task::block_in_place(|| gw.wait_for_log("connect failed", seen, Duration::from_secs(5)))
+        .expect("logged");
+    let log = gw.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connect failed"))
+        .expect("the line");
+    assert!(line.contains(&format!("target {dead}")), "{line}");
+    assert!(line.contains("Connection refused"), "{line}");
+}
+
 #[tokio::test]
 async fn streams_200_mib_up_and_down_within_bounded_memory() {
     use futures_util::StreamExt;

@@ -673,3 +673,146 @@ async fn a_reload_keeps_the_running_number_of_workers_and_says_a_restart_is_need
     assert_eq!(control.inspect(|a| a.config.gateway.workers), 2);
     server.abort();
 }
+
+#[tokio::test]
+async fn https_only_routes_refuse_or_redirect_plain_http_and_serve_tls() {
+    let dir = workdir();
+    let cert = self_signed(dir.path(), "api", &["api.example.com"]);
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start_in(
+        dir,
+        &format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            [gateway.tls]
+            listen = ["127.0.0.1:0"]
+            certificates = [{{ cert = "api.pem", key = "api.key" }}]
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "secure"
+            paths = ["/secure"]
+            protocols = ["https"]
+            upstream = "u"
+            [[routes]]
+            name = "moved"
+            paths = ["/moved"]
+            protocols = ["https"]
+            https_redirect = true
+            upstream = "u"
+            [[routes]]
+            name = "open"
+            upstream = "u"
+            "#
+        ),
+    )
+    .await
+    .expect("start");
+    let https = gw.https.expect("tls listener");
+    let plain = client();
+
+    let refused = plain.get(gw.url("/secure/x")).send().await.expect("send");
+    assert_eq!(refused.status(), 426);
+    assert_eq!(refused.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
+    assert_eq!(json(refused).await["error"], "https_required");
+
+    let redirected = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("http://{}/moved/a?b=1", gw.http))
+        .header("host", "api.example.com:8080")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(redirected.status(), 308, "method and body are kept");
+    assert_eq!(
+        redirected.headers()["location"],
+        format!("https://api.example.com:{}/moved/a?b=1", https.port()).as_str()
+    );
+    assert!(redirected.headers().get("x-echo-server").is_none());
+
+    let tls = tls_client(&[&cert], https, &["api.example.com"], true);
+    for path in ["/secure/x", "/moved/a"] {
+        let resp = tls
+            .get(format!("https://api.example.com:{}{path}", https.port()))
+            .send()
+            .await
+            .expect("tls");
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let h2c = h2c_client()
+        .get(gw.url("/secure/x"))
+        .send()
+        .await
+        .expect("h2c");
+    assert_eq!(h2c.status(), 426);
+    assert!(
+        h2c.headers().get("upgrade").is_none(),
+        "no Upgrade in HTTP/2"
+    );
+    assert_eq!(
+        plain
+            .get(gw.url("/other"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(r#"wasmgate_requests_total{route="moved",method="POST",status="308"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn preserve_host_false_sends_the_targets_address_as_host() {
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        [upstreams.u]
+        targets = ["{up}"]
+        [[routes]]
+        name = "target-host"
+        paths = ["/t"]
+        preserve_host = false
+        upstream = "u"
+        [[routes]]
+        name = "client-host"
+        upstream = "u"
+        "#
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let seen = |path: &'static str| {
+        let c = c.clone();
+        let url = gw.url(path);
+        async move {
+            let resp = c
+                .get(url)
+                .header("host", "api.example.com")
+                .send()
+                .await
+                .expect("send");
+            json(resp).await["headers"].clone()
+        }
+    };
+    let target = seen("/t/x").await;
+    assert_eq!(target["host"], up.to_string().as_str());
+    assert_eq!(
+        target["x-forwarded-host"], "api.example.com",
+        "the client's, still"
+    );
+    let client_host = seen("/x").await;
+    assert_eq!(
+        client_host["host"], "api.example.com",
+        "preserved by default"
+    );
+}
