@@ -502,6 +502,7 @@ async fn forward(
     headers.insert(REQUEST_ID, request_id.clone());
 
     let req = Request::from_parts(parts, body);
+    let sent = Instant::now();
     let result = tokio::time::timeout(upstream.timeout, upstream.client().request(req)).await;
     let response = match result {
         Err(_) => {
@@ -531,7 +532,7 @@ async fn forward(
         }
         Ok(Ok(response)) => response,
     };
-    target.metrics.count(UpstreamOutcome::Response);
+    target.metrics.responded(sent.elapsed());
     upstream.restore(target);
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);

@@ -56,6 +56,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    upstream: Arc<String>,
+    target: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginPhaseLabels {
     route: Arc<String>,
     plugin: Arc<String>,
@@ -89,6 +95,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: HistogramFamily<RouteLabels>,
     upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: HistogramFamily<TargetLabels>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -131,6 +138,13 @@ impl Metrics {
             "upstream_requests",
             "Requests sent to upstream targets, by outcome: response, connect_error, timeout, error",
             upstream_requests.clone(),
+        );
+        let upstream_duration: HistogramFamily<TargetLabels> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from handing a request to an upstream target until its response head arrived (connecting included), by upstream and target",
+            upstream_duration.clone(),
         );
         let plugin_duration: HistogramFamily<PluginPhaseLabels> =
             Family::new_with_constructor(|| Histogram::new(PLUGIN_BUCKETS));
@@ -177,6 +191,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_requests,
+            upstream_duration,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -217,7 +232,11 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
         });
-        TargetMetrics { outcomes }
+        let duration = self.upstream_duration.get_or_create_owned(&TargetLabels {
+            upstream: upstream.clone(),
+            target: target.clone(),
+        });
+        TargetMetrics { outcomes, duration }
     }
 
     /// The handles of plugin `plugin` on route `route`.
@@ -353,12 +372,19 @@ impl UpstreamOutcome {
 #[derive(Debug, Clone)]
 pub struct TargetMetrics {
     outcomes: [Counter; 4],
+    duration: Histogram,
 }
 
 impl TargetMetrics {
     /// Counts a request's outcome.
     pub fn count(&self, outcome: UpstreamOutcome) {
         self.outcomes[outcome as usize].inc();
+    }
+
+    /// Counts a response and how long its head took to arrive.
+    pub fn responded(&self, elapsed: Duration) {
+        self.outcomes[UpstreamOutcome::Response as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -450,8 +476,9 @@ mod tests {
             .finished(&Method::GET, 200, Duration::from_millis(3));
         m.route("users")
             .finished(&Method::from_bytes(b"BREW").unwrap(), 404, Duration::ZERO);
-        m.target("users", "127.0.0.1:9001")
-            .count(UpstreamOutcome::ConnectError);
+        let target = m.target("users", "127.0.0.1:9001");
+        target.count(UpstreamOutcome::ConnectError);
+        target.responded(Duration::from_millis(4));
         let p = m.plugin("users", "key-auth");
         p.observe(false, Duration::from_micros(20));
         p.failed(2);
@@ -464,6 +491,7 @@ mod tests {
             r#"wasmgate_requests_total{route="users",method="OTHER",status="404"} 1"#,
             r#"wasmgate_request_duration_seconds_count{route="users"} 2"#,
             r#"wasmgate_upstream_requests_total{upstream="users",target="127.0.0.1:9001",outcome="connect_error"} 1"#,
+            r#"wasmgate_upstream_duration_seconds_bucket{le="0.005",upstream="users",target="127.0.0.1:9001"} 1"#,
             r#"wasmgate_plugin_duration_seconds_count{route="users",plugin="key-auth",phase="request"} 1"#,
             r#"wasmgate_plugin_failures_total{route="users",plugin="key-auth",kind="timeout"} 1"#,
             r#"wasmgate_plugin_counter_total{route="users",plugin="key-auth",name="rejected"} 3"#,

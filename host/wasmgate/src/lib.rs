@@ -1,4 +1,5 @@
-//! The `wasmgate` command: `run` serves a config, `check` validates one.
+//! The `wasmgate` command: `run` serves a config, `check` validates one, `reload` asks a running
+//! gateway to reload its.
 //!
 //! Kept in a library so the end-to-end tests run exactly this code as a child process.
 
@@ -46,6 +47,18 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the gateway running this config file to reload it, through its admin API
+    /// (`gateway.admin`), and print the outcome: the routes and plugins now served and the
+    /// settings that wait for a restart, or every problem (the gateway then keeps serving its
+    /// previous configuration). Exits 0 when the reload succeeded, 1 otherwise.
+    Reload {
+        /// The config file the gateway runs.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// The admin API's address, instead of the file's `gateway.admin`.
+        #[arg(long, value_name = "IP:PORT")]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -62,6 +75,13 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => match check(&config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Reload { config, admin } => match reload(&config, admin) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -137,6 +157,96 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         prepared.runtime.as_ref().map_or(0, |r| r.plugins.len())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `wasmgate reload` waits for the gateway's answer: a reload compiles new plugins.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    let addr = match admin {
+        Some(a) => a,
+        None => match wasmgate_config::load(path) {
+            Ok(c) => c.gateway.admin.with_context(|| {
+                format!(
+                    "{}: gateway.admin is not set, so the running gateway has no admin API to ask; \
+                     set it, or send the gateway SIGHUP",
+                    path.display()
+                )
+            })?,
+            Err(e) => {
+                for d in e.diagnostics() {
+                    eprintln!("{d}");
+                }
+                eprintln!(
+                    "error: {}: not asking the gateway to reload a file with problems; it keeps \
+                     serving its configuration",
+                    path.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+        },
+    };
+    let (status, body) = runtime()?
+        .block_on(async { tokio::time::timeout(RELOAD_WAIT, post_reload(addr)).await })
+        .map_err(|_| {
+            anyhow::anyhow!("the admin API at {addr} did not answer within {RELOAD_WAIT:?}")
+        })?
+        .with_context(|| format!("cannot reach the admin API at {addr}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the admin API at {addr} answered {status} with no JSON"))?;
+    let list = |key: &str| -> Vec<String> {
+        answer[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if status == http::StatusCode::OK {
+        println!(
+            "{}: reloaded ({} routes, {} plugins)",
+            path.display(),
+            answer["routes"],
+            answer["plugins"]
+        );
+        let pending = list("restart_needed");
+        if !pending.is_empty() {
+            eprintln!(
+                "warning: {}: these settings changed but apply only after a restart: {}",
+                path.display(),
+                pending.join(", ")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in list("errors") {
+        eprintln!("{problem}");
+    }
+    eprintln!(
+        "error: {}: reload failed ({status}); the gateway still serves its previous configuration",
+        path.display()
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// `POST /reload` on the admin listener at `addr`: the status and body.
+async fn post_reload(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = http::Request::post("/reload")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {

@@ -301,6 +301,98 @@ async fn config_shows_what_runs_and_a_reverted_restart_setting_is_no_longer_pend
     );
 }
 
+/// `wasmgate reload ARGS`: exit code, stdout, stderr.
+fn reload_command(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(wasmgate_bin!())
+        .arg("reload")
+        .args(args)
+        .output()
+        .expect("run wasmgate reload");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasmgate_reload_asks_the_running_gateway_and_prints_the_outcome() {
+    let admin = closed_port();
+    let section = |listen: &str| {
+        format!("[gateway]\nlisten = [\"{listen}\"]\nadmin = \"{admin}\"\nwatch = false\n")
+    };
+    let run = start(
+        &format!("{}{}", section("127.0.0.1:0"), mock_route("a", "/a")),
+        |_| {},
+    );
+    let config = run.config.to_str().expect("utf-8 path").to_owned();
+
+    write(
+        &run.config,
+        &format!(
+            "{}{}{}",
+            section(&closed_port().to_string()),
+            mock_route("a", "/a"),
+            mock_route("b", "/b")
+        ),
+    );
+    let (code, out, err) = tokio::task::block_in_place(|| reload_command(&["--config", &config]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("{config}: reloaded (2 routes, 0 plugins)")
+    );
+    assert!(
+        err.contains("apply only after a restart: gateway.listen"),
+        "{err}"
+    );
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await,
+        (200, "b".into())
+    );
+
+    // A problem only the gateway finds (a plugin file that is not there): every line, exit 1.
+    write(
+        &run.config,
+        &format!(
+            "{}{}[[routes.plugins]]\nname = \"missing\"\n",
+            section("127.0.0.1:0"),
+            mock_route("a", "/a")
+        ),
+    );
+    let admin_flag = run.admin.to_string();
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        reload_command(&["--config", &config, "--admin", &admin_flag])
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("routes[0].plugins[0]: route \"a\": plugin \"missing\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("still serves its previous configuration"),
+        "{err}"
+    );
+    assert_eq!(
+        get(format!("http://{}/b", run.http)).await,
+        (200, "b".into())
+    );
+}
+
+#[test]
+fn wasmgate_reload_says_what_is_missing_without_an_admin_api() {
+    let dir = workdir();
+    let config = dir.path().join("gateway.toml");
+    write(&config, &mock_route("a", "/a"));
+    let path = config.to_str().expect("utf-8 path");
+    let (code, _, err) = reload_command(&["--config", path]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("gateway.admin is not set"), "{err}");
+    let (code, _, err) = reload_command(&["--config", path, "--admin", &closed_port().to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the admin API at"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
     let base = format!(
@@ -460,12 +552,14 @@ async fn admin_api_reports_health_metrics_routes_plugins_and_config() {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
-    assert!(
-        metrics.contains(&format!(
+    for needle in [
+        format!(
             r#"wasmgate_upstream_requests_total{{upstream="echo",target="{up}",outcome="response"}} 2"#
-        )),
-        "{metrics}"
-    );
+        ),
+        format!(r#"wasmgate_upstream_duration_seconds_count{{upstream="echo",target="{up}"}} 2"#),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
 
     let routes = admin_json(run.admin, "/routes").await;
     assert_eq!(routes["routes"][0]["name"], "tagged");
