@@ -2,8 +2,9 @@
 //! test-programs pattern) and tells the tests where each `.wasm` is: `env!("WASM_<NAME>")`, with
 //! the crate name upper-cased and `-` as `_`.
 //!
-//! The nested cargo uses its own target directory, so it neither waits on nor invalidates the
-//! outer build.
+//! The nested cargo uses its own target directory (`wasm` inside the outer one), so it neither
+//! waits on nor invalidates the outer build; `cargo xtask demo` and `cargo xtask plugins` build
+//! the same crates there with the same settings, so whichever runs first builds for both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let crates = wasm_crates(&root);
-    let target_dir = root.join("target").join("wasm");
+    let target_dir = cargo_target_dir(&root).join("wasm");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -58,6 +59,17 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+}
+
+/// The build's target directory (`CARGO_TARGET_DIR`, `build.target-dir` or `target/`): the
+/// ancestor of `OUT_DIR` that cargo tagged as its cache directory. `cargo xtask` builds the same
+/// crates into its `wasm` folder, so the demo and the tests share one build.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    out_dir
+        .ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .map_or_else(|| root.join("target"), Path::to_path_buf)
 }
 
 /// The example plugin (the quickstart runs it) and every crate under `tests/fixtures/` and

@@ -30,8 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use super::{
-    build_plugin, cargo, display, ensure_wasm_target, run_step, target_dir, wasm_target_dir,
-    workspace_root,
+    build_plugins, cargo, display, ensure_wasm_target, run_step, target_dir, workspace_root,
 };
 
 /// The plugins of the `wasmgate-3-plugins` scenario, in chain order, with their configs (TOML).
@@ -194,7 +193,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         "cargo xtask bench"
     };
     let durations = Durations::new(quick);
-    let dir = target_dir().join("bench");
+    let dir = target_dir()?.join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     stop_stale(&dir);
 
@@ -444,12 +443,10 @@ fn ensure_oha(tools_dir: &Path) -> Option<PathBuf> {
 /// The release gateway and the three plugins of `wasmgate-3-plugins`; the gateway's path.
 fn build() -> Result<PathBuf> {
     ensure_wasm_target()?;
-    let wasm_dir = wasm_target_dir();
-    for (name, _) in PLUGINS {
-        build_plugin(&workspace_root().join("plugins").join(name), &wasm_dir)?;
-    }
+    let target = target_dir()?;
+    build_plugins(&target)?;
     run_step(cargo().args(["build", "--release", "-p", "wasmgate"]))?;
-    Ok(target_dir().join("release").join("wasmgate"))
+    Ok(target.join("release").join("wasmgate"))
 }
 
 fn tool_versions(tools: &Tools) -> Value {

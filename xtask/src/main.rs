@@ -31,8 +31,6 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 const ECHO_ADDR: &str = "127.0.0.1:9001";
 const ADMIN_ADDR: &str = "127.0.0.1:9901";
-/// The shipped plugins the quickstart's /api route runs.
-const DEMO_PLUGINS: [&str; 3] = ["key-auth", "rate-limit", "transform"];
 const QUICKSTART_CONFIG: &str = "examples/quickstart/gateway.toml";
 /// How long the demo waits for each of its processes to start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,25 +147,26 @@ fn demo() -> Result<ExitCode> {
         ensure_port_free(addr)?;
     }
     ensure_wasm_target()?;
-    // The quickstart's /echo route runs the example plugin, its /api route three shipped plugins
-    // (from plugins/<name>.wasm, as `cargo xtask plugins` builds them).
-    build_wasm("hello-plugin", &wasm_target_dir())?;
-    for name in DEMO_PLUGINS {
-        build_plugin(
-            &workspace_root().join("plugins").join(name),
-            &wasm_target_dir(),
-        )?;
+    let started = Instant::now();
+    let target = target_dir()?;
+    let fresh = !target.join("debug").join("wasmgate").exists();
+    if fresh {
+        println!(
+            "==> first build: about 10 minutes on a 2-core machine (wasmtime's compiler is most of \
+             it); `cargo xtask test` reuses it, and later runs take seconds"
+        );
     }
-    run_step(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "wasmgate",
-        "-p",
-        "wasmgate-echo",
-    ]))?;
+    // The quickstart's /echo route runs the example plugin, its /api route three shipped plugins;
+    // all are found in plugins/ (the quickstart's plugins_dir).
+    build_plugins(&target)?;
+    // The dev profile, as the tests build it: its dependencies are optimised (opt-level 1 in the
+    // workspace's profile), and `cargo xtask test` then finds them built.
+    run_step(cargo().args(["build", "-p", "wasmgate", "-p", "wasmgate-echo"]))?;
+    if fresh {
+        println!("==> built in {:.0}s", started.elapsed().as_secs_f64());
+    }
 
-    let bin_dir = target_dir().join("release");
+    let bin_dir = target.join("debug");
     println!("==> starting the echo upstream on {ECHO_ADDR}");
     let mut echo = ChildGuard::spawn(
         "wasmgate-echo",
@@ -329,84 +328,94 @@ fn exit_code(status: ExitStatus) -> ExitCode {
 // plugins
 
 fn plugins() -> Result<()> {
-    let crates = plugin_crates()?;
-    if crates.is_empty() {
-        println!("no plugins to build");
-        return Ok(());
-    }
     ensure_wasm_target()?;
-    let target_dir = wasm_target_dir();
-    for dir in &crates {
-        build_plugin(dir, &target_dir)?;
-    }
-    println!("==> built {} plugin(s)", crates.len());
+    let built = build_plugins(&target_dir()?)?;
+    println!("==> built {built} plugin(s) into plugins/");
     Ok(())
 }
 
-/// The directories under `plugins/` that hold a `Cargo.toml`, sorted by name.
-fn plugin_crates() -> Result<Vec<PathBuf>> {
-    let plugins_dir = workspace_root().join("plugins");
-    let entries = match fs::read_dir(&plugins_dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => {
-            return Err(err).with_context(|| format!("cannot list {}", plugins_dir.display()));
+/// Builds every wasm crate and copies the shipped plugins and the example plugin to
+/// `plugins/<name>.wasm`; how many were copied.
+fn build_plugins(target: &Path) -> Result<usize> {
+    let crates = wasm_crates()?;
+    let wasm_dir = build_wasm(&crates, &target.join("wasm"))?;
+    let mut copied = 0;
+    for (name, dir) in &crates {
+        let shipped = dir.parent() == Some(&workspace_root().join("plugins"));
+        if !shipped && name != "hello-plugin" {
+            continue;
         }
-    };
-    let mut crates = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", plugins_dir.display()))?;
-        let path = entry.path();
-        if path.join("Cargo.toml").is_file() {
-            crates.push(path);
+        let wasm = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
+        let dest = workspace_root()
+            .join("plugins")
+            .join(format!("{name}.wasm"));
+        fs::copy(&wasm, &dest).with_context(|| {
+            format!(
+                "cannot copy {} to {} (is `{name}` a cdylib?)",
+                wasm.display(),
+                dest.display()
+            )
+        })?;
+        println!("==> {}", dest.display());
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// Every crate built for wasm32-wasip2, as (package, folder): the example plugin, the test
+/// fixtures and the shipped plugins — the set `tests/build.rs` builds, in one cargo invocation
+/// with the same settings, so the demo, `cargo xtask plugins` and the tests share one build.
+fn wasm_crates() -> Result<Vec<(String, PathBuf)>> {
+    let root = workspace_root();
+    let mut out = vec![(
+        "hello-plugin".to_owned(),
+        root.join("examples").join("hello-plugin"),
+    )];
+    for parent in [root.join("tests").join("fixtures"), root.join("plugins")] {
+        let entries = match fs::read_dir(&parent) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot list {}", parent.display()));
+            }
+        };
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot list {}", parent.display()))?
+                .path();
+            if path.join("Cargo.toml").is_file() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        for dir in dirs {
+            let name = dir
+                .file_name()
+                .and_then(|name| name.to_str())
+                .with_context(|| format!("{} has no UTF-8 name", dir.display()))?
+                .to_owned();
+            out.push((name, dir));
         }
     }
-    crates.sort();
-    Ok(crates)
+    Ok(out)
 }
 
-/// Builds the plugin crate in `dir` (its package is named like its folder, as in
-/// `tests/build.rs`) and copies the component to `plugins/<name>.wasm`.
-fn build_plugin(dir: &Path, target_dir: &Path) -> Result<()> {
-    let name = dir
-        .file_name()
-        .and_then(|name| name.to_str())
-        .with_context(|| format!("plugin directory {} has no UTF-8 name", dir.display()))?;
-    let wasm = build_wasm(name, target_dir)?;
-    let dest = workspace_root()
-        .join("plugins")
-        .join(format!("{name}.wasm"));
-    fs::copy(&wasm, &dest).with_context(|| {
-        format!(
-            "cannot copy {} to {} (is plugin `{name}` a cdylib?)",
-            wasm.display(),
-            dest.display()
-        )
-    })?;
-    println!("==> {}", dest.display());
-    Ok(())
-}
-
-/// Where plugins are built: apart from the host build, whose release profile keeps debug info,
-/// so the two never invalidate each other (`tests/build.rs` builds there too).
-fn wasm_target_dir() -> PathBuf {
-    target_dir().join("wasm")
-}
-
-/// `cargo build --release --target wasm32-wasip2 -p PACKAGE` without debug info; the `.wasm`.
-fn build_wasm(package: &str, target_dir: &Path) -> Result<PathBuf> {
-    run_step(
-        cargo()
-            .args(["build", "--release", "--target", WASM_TARGET, "-p", package])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "true"),
-    )?;
-    Ok(target_dir
-        .join(WASM_TARGET)
-        .join("release")
-        .join(format!("{}.wasm", package.replace('-', "_"))))
+/// `cargo build --release --target wasm32-wasip2 -p …` for `crates` into `target_dir`, without
+/// debug info; the folder holding the `.wasm` files.
+fn build_wasm(crates: &[(String, PathBuf)], target_dir: &Path) -> Result<PathBuf> {
+    let mut command = cargo();
+    command
+        .args(["build", "--release", "--target", WASM_TARGET])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+    for (name, _) in crates {
+        command.args(["-p", name]);
+    }
+    run_step(&mut command)?;
+    Ok(target_dir.join(WASM_TARGET).join("release"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,12 +427,31 @@ fn workspace_root() -> &'static Path {
     manifest_dir.parent().unwrap_or(manifest_dir)
 }
 
-/// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the root) or `target/`.
-fn target_dir() -> PathBuf {
-    let root = workspace_root();
-    env::var_os("CARGO_TARGET_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+/// The workspace's target directory, as cargo sees it: `CARGO_TARGET_DIR`, `build.target-dir`
+/// in a cargo config file, or `target/`.
+fn target_dir() -> Result<PathBuf> {
+    let output = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run `cargo metadata`")?;
+    ensure!(
+        output.status.success(),
+        "`cargo metadata` failed ({})",
+        output.status
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("`cargo metadata` printed no JSON")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("`cargo metadata` named no target directory")?;
+    Ok(PathBuf::from(dir))
 }
 
 /// A `cargo` command run from the workspace root, with the cargo that is running xtask.

@@ -10,8 +10,6 @@ use wasmgate_tests::*;
 
 #[tokio::test]
 async fn quickstart_answers_the_readme_examples() {
-    // The example plugin is built by tests/build.rs to the path the quickstart config names.
-    assert!(Path::new(env!("WASM_HELLO_PLUGIN")).exists());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/gateway.toml");
     let mut config = wasmgate_config::load(&path).expect("the quickstart config is valid");
     let up = echo_upstream("echo").await;
@@ -22,13 +20,14 @@ async fn quickstart_answers_the_readme_examples() {
     }];
     config.gateway.access_log = wasmgate_config::AccessLog::Off;
     config.gateway.admin = None;
-    // `cargo xtask plugins` builds the shipped plugins into plugins/; tests/build.rs builds the
-    // same crates into target/wasm.
+    // `cargo xtask plugins` copies the shipped plugins and the example plugin into plugins/;
+    // tests/build.rs builds the same crates into the target folder's wasm/.
     for entry in config.routes.iter_mut().flat_map(|r| r.plugins.iter_mut()) {
         entry.file = match entry.name.as_str() {
             "key-auth" => env!("WASM_KEY_AUTH").into(),
             "rate-limit" => env!("WASM_RATE_LIMIT").into(),
             "transform" => env!("WASM_TRANSFORM").into(),
+            "hello-plugin" => env!("WASM_HELLO_PLUGIN").into(),
             _ => continue,
         };
     }
