@@ -117,6 +117,7 @@ fn test(options: &TestOptions) -> Result<()> {
     } else {
         ensure_lint_components()?;
         run_step(cargo().args(["fmt", "--all", "--check"]))?;
+        check_shared_build()?;
         run_step(cargo().args([
             "clippy",
             "--workspace",
@@ -136,6 +137,77 @@ fn test(options: &TestOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Fails when the demo's build (`-p wasmgate -p wasmgate-echo`) would give some crate fewer
+/// features than the tests' (`--workspace`): cargo would then compile that crate and everything
+/// above it twice, and the demo's build would not be reused by the tests.
+fn check_shared_build() -> Result<()> {
+    println!("==> checking that the demo and the tests share one build");
+    let demo = features(&[
+        "-p",
+        "wasmgate",
+        "-p",
+        "wasmgate-echo",
+        "-e",
+        "normal,build",
+    ])?;
+    let tests = features(&["--workspace", "-e", "normal,build,dev"])?;
+    let mut missing = Vec::new();
+    for (package, demo_features) in &demo {
+        let Some(test_features) = tests.get(package) else {
+            continue;
+        };
+        let lacking: Vec<&str> = test_features
+            .difference(demo_features)
+            .map(String::as_str)
+            .collect();
+        if !lacking.is_empty() {
+            missing.push(format!("  {package}: {}", lacking.join(", ")));
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "the tests build these crates with features the demo's build lacks, so `cargo xtask test` \
+         would compile them (and everything that depends on them) a second time:\n{}\n\
+         add the features to xtask/workspace-hack/Cargo.toml",
+        missing.join("\n")
+    );
+    Ok(())
+}
+
+/// `cargo tree ARGS`: each package (`name vX.Y.Z`) with the union of its enabled features.
+fn features(
+    args: &[&str],
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let output = cargo()
+        .args(["tree", "--prefix", "none", "--format", "{p}|{f}"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run `cargo tree`")?;
+    ensure!(
+        output.status.success(),
+        "`cargo tree` failed ({})",
+        output.status
+    );
+    let text = String::from_utf8(output.stdout).context("`cargo tree` printed non-UTF-8")?;
+    let mut out = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for line in text.lines() {
+        let Some((package, features)) = line.split_once('|') else {
+            continue;
+        };
+        // "name v1.2.3 (proc-macro)" or "name v1.2.3 (/path)": the name and version identify it.
+        let package = package.split(" (").next().unwrap_or(package).trim();
+        let features = features.trim_end_matches(" (*)");
+        out.entry(package.to_owned()).or_default().extend(
+            features
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
