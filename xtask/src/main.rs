@@ -141,7 +141,8 @@ fn test(options: &TestOptions) -> Result<()> {
 
 /// Fails when the demo's build (`-p wasmgate -p wasmgate-echo`) would give some crate fewer
 /// features than the tests' (`--workspace`): cargo would then compile that crate and everything
-/// above it twice, and the demo's build would not be reused by the tests.
+/// above it twice, and the demo's build would not be reused by the tests. Build scripts,
+/// proc-macros and their dependencies are compared apart, as cargo resolves them apart.
 fn check_shared_build() -> Result<()> {
     println!("==> checking that the demo and the tests share one build");
     let demo = features(&[
@@ -154,8 +155,8 @@ fn check_shared_build() -> Result<()> {
     ])?;
     let tests = features(&["--workspace", "-e", "normal,build,dev"])?;
     let mut missing = Vec::new();
-    for (package, demo_features) in &demo {
-        let Some(test_features) = tests.get(package) else {
+    for (unit, demo_features) in &demo {
+        let Some(test_features) = tests.get(unit) else {
             continue;
         };
         let lacking: Vec<&str> = test_features
@@ -163,7 +164,13 @@ fn check_shared_build() -> Result<()> {
             .map(String::as_str)
             .collect();
         if !lacking.is_empty() {
-            missing.push(format!("  {package}: {}", lacking.join(", ")));
+            let (host, package) = unit;
+            let side = if *host {
+                "[build-dependencies]"
+            } else {
+                "[dependencies]"
+            };
+            missing.push(format!("  {side} {package}: {}", lacking.join(", ")));
         }
     }
     ensure!(
@@ -176,12 +183,15 @@ fn check_shared_build() -> Result<()> {
     Ok(())
 }
 
-/// `cargo tree ARGS`: each package (`name vX.Y.Z`) with the union of its enabled features.
-fn features(
-    args: &[&str],
-) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+/// Each crate of `cargo tree ARGS`, as (whether it is built for build scripts and proc-macros,
+/// `name vX.Y.Z`), with the union of its enabled features.
+type Units = std::collections::BTreeMap<(bool, String), std::collections::BTreeSet<String>>;
+
+/// Reads `cargo tree ARGS` drawn as a tree: a crate is a build-time one when it sits under a
+/// `[build-dependencies]` marker or below a proc-macro.
+fn features(args: &[&str]) -> Result<Units> {
     let output = cargo()
-        .args(["tree", "--prefix", "none", "--format", "{p}|{f}"])
+        .args(["tree", "--charset", "ascii", "--format", "{p}|{f}"])
         .args(args)
         .stderr(Stdio::inherit())
         .output()
@@ -192,22 +202,64 @@ fn features(
         output.status
     );
     let text = String::from_utf8(output.stdout).context("`cargo tree` printed non-UTF-8")?;
-    let mut out = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    Ok(parse_tree(&text))
+}
+
+/// One crate of the tree being read: the column its name starts at, whether it is built for
+/// the build, and whether the marker above its children said `[build-dependencies]`.
+struct Frame {
+    column: usize,
+    host: bool,
+    build_section: bool,
+}
+
+fn parse_tree(text: &str) -> Units {
+    let mut units = Units::new();
+    let mut stack: Vec<Frame> = Vec::new();
     for line in text.lines() {
-        let Some((package, features)) = line.split_once('|') else {
+        let column = line
+            .find(|c: char| !matches!(c, '|' | '`' | '-' | ' '))
+            .unwrap_or(line.len());
+        let content = &line[column..];
+        if content.is_empty() {
+            // A blank line separates the trees of several packages.
+            stack.clear();
+            continue;
+        }
+        if let Some(marker) = content.strip_prefix('[') {
+            // `[build-dependencies]` is drawn in its parent's name column.
+            if let Some(parent) = stack.iter_mut().rev().find(|f| f.column == column) {
+                parent.build_section = marker.starts_with("build-dependencies");
+            }
+            continue;
+        }
+        while stack.last().is_some_and(|f| f.column >= column) {
+            stack.pop();
+        }
+        let Some((package, features)) = content.split_once('|') else {
             continue;
         };
-        // "name v1.2.3 (proc-macro)" or "name v1.2.3 (/path)": the name and version identify it.
+        let proc_macro = package.contains("(proc-macro)");
+        let host = proc_macro
+            || stack
+                .last()
+                .is_some_and(|parent| parent.host || parent.build_section);
+        // "name v1.2.3 (proc-macro)" or "name v1.2.3 (/path)": name and version identify it.
         let package = package.split(" (").next().unwrap_or(package).trim();
         let features = features.trim_end_matches(" (*)");
-        out.entry(package.to_owned()).or_default().extend(
+        units.entry((host, package.to_owned())).or_default().extend(
             features
                 .split(',')
                 .filter(|f| !f.is_empty())
                 .map(str::to_owned),
         );
+        stack.push(Frame {
+            column,
+            host,
+            build_section: false,
+        });
     }
-    Ok(out)
+    units
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,6 +681,29 @@ mod tests {
         assert_eq!(options.test_args, args(&["-p", "x", "--", "--nocapture"]));
         assert!(TestOptions::parse(&args(&["--bogus"])).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn tree_parsing_tells_build_time_crates_apart() {
+        let tree = "\
+app v0.1.0 (/w/app)|
+|-- lib v1.0.0|std
+|   `-- dep v2.0.0|a
+|   [build-dependencies]
+|   `-- dep v2.0.0|b
+|-- derive v1.0.0 (proc-macro)|
+|   `-- syn v2.0.0|full
+`-- dep v2.0.0|c (*)
+";
+        let units = parse_tree(tree);
+        let get = |host: bool, name: &str| -> Vec<String> {
+            units[&(host, name.to_owned())].iter().cloned().collect()
+        };
+        assert_eq!(get(false, "dep v2.0.0"), ["a", "c"]);
+        assert_eq!(get(true, "dep v2.0.0"), ["b"]);
+        assert_eq!(get(true, "syn v2.0.0"), ["full"]);
+        assert_eq!(get(true, "derive v1.0.0"), Vec::<String>::new());
+        assert_eq!(get(false, "lib v1.0.0"), ["std"]);
     }
 
     #[test]
