@@ -32,6 +32,16 @@ const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 const ECHO_ADDR: &str = "127.0.0.1:9001";
 const ADMIN_ADDR: &str = "127.0.0.1:9901";
 const QUICKSTART_CONFIG: &str = "examples/quickstart/gateway.toml";
+/// What the demo builds (the dev profile, as the tests): the gateway with the `shared-build`
+/// feature the tests give it too, and the echo upstream.
+const DEMO_PACKAGES: &[&str] = &[
+    "-p",
+    "wasmgate",
+    "-p",
+    "wasmgate-echo",
+    "--features",
+    "wasmgate/shared-build",
+];
 /// How long the demo waits for each of its processes to start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -145,14 +155,7 @@ fn test(options: &TestOptions) -> Result<()> {
 /// proc-macros and their dependencies are compared apart, as cargo resolves them apart.
 fn check_shared_build() -> Result<()> {
     println!("==> checking that the demo and the tests share one build");
-    let demo = features(&[
-        "-p",
-        "wasmgate",
-        "-p",
-        "wasmgate-echo",
-        "-e",
-        "normal,build",
-    ])?;
+    let demo = features(&[DEMO_PACKAGES, &["-e", "normal,build"]].concat())?;
     let tests = features(&["--workspace", "-e", "normal,build,dev"])?;
     let mut missing = Vec::new();
     for (unit, demo_features) in &demo {
@@ -285,7 +288,7 @@ fn demo() -> Result<ExitCode> {
     build_plugins(&target)?;
     // The dev profile, as the tests build it: its dependencies are optimised (opt-level 1 in the
     // workspace's profile), and `cargo xtask test` then finds them built.
-    run_step(cargo().args(["build", "-p", "wasmgate", "-p", "wasmgate-echo"]))?;
+    run_step(cargo().arg("build").args(DEMO_PACKAGES))?;
     if fresh {
         println!("==> built in {:.0}s", started.elapsed().as_secs_f64());
     }
@@ -533,6 +536,13 @@ fn build_wasm(crates: &[(String, PathBuf)], target_dir: &Path) -> Result<PathBuf
         .args(["build", "--release", "--target", WASM_TARGET])
         .arg("--target-dir")
         .arg(target_dir)
+        // As tests/build.rs builds them, so either build serves both: flags meant for the host
+        // stay out, and no debug info.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     for (name, _) in crates {

@@ -153,21 +153,25 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET | &Method::HEAD, "/config") => {
             json_response(StatusCode::OK, &control.inspect(config))
         }
-        (&Method::POST, "/reload") => match state.reloader.reload("admin API").await {
-            Ok(r) => json_response(
-                StatusCode::OK,
-                &json!({
-                    "result": "success",
-                    "routes": r.routes,
-                    "plugins": r.plugins,
-                    "restart_needed": r.restart_needed,
-                }),
-            ),
-            Err(e) => json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"result": "failure", "errors": e.problems}),
-            ),
-        },
+        (&Method::POST, "/reload") => {
+            let file = state.reloader.path().display().to_string();
+            match state.reloader.reload("admin API").await {
+                Ok(r) => json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "result": "success",
+                        "file": file,
+                        "routes": r.routes,
+                        "plugins": r.plugins,
+                        "restart_needed": r.restart_needed,
+                    }),
+                ),
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"result": "failure", "file": file, "errors": e.problems}),
+                ),
+            }
+        }
         (_, "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config") => {
             method_not_allowed("GET, HEAD")
         }
@@ -408,8 +412,10 @@ fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
     })
 }
 
-/// Key names whose values are secrets, matched as lowercase substrings: `keys`, `secret`,
-/// `password`, `token`, `users` (password hashes), `jwks`, `private`, `credential`.
+/// Key names whose values are secrets, matched as lowercase substrings: any name with `key`
+/// (`keys`, `api_key`), `secret`, `passw` (`password`), `token`, `user` (`users`: password
+/// hashes), `jwks`, `private`, `credential`, and the headers that carry credentials
+/// (`authorization`, `cookie`, as in a transform's `set_headers`).
 const SECRET_KEYS: &[&str] = &[
     "key",
     "secret",
@@ -419,6 +425,8 @@ const SECRET_KEYS: &[&str] = &[
     "jwks",
     "private",
     "credential",
+    "authorization",
+    "cookie",
 ];
 
 /// A plugin config with everything under a secret-looking key replaced by `"<redacted>"`: every

@@ -5,4 +5,4 @@ mod api;
 mod reload;
 
 pub use api::{Admin, Draining};
-pub use reload::{Fingerprint, ReloadError, Reloader, Watcher};
+pub use reload::{ConfigFile, Fingerprint, ReloadError, Reloader, Watcher};

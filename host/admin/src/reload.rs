@@ -1,67 +1,99 @@
-//! Reloading from the config file: on `POST /reload`, on SIGHUP, and when the file or a plugin
-//! changes on disk.
+//! Reloading from the config file: on `POST /reload`, on SIGHUP, and when the file, a plugin or a
+//! certificate changes on disk.
 //!
-//! The watcher reacts only to writes, creations, removals and renames — never to a file being
+//! The watcher reacts only to writes, creations, removals and renames, never to a file being
 //! opened or read (a reload reads the file itself, and `cat` or `wasmgate check` must not start
-//! one) nor to metadata changes (`touch`). Even then it reloads only when the content changed:
-//! each reload remembers a [`Fingerprint`] of the config file and of every plugin file it names,
-//! and a change that leaves all of them byte for byte as they were is ignored.
+//! one). Even then it reloads only when the content changed: each reload remembers a
+//! [`Fingerprint`] of the config file and of every plugin and certificate file it names, and a
+//! save that leaves all of them byte for byte as they were (an editor's `:w`, `touch`, the same
+//! deployment again) is counted in `wasmgate_config_file_checks_total{result="unchanged"}` and
+//! changes nothing.
+//!
+//! Reloads run one at a time, from reading the file to swapping the new configuration in, so two
+//! triggers at once can never leave the older file in effect.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
-use wasmgate_config::Config;
+use wasmgate_config::{Config, ConfigError};
 use wasmgate_proxy::{Control, Reloaded};
 
 /// How long the files must be quiet before a change reloads: editors and `cp` write in several
 /// steps, and a half-written file must not be loaded.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// The content a configuration was loaded from: the config file and every plugin file it names
-/// (a missing file counts as content too, so its appearance is a change).
+/// The content a configuration is loaded from: the config file and every plugin, certificate and
+/// key file it names (a missing file counts as content too, so its appearance is a change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint([u8; 32]);
 
-impl Fingerprint {
-    /// Reads the config file at `path` and the plugin files it names. A file that cannot be
-    /// parsed fingerprints by its bytes alone: its plugins are not known.
+/// The config file, read once: what it says and the fingerprint of exactly those bytes.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// The configuration, or every problem with it.
+    pub config: Result<Config, ConfigError>,
+    /// The content it was read from.
+    pub fingerprint: Fingerprint,
+}
+
+impl ConfigFile {
+    /// Reads and validates the config file at `path`, and fingerprints what it read with the
+    /// files the configuration names. Blocking: it reads every plugin file.
     pub fn read(path: &Path) -> Self {
         let mut hash = Sha256::new();
-        let text = match std::fs::read(path) {
+        let config = match std::fs::read(path) {
             Ok(bytes) => {
                 hash.update(b"config\0");
                 hash.update(&bytes);
-                String::from_utf8(bytes).ok()
+                match String::from_utf8(bytes) {
+                    Ok(text) => wasmgate_config::parse(path, &text),
+                    // Through the same path as any other unreadable file, for one message.
+                    Err(_) => wasmgate_config::load(path),
+                }
             }
             Err(e) => {
                 hash.update(format!("unreadable config: {:?}\0", e.kind()).as_bytes());
-                None
+                wasmgate_config::load(path)
             }
         };
-        let config = text.and_then(|t| wasmgate_config::parse(path, &t).ok());
-        let files: BTreeSet<&Path> = config
-            .iter()
-            .flat_map(|c| &c.routes)
-            .flat_map(|r| &r.plugins)
-            .map(|p| p.file.as_path())
-            .collect();
-        for file in files {
-            hash.update(file.as_os_str().as_encoded_bytes());
-            match std::fs::read(file) {
-                Ok(bytes) => {
-                    hash.update(b"\0plugin\0");
-                    hash.update(Sha256::digest(&bytes));
+        if let Ok(config) = &config {
+            for file in named_files(config) {
+                hash.update(file.as_os_str().as_encoded_bytes());
+                match std::fs::read(&file) {
+                    Ok(bytes) => {
+                        hash.update(b"\0file\0");
+                        hash.update(Sha256::digest(&bytes));
+                    }
+                    Err(e) => hash.update(format!("\0missing: {:?}\0", e.kind()).as_bytes()),
                 }
-                Err(e) => hash.update(format!("\0missing: {:?}\0", e.kind()).as_bytes()),
             }
         }
-        Self(hash.finalize().into())
+        Self {
+            config,
+            fingerprint: Fingerprint(hash.finalize().into()),
+        }
     }
+}
+
+/// The plugin, certificate and key files a configuration names.
+fn named_files(config: &Config) -> BTreeSet<PathBuf> {
+    let plugins = config
+        .routes
+        .iter()
+        .flat_map(|r| &r.plugins)
+        .map(|p| p.file.clone());
+    let certificates = config
+        .gateway
+        .tls
+        .iter()
+        .flat_map(|t| &t.certificates)
+        .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()]);
+    plugins.chain(certificates).collect()
 }
 
 /// Reloads one gateway from one config file.
@@ -71,7 +103,11 @@ pub struct Reloader {
     control: Control,
     /// The content of the last reload attempt (or of the start), successful or not: the same
     /// content is not loaded twice by the watcher, and a broken file fails once, not per event.
-    last: Arc<Mutex<Fingerprint>>,
+    /// Held from reading the file to the swap: one reload at a time.
+    last: Arc<tokio::sync::Mutex<Fingerprint>>,
+    /// The watcher, if one runs: every successful reload (SIGHUP and POST /reload too) points it
+    /// at the folders the new configuration names, before the reload returns.
+    watcher: Arc<Mutex<Weak<Watcher>>>,
 }
 
 /// Why a reload changed nothing.
@@ -84,12 +120,13 @@ pub struct ReloadError {
 
 impl Reloader {
     /// A reloader of `control`'s gateway from the file at `path`, whose configuration was loaded
-    /// from the content `loaded` (read with [`Fingerprint::read`] before it was loaded).
+    /// from the content `loaded` (the fingerprint of the [`ConfigFile`] it was read from).
     pub fn new(path: PathBuf, control: Control, loaded: Fingerprint) -> Self {
         Self {
             path,
             control,
-            last: Arc::new(Mutex::new(loaded)),
+            last: Arc::new(tokio::sync::Mutex::new(loaded)),
+            watcher: Arc::new(Mutex::new(Weak::new())),
         }
     }
 
@@ -98,36 +135,53 @@ impl Reloader {
         &self.control
     }
 
+    /// The config file it reloads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Reads, validates and loads the file, then swaps it in; on any problem, logs every one and
     /// keeps serving the old configuration. `cause` names the trigger in the log.
     pub async fn reload(&self, cause: &str) -> Result<Reloaded, ReloadError> {
-        self.remember(Fingerprint::read(&self.path));
-        self.load(cause).await
+        let mut last = self.last.lock().await;
+        let file = self.read().await;
+        *last = file.fingerprint;
+        self.load(cause, file.config).await
     }
 
-    /// [`Reloader::reload`], unless the config file and its plugin files hold what the last
+    /// [`Reloader::reload`], unless the config file and the files it names hold what the last
     /// reload (or the start) loaded; `None` then.
     pub async fn reload_if_changed(&self, cause: &str) -> Option<Result<Reloaded, ReloadError>> {
-        let now = Fingerprint::read(&self.path);
-        if !self.remember(now) {
+        let mut last = self.last.lock().await;
+        let file = self.read().await;
+        let changed = file.fingerprint != *last;
+        self.control.metrics().file_check(changed);
+        if !changed {
             tracing::debug!(cause, config = %self.path.display(), "content unchanged; not reloading");
             return None;
         }
-        Some(self.load(cause).await)
+        *last = file.fingerprint;
+        Some(self.load(cause, file.config).await)
     }
 
-    /// Records `fingerprint` as the last loaded content; whether it differs from the one before.
-    fn remember(&self, fingerprint: Fingerprint) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = *last != fingerprint;
-        *last = fingerprint;
-        changed
+    /// Reads the file off the async threads, which also serve the admin API.
+    async fn read(&self) -> ConfigFile {
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || ConfigFile::read(&path)).await {
+            Ok(file) => file,
+            // Only a panic while reading ends here; read again where we are.
+            Err(_) => ConfigFile::read(&self.path),
+        }
     }
 
-    async fn load(&self, cause: &str) -> Result<Reloaded, ReloadError> {
+    async fn load(
+        &self,
+        cause: &str,
+        config: Result<Config, ConfigError>,
+    ) -> Result<Reloaded, ReloadError> {
         tracing::info!(cause, config = %self.path.display(), "reloading");
         let result =
-            match wasmgate_config::load(&self.path) {
+            match config {
                 Ok(config) => self.control.reload(config).await.map_err(|problems| {
                     problems.iter().map(ToString::to_string).collect::<Vec<_>>()
                 }),
@@ -151,6 +205,10 @@ impl Reloader {
                         "these settings changed but apply only after a restart"
                     );
                 }
+                let watcher = self.watcher.lock().map(|w| w.upgrade());
+                if let Ok(Some(watcher)) = watcher {
+                    watcher.refresh(self);
+                }
                 Ok(reloaded)
             }
             Err(problems) => {
@@ -168,10 +226,12 @@ impl Reloader {
     }
 }
 
-/// Watches the config file and the plugin files a configuration uses; dropping it stops.
+/// Watches the config file and the files a configuration names; dropping it stops.
 pub struct Watcher {
     watcher: Mutex<RecommendedWatcher>,
     watched: Mutex<BTreeSet<PathBuf>>,
+    /// The files whose changes matter, by canonical folder and name.
+    files: Arc<Mutex<BTreeSet<PathBuf>>>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -182,43 +242,36 @@ impl std::fmt::Debug for Watcher {
 
 impl Watcher {
     /// Starts watching for `reloader`: the folder of its config file, `plugins_dir`, and the
-    /// folder of every plugin given by `path`. Writing the config file or a `.wasm` file there
-    /// reloads, once the files have been quiet for 250 ms and only if their content changed.
-    /// Must be called inside a tokio runtime.
+    /// folders of every plugin, certificate and key file the configuration names. Writing one of
+    /// those files (or any `.wasm` in those folders) reloads, once the files have been quiet for
+    /// 250 ms and only if their content changed. Must be called inside a tokio runtime.
     pub fn start(reloader: Reloader) -> notify::Result<Arc<Self>> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let config_dir = canonical(config_folder(&reloader.path));
-        let config_name = reloader.path.file_name().map(ToOwned::to_owned);
+        let files = Arc::new(Mutex::new(BTreeSet::new()));
+        let interesting = files.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if !changes_content(event.kind) {
                 return;
             }
-            let relevant = event.paths.iter().any(|p| {
-                p.extension().is_some_and(|x| x == "wasm")
-                    || (p.file_name().map(ToOwned::to_owned) == config_name
-                        && p.parent().map(canonical).as_ref() == Some(&config_dir))
-            });
-            if relevant {
+            let files = interesting.lock().unwrap_or_else(|e| e.into_inner());
+            if event.paths.iter().any(|p| relevant(p, &files)) {
                 let _ = tx.send(());
             }
         })?;
         let watcher = Arc::new(Self {
             watcher: Mutex::new(watcher),
             watched: Mutex::new(BTreeSet::new()),
+            files,
         });
         watcher.refresh(&reloader);
-        let weak = Arc::downgrade(&watcher);
+        *reloader.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&watcher);
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Debounce: wait until nothing has changed for DEBOUNCE; the changes of one save
-                // (and any that arrive while a reload runs) make one check.
+                // (and any made while a reload runs) make one check.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let result = reloader.reload_if_changed("file changed").await;
-                let Some(watcher) = weak.upgrade() else { break };
-                if matches!(result, Some(Ok(_))) {
-                    watcher.refresh(&reloader);
-                }
+                reloader.reload_if_changed("file changed").await;
             }
         });
         Ok(watcher)
@@ -226,36 +279,54 @@ impl Watcher {
 
     /// Watches the folders the served configuration needs, and no others.
     fn refresh(&self, reloader: &Reloader) {
-        let wanted = reloader
+        let (dirs, files) = reloader
             .control
-            .inspect(|active| folders(&reloader.path, active.config));
+            .inspect(|active| interesting(&reloader.path, active.config));
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = files;
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         let mut watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in watched.difference(&wanted) {
+        for gone in watched.difference(&dirs) {
             let _ = watcher.unwatch(gone);
         }
-        for dir in wanted.difference(&watched) {
+        for dir in dirs.difference(&watched) {
             match watcher.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => tracing::debug!(dir = %dir.display(), "watching for changes"),
                 // A plugins folder may not exist yet; the config file's folder always does.
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
             }
         }
-        *watched = wanted;
+        *watched = dirs;
     }
 }
 
 /// Whether an event can mean new content: writes, creations, removals and renames. Opening,
-/// reading and closing a file unchanged are access events, and `touch` is a metadata change.
+/// reading and closing a file unchanged are access events.
 fn changes_content(kind: EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Access(_) => false,
         EventKind::Any
         | EventKind::Create(_)
         | EventKind::Modify(_)
         | EventKind::Remove(_)
         | EventKind::Other => true,
+    }
+}
+
+/// Whether a change at `path` may change what a reload loads: one of the `files` (canonical
+/// folder and name), any `.wasm` in a watched folder, or the `..data` link through which a
+/// Kubernetes ConfigMap swaps all its files at once. The content check decides the rest.
+fn relevant(path: &Path, files: &BTreeSet<PathBuf>) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    if path.extension().is_some_and(|x| x == "wasm")
+        || name.as_deref().is_some_and(|n| n.starts_with(".."))
+    {
+        return true;
+    }
+    let folder = path.parent().map(canonical);
+    match (folder, path.file_name()) {
+        (Some(folder), Some(name)) => files.contains(&folder.join(name)),
+        _ => false,
     }
 }
 
@@ -270,37 +341,42 @@ fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The config file's folder, `plugins_dir`, and every plugin file's folder.
-fn folders(config_file: &Path, config: &Config) -> BTreeSet<PathBuf> {
+/// The folders to watch (the config file's, `plugins_dir`, and every named file's) and the
+/// files that matter, each as canonical folder and name.
+fn interesting(config_file: &Path, config: &Config) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
     let mut dirs = BTreeSet::new();
-    dirs.insert(canonical(config_folder(config_file)));
+    let mut files = BTreeSet::new();
+    let mut add = |file: &Path| {
+        let dir = canonical(config_folder(file));
+        if let Some(name) = file.file_name() {
+            files.insert(dir.join(name));
+        }
+        if dir.is_dir() {
+            dirs.insert(dir);
+        }
+    };
+    add(config_file);
+    for file in named_files(config) {
+        add(&file);
+    }
     if config.gateway.plugins_dir.is_dir() {
         dirs.insert(canonical(&config.gateway.plugins_dir));
     }
-    for route in &config.routes {
-        for entry in &route.plugins {
-            if let Some(dir) = entry.file.parent().filter(|d| d.is_dir()) {
-                dirs.insert(canonical(dir));
-            }
-        }
-    }
-    dirs
+    (dirs, files)
 }
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{AccessKind, CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+    use notify::event::{AccessKind, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
 
     use super::*;
 
     #[test]
-    fn reads_and_touches_are_not_changes() {
+    fn reads_are_not_changes() {
         for quiet in [
             EventKind::Access(AccessKind::Open(AccessMode::Any)),
             EventKind::Access(AccessKind::Read),
             EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
         ] {
             assert!(!changes_content(quiet), "{quiet:?}");
         }
@@ -316,7 +392,19 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_follows_the_config_and_the_plugins_it_names() {
+    fn only_named_files_plugins_and_configmap_swaps_are_relevant() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = canonical(dir.path());
+        let files: BTreeSet<PathBuf> = [folder.join("gateway.toml")].into();
+        assert!(relevant(&dir.path().join("gateway.toml"), &files));
+        assert!(relevant(&dir.path().join("x.wasm"), &files));
+        assert!(relevant(&dir.path().join("..data"), &files));
+        assert!(!relevant(&dir.path().join("access.log"), &files));
+        assert!(!relevant(&dir.path().join("gateway.toml.swp"), &files));
+    }
+
+    #[test]
+    fn fingerprint_follows_the_config_and_the_files_it_names() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         std::fs::create_dir(dir.join("plugins")).unwrap();
@@ -324,33 +412,31 @@ mod tests {
         let text = "[[routes]]\nname = \"r\"\nrespond = { status = 200 }\n\
                     [[routes.plugins]]\nname = \"p\"\n";
         std::fs::write(&config, text).unwrap();
-        let missing = Fingerprint::read(&config);
-        assert_eq!(Fingerprint::read(&config), missing, "reading is stable");
+        let read = |p: &Path| ConfigFile::read(p).fingerprint;
+        let missing = read(&config);
+        assert_eq!(read(&config), missing, "reading is stable");
 
         std::fs::write(dir.join("plugins/p.wasm"), b"one").unwrap();
-        let one = Fingerprint::read(&config);
+        let one = read(&config);
         assert_ne!(one, missing, "a plugin file appearing is a change");
         std::fs::write(dir.join("plugins/other.wasm"), b"x").unwrap();
         assert_eq!(
-            Fingerprint::read(&config),
+            read(&config),
             one,
             "a plugin the config does not name is not"
         );
         std::fs::write(dir.join("plugins/p.wasm"), b"two").unwrap();
-        assert_ne!(
-            Fingerprint::read(&config),
-            one,
-            "a plugin's new bytes are a change"
-        );
+        assert_ne!(read(&config), one, "a plugin's new bytes are a change");
 
         std::fs::write(&config, format!("{text}\n# a comment\n")).unwrap();
-        let commented = Fingerprint::read(&config);
+        let commented = read(&config);
         std::fs::write(&config, "not [ toml").unwrap();
-        let broken = Fingerprint::read(&config);
-        assert_ne!(broken, commented);
+        let broken = ConfigFile::read(&config);
+        assert!(broken.config.is_err());
+        assert_ne!(broken.fingerprint, commented);
         assert_eq!(
-            Fingerprint::read(&config),
-            broken,
+            read(&config),
+            broken.fingerprint,
             "a broken file is stable too"
         );
     }

@@ -84,6 +84,7 @@ impl Control {
         let mut config = config;
         let file = config.gateway.clone();
         let restart_needed = keep_running(&self.started, &mut config.gateway);
+        https_reachable(&config)?;
         let prepared = prepare_with(&self.services, config).await?;
         let destination = &prepared.config.gateway.access_log;
         // A file is reopened on every reload, so `logrotate` can move it and then reload.
@@ -137,6 +138,41 @@ impl Control {
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.services.metrics
+    }
+}
+
+/// Refuses routes served over https only when the running gateway has no TLS listener (the
+/// file may add `[gateway.tls]`, but its listeners wait for a restart): those routes could
+/// answer nothing but 426.
+fn https_reachable(config: &Config) -> Result<(), Vec<Diagnostic>> {
+    if config
+        .gateway
+        .tls
+        .as_ref()
+        .is_some_and(|t| !t.listen.is_empty())
+    {
+        return Ok(());
+    }
+    let problems: Vec<Diagnostic> = config
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.protocols.http)
+        .map(|(i, r)| {
+            config.diagnostic(
+                &format!("routes[{i}].protocols"),
+                format!(
+                    "route {:?} serves https only, but the running gateway has no TLS listener \
+                     (gateway.tls.listen applies only after a restart)",
+                    r.name
+                ),
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
 

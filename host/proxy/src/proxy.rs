@@ -204,6 +204,10 @@ impl Proxy {
                 response
                     .headers_mut()
                     .insert(REQUEST_ID, request_id.clone());
+                if method == Method::HEAD {
+                    // A plugin's answer to a HEAD request keeps its headers, not its body.
+                    *response.body_mut() = Body::empty();
+                }
                 response
             }
             Err(rejection) => rejection.into_response(&request_id, &method),

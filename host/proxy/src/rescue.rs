@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, UPGRADE};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE};
 use http::{Method, Response, StatusCode};
 
 use bytes::Bytes;
@@ -172,6 +172,10 @@ impl Rejection {
                 parts
                     .headers
                     .insert(UPGRADE, HeaderValue::from_static("TLS/1.2, HTTP/1.1"));
+                // RFC 9110 §7.8: an Upgrade field comes with the "upgrade" connection option.
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             }
             _ => {}
         }

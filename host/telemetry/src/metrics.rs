@@ -100,6 +100,7 @@ pub struct Metrics {
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    file_checks: Family<ResultLabels, Counter>,
     connections: Gauge,
     access_log_dropped: Counter,
 }
@@ -174,6 +175,15 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.get_or_create(&ResultLabels { result }).get();
         }
+        let file_checks: Family<ResultLabels, Counter> = Family::default();
+        registry.register(
+            "config_file_checks",
+            "Changes the config file watcher saw, by result: changed (reloaded) or unchanged (same content, nothing done)",
+            file_checks.clone(),
+        );
+        for result in ["changed", "unchanged"] {
+            file_checks.get_or_create(&ResultLabels { result }).get();
+        }
         let connections = Gauge::default();
         registry.register(
             "connections_active",
@@ -196,6 +206,7 @@ impl Metrics {
             plugin_failures,
             plugin_counters,
             reloads,
+            file_checks,
             connections,
             access_log_dropped,
         }
@@ -272,6 +283,15 @@ impl Metrics {
     pub fn reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a look at the config file after the watcher saw it written: whether its content
+    /// (or that of a file it names) had changed.
+    pub fn file_check(&self, changed: bool) {
+        let result = if changed { "changed" } else { "unchanged" };
+        self.file_checks
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Reloads counted so far with this result.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use wasmgate_admin::{Admin, Fingerprint, Reloader, Watcher};
+use wasmgate_admin::{Admin, ConfigFile, Reloader, Watcher};
 use wasmgate_config::Diagnostic;
 use wasmgate_proxy::{Prepared, Services, StartError};
 
@@ -113,7 +113,16 @@ fn init_logging(format: LogFormat) {
 
 /// Loads and fully validates a config (plugins loaded and `init`ed), printing every problem.
 async fn load(path: &Path, services: &Services) -> Option<Prepared> {
-    let config = match wasmgate_config::load(path) {
+    prepare(wasmgate_config::load(path), services).await
+}
+
+/// Validates a config read from its file fully (plugins loaded and `init`ed), printing every
+/// problem.
+async fn prepare(
+    config: Result<wasmgate_config::Config, wasmgate_config::ConfigError>,
+    services: &Services,
+) -> Option<Prepared> {
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             for d in e.diagnostics() {
@@ -191,7 +200,12 @@ fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<Ex
         .map_err(|_| {
             anyhow::anyhow!("the admin API at {addr} did not answer within {RELOAD_WAIT:?}")
         })?
-        .with_context(|| format!("cannot reach the admin API at {addr}"))?;
+        .with_context(|| {
+            format!(
+                "cannot reach the admin API at {addr} (a changed gateway.admin applies only after \
+                 a restart: give the running address with --admin)"
+            )
+        })?;
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .with_context(|| format!("the admin API at {addr} answered {status} with no JSON"))?;
     let list = |key: &str| -> Vec<String> {
@@ -204,6 +218,16 @@ fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<Ex
             })
             .unwrap_or_default()
     };
+    if let Some(running) = answer["file"].as_str().map(PathBuf::from) {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        if absolute(&running) != absolute(path) {
+            eprintln!(
+                "warning: the gateway at {addr} runs {}, not {}: it reloaded that file",
+                running.display(),
+                path.display()
+            );
+        }
+    }
     if status == http::StatusCode::OK {
         println!(
             "{}: reloaded ({} routes, {} plugins)",
@@ -252,9 +276,10 @@ async fn post_reload(
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let services = Services::new();
-        // Taken before the load: a change in between is then seen as one, never missed.
-        let fingerprint = Fingerprint::read(path);
-        let Some(prepared) = load(path, &services).await else {
+        // The fingerprint of exactly the bytes loaded: the watcher compares later saves with it.
+        let file = ConfigFile::read(path);
+        let fingerprint = file.fingerprint;
+        let Some(prepared) = prepare(file.config, &services).await else {
             return Ok(refuse(path, &[]));
         };
         let admin_addr = prepared.config.gateway.admin;
@@ -262,6 +287,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let routes = prepared.config.routes.len();
         // Where `gateway.admin` is written, for a bind failure after the config has moved on.
         let mut admin_problem = prepared.config.diagnostic("gateway.admin", "");
+        let mut workers_problem = prepared.config.diagnostic("gateway.workers", "");
         let gateway = match wasmgate_proxy::Gateway::bind_prepared(prepared, services).await {
             Ok(g) => g,
             Err(StartError::Config(problems)) => return Ok(refuse(path, &problems)),
@@ -304,7 +330,7 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
             tracing::info!("listening on {scheme}://{}", bound.addr);
         }
         tracing::info!(config = %path.display(), routes, "wasmgate ready");
-        gateway
+        let served = gateway
             .run(async {
                 stop.recv().await;
                 if let Some(d) = &draining {
@@ -317,7 +343,12 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
                     std::process::exit(1);
                 });
             })
-            .await?;
+            .await;
+        if let Err(StartError::Workers { workers, source }) = &served {
+            workers_problem.message = format!("cannot start {workers} worker threads: {source}");
+            return Ok(refuse(path, &[workers_problem]));
+        }
+        served?;
         stop_admin.cancel();
         Ok(ExitCode::SUCCESS)
     })

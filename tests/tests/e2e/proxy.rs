@@ -743,6 +743,31 @@ async fn https_only_routes_refuse_or_redirect_plain_http_and_serve_tls() {
             .expect("tls");
         assert_eq!(resp.status(), 200, "{path}");
     }
+    // An IPv6 host keeps its brackets; HEAD gets the redirect without a body; a request with no
+    // host at all cannot be redirected anywhere and gets the 426.
+    let limit = Duration::from_secs(5);
+    let v6 = raw_exchange(
+        gw.http,
+        b"HEAD /moved/z HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+        limit,
+    )
+    .await
+    .expect("io");
+    assert_eq!(raw_status(&v6), Some(308), "{v6}");
+    assert!(
+        v6.contains(&format!(
+            "location: https://[::1]:{}/moved/z\r\n",
+            https.port()
+        )),
+        "{v6}"
+    );
+    assert!(v6.ends_with("\r\n\r\n"), "no body: {v6}");
+    let hostless = raw_exchange(gw.http, b"GET /moved/z HTTP/1.0\r\n\r\n", limit)
+        .await
+        .expect("io");
+    assert_eq!(raw_status(&hostless), Some(426), "{hostless}");
+    assert!(hostless.contains("connection: upgrade"), "{hostless}");
+
     let h2c = h2c_client()
         .get(gw.url("/secure/x"))
         .send()
