@@ -57,6 +57,12 @@ fn main() {
         println!("cargo:rustc-env={var}={}", wasm.display());
         println!("cargo:rerun-if-changed={}", dir.display());
     }
+    // A crate added to (or removed from) either folder changes the folder itself.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tests").join("fixtures").display()
+    );
+    println!("cargo:rerun-if-changed={}", root.join("plugins").display());
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 }

@@ -46,7 +46,7 @@ impl Action {
     /// `error` is a short code for programs: 1–64 characters of `a-z`, `0-9` and `_`, such as
     /// `unauthorized`, `forbidden` or `rate_limited`; `message` is a sentence for people. In
     /// native tests the reply's body is the JSON without `request_id`, which only the gateway
-    /// knows.
+    /// knows; in the gateway the plugin sends only the code and message.
     ///
     /// ```
     /// use wasmgate_sdk::Action;
@@ -64,9 +64,14 @@ impl Action {
     /// [`Action::respond`] does.
     pub fn reject(status: u16, error: impl Into<String>, message: impl Into<String>) -> Self {
         let (error, message) = (error.into(), message.into());
+        // The gateway renders the body (with the request id); natively, for tests, the reply
+        // carries it without the id. The plugin itself never builds it.
+        #[cfg(not(target_arch = "wasm32"))]
         let body = serde_json::json!({ "error": &error, "message": &message })
             .to_string()
             .into_bytes();
+        #[cfg(target_arch = "wasm32")]
+        let body = Vec::new();
         Self::Respond(Reply {
             status,
             headers: Vec::new(),

@@ -12,4 +12,9 @@ wit_bindgen::generate!({
     pub_export_macro: true,
     export_macro_name: "__export_plugin",
     default_bindings_module: "wasmgate_sdk::__bindings",
+    // Imports take `&str` and slices of borrowed values, so the SDK passes what it holds
+    // without copying it into owned strings first.
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });

@@ -16,7 +16,60 @@
 use std::fmt;
 use std::ops::Deref;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+
+use crate::ConfigError;
+
+/// Reads a config given as JSON into `T`; an error names the key path and what is wrong with it,
+/// e.g. `overrides.bob: invalid type: string "lots", expected u64`.
+///
+/// The SDK reads [`Plugin::Config`](crate::Plugin::Config) this way. It is public for plugins
+/// that take their config as a [`serde_json::Value`] and read parts of it later:
+///
+/// ```
+/// use wasmgate_sdk::config;
+/// use wasmgate_sdk::prelude::*;
+///
+/// #[derive(Debug, Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Limits { per_minute: u32 }
+///
+/// let err = config::read::<Limits>(serde_json::json!({"per_minute": "lots"})).unwrap_err();
+/// assert_eq!(err.message(), r#"per_minute: invalid type: string "lots", expected u32"#);
+/// let err = config::read::<Limits>(serde_json::json!({"per_minut": 3})).unwrap_err();
+/// assert!(err.message().starts_with("unknown field `per_minut`"), "{err}");
+/// ```
+pub fn read<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(config).map_err(located)
+}
+
+/// [`read`] from JSON text.
+pub(crate) fn read_json<T: DeserializeOwned>(json: &str) -> Result<T, ConfigError> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(located)
+}
+
+/// serde's message, after the path of the key it is about.
+fn located<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> ConfigError {
+    let message = err.inner().to_string();
+    let mut segments: Vec<_> = err.path().iter().collect();
+    // Serde names an unknown key in its message already: point at the table holding it.
+    if message.starts_with("unknown field") {
+        segments.pop();
+    }
+    let mut path = String::new();
+    for segment in segments {
+        if !path.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
+            path.push('.');
+        }
+        path.push_str(&segment.to_string());
+    }
+    ConfigError::new(if path.is_empty() {
+        message
+    } else {
+        format!("{path}: {message}")
+    })
+}
 
 /// A length of time in a plugin config: a string such as `"250ms"`, `"2s"`, `"1m"`, `"1h30m"`
 /// (the gateway's own duration syntax), or a whole number of seconds.

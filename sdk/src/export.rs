@@ -6,54 +6,93 @@ use std::cell::OnceCell;
 
 use crate::__bindings::exports::wasmgate::plugin::lifecycle;
 use crate::__bindings::wasmgate::plugin::types;
-use crate::{Action, ConfigError, Context, Error, Hooks, Plugin, Request, Response};
+use crate::inputs::{Declared, Input};
+use crate::{
+    Action, ConfigError, Context, Error, FixedEdits, HeaderEdit, Hooks, Inputs, Plugin, Request,
+    Response,
+};
 
 thread_local! {
     /// The plugin instance, set by a successful `init`. A component instance is single-threaded
     /// and hosts exactly one plugin type (one `export!`), so a thread-local cell is the whole
     /// registry; `Any` lets the SDK hold it without knowing the type.
-    static INSTANCE: OnceCell<Box<dyn Any>> = const { OnceCell::new() };
+    static INSTANCE: OnceCell<Instance> = const { OnceCell::new() };
 }
 
+/// The plugin and what it declared, for the hooks.
+struct Instance {
+    plugin: Box<dyn Any>,
+    declared: Declared,
+    fixed: FixedEdits,
+}
+
+/// The most inputs a plugin may declare per phase (the gateway's limit too).
+pub(crate) const MAX_INPUTS: usize = 64;
+
 /// JSON → `T::Config` → `T::new`: the path of the gateway's `init`, shared with
-/// `testing::instance`.
+/// `testing::instance`. A config that does not deserialize is refused with serde's message and
+/// the path of the offending key.
 pub(crate) fn instantiate<T: Plugin>(config_json: &str) -> Result<T, ConfigError> {
-    let config: T::Config = serde_json::from_str(config_json)
-        .map_err(|e| ConfigError::new(format!("invalid config: {e}")))?;
+    let config: T::Config = crate::config::read_json(config_json)
+        .map_err(|e| ConfigError::new(format!("invalid config: {}", e.message())))?;
     T::new(config)
 }
 
 /// Runs `f` on the initialised instance, or fails with "plugin not initialised".
-fn with_instance<T: Plugin, R>(f: impl FnOnce(&T) -> Result<R, Error>) -> Result<R, Error> {
+fn with_instance<T: Plugin, R>(
+    f: impl FnOnce(&T, &Declared) -> Result<R, Error>,
+) -> Result<R, Error> {
     INSTANCE.with(|cell| {
-        let plugin = cell
+        let instance = cell
             .get()
-            .ok_or_else(|| Error::new("plugin not initialised"))?
+            .ok_or_else(|| Error::new("plugin not initialised"))?;
+        let plugin = instance
+            .plugin
             .downcast_ref::<T>()
             .ok_or_else(|| Error::new("plugin type mismatch (more than one export! ?)"))?;
-        f(plugin)
+        f(plugin, &instance.declared)
     })
 }
 
 /// `lifecycle.init`.
 pub fn init<T: Plugin>(config_json: &str) -> Result<(), lifecycle::ConfigError> {
-    let already = || lifecycle::ConfigError {
-        message: "plugin already initialised".to_owned(),
-    };
+    let refused = |message: String| lifecycle::ConfigError { message };
     if INSTANCE.with(|cell| cell.get().is_some()) {
-        return Err(already());
+        return Err(refused("plugin already initialised".to_owned()));
     }
-    let plugin = instantiate::<T>(config_json).map_err(|e| lifecycle::ConfigError {
-        message: e.message().to_owned(),
-    })?;
-    INSTANCE.with(|cell| cell.set(Box::new(plugin)).map_err(|_| already()))
+    let plugin = instantiate::<T>(config_json).map_err(|e| refused(e.message().to_owned()))?;
+    let inputs = plugin.inputs();
+    if inputs.request.len() > MAX_INPUTS || inputs.response.len() > MAX_INPUTS {
+        return Err(refused(format!(
+            "the plugin declares more than {MAX_INPUTS} inputs per hook (Plugin::inputs)"
+        )));
+    }
+    let instance = Instance {
+        fixed: plugin.fixed_edits(),
+        plugin: Box::new(plugin),
+        declared: Declared { inputs },
+    };
+    INSTANCE.with(|cell| {
+        cell.set(instance)
+            .map_err(|_| refused("plugin already initialised".to_owned()))
+    })
 }
 
 /// `lifecycle.describe`. `name` and `version` are the plugin crate's, captured where `export!`
 /// expands. Before a successful `init` (which the gateway never does) it reports no hooks.
 pub fn describe<T: Plugin>(name: &str, version: &str) -> lifecycle::PluginInfo {
-    let (hooks, needs_body) =
-        with_instance::<T, _>(|p| Ok((p.hooks(), p.needs_body()))).unwrap_or((Hooks::NONE, false));
+    let described = INSTANCE.with(|cell| {
+        let instance = cell.get()?;
+        let plugin = instance.plugin.downcast_ref::<T>()?;
+        Some((
+            plugin.hooks(),
+            plugin.needs_body(),
+            instance.declared.inputs.clone(),
+            instance.fixed.clone(),
+        ))
+    });
+    let (hooks, needs_body, inputs, fixed) =
+        described.unwrap_or((Hooks::NONE, false, Inputs::default(), FixedEdits::default()));
     let mut wit_hooks = lifecycle::Hooks::empty();
     if hooks.contains(Hooks::REQUEST) {
         wit_hooks |= lifecycle::Hooks::ON_REQUEST;
@@ -66,29 +105,98 @@ pub fn describe<T: Plugin>(name: &str, version: &str) -> lifecycle::PluginInfo {
         version: version.to_owned(),
         hooks: wit_hooks,
         needs_body,
+        request_inputs: inputs.request.iter().map(wit_input).collect(),
+        response_inputs: inputs.response.iter().map(wit_input).collect(),
+        fixed_request_edits: owned_edits(fixed.request),
+        fixed_response_edits: owned_edits(fixed.response),
+    }
+}
+
+fn wit_input(input: &Input) -> types::Input {
+    match input {
+        Input::Header(name) => types::Input::Header(name.clone()),
+        Input::Context(key) => types::Input::Context(key.clone()),
+        Input::Method => types::Input::Method,
+        Input::PathWithQuery => types::Input::PathWithQuery,
+        Input::Authority => types::Input::Authority,
+        Input::ClientIp => types::Input::ClientAddress,
+        Input::Scheme => types::Input::Scheme,
+        Input::Status => types::Input::Status,
+    }
+}
+
+/// Header edits for a verdict or the plugin info.
+fn owned_edits(edits: Vec<HeaderEdit>) -> Vec<types::HeaderEditResult> {
+    edits
+        .into_iter()
+        .map(|edit| match edit {
+            HeaderEdit::Set { name, value } => types::HeaderEditResult::Set((name, value)),
+            HeaderEdit::Append { name, value } => types::HeaderEditResult::Append((name, value)),
+            HeaderEdit::Remove { name } => types::HeaderEditResult::Remove(name),
+        })
+        .collect()
+}
+
+fn context_writes(writes: Vec<(String, Option<String>)>) -> Vec<types::ContextWrite> {
+    writes
+        .into_iter()
+        .map(|(key, value)| types::ContextWrite { key, value })
+        .collect()
+}
+
+/// The declared context keys of `list` with their values, taken out of `values`.
+fn context_inputs(list: &[Input], values: &mut [Option<String>]) -> Vec<(String, Option<String>)> {
+    list.iter()
+        .zip(values.iter_mut())
+        .filter_map(|(input, value)| match input {
+            Input::Context(key) => Some((key.clone(), value.take())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn plugin_error(e: Error) -> types::PluginError {
+    types::PluginError {
+        message: e.to_string(),
     }
 }
 
 /// `http-filter.on-request`.
 pub fn on_request<T: Plugin>(
     request: &types::Request,
-) -> Result<types::Action, types::PluginError> {
-    with_instance::<T, _>(|p| p.on_request(&mut Request::from_host(request), &Context::host()))
-        .and_then(to_wit)
-        .map_err(|e| types::PluginError {
-            message: e.to_string(),
+    mut inputs: Vec<Option<String>>,
+) -> Result<types::RequestVerdict, types::PluginError> {
+    with_instance::<T, _>(|plugin, declared| {
+        let ctx = Context::host(context_inputs(&declared.inputs.request, &mut inputs));
+        let mut req = Request::from_host(request, declared, inputs);
+        let action = to_wit(plugin.on_request(&mut req, &ctx)?)?;
+        let (request_edits, response_edits) = req.into_edits();
+        Ok(types::RequestVerdict {
+            action,
+            request_edits: owned_edits(request_edits),
+            response_edits: owned_edits(response_edits),
+            context_writes: context_writes(ctx.into_writes()),
         })
+    })
+    .map_err(plugin_error)
 }
 
 /// `http-filter.on-response`.
 pub fn on_response<T: Plugin>(
     response: &types::Response,
-) -> Result<types::Action, types::PluginError> {
-    with_instance::<T, _>(|p| p.on_response(&mut Response::from_host(response), &Context::host()))
-        .and_then(to_wit)
-        .map_err(|e| types::PluginError {
-            message: e.to_string(),
+    mut inputs: Vec<Option<String>>,
+) -> Result<types::ResponseVerdict, types::PluginError> {
+    with_instance::<T, _>(|plugin, declared| {
+        let ctx = Context::host(context_inputs(&declared.inputs.response, &mut inputs));
+        let mut resp = Response::from_host(response, declared, inputs);
+        let action = to_wit(plugin.on_response(&mut resp, &ctx)?)?;
+        Ok(types::ResponseVerdict {
+            action,
+            response_edits: owned_edits(resp.into_edits()),
+            context_writes: context_writes(ctx.into_writes()),
         })
+    })
+    .map_err(plugin_error)
 }
 
 /// An [`Action`] for the gateway; an answer the gateway would refuse becomes a plugin error here,
@@ -184,20 +292,22 @@ macro_rules! export {
             impl __wasmgate_http_filter::Guest for __WasmgatePlugin {
                 fn on_request(
                     request: &__wasmgate_http_filter::Request,
+                    inputs: ::std::vec::Vec<::core::option::Option<::std::string::String>>,
                 ) -> ::core::result::Result<
-                    __wasmgate_http_filter::Action,
+                    __wasmgate_http_filter::RequestVerdict,
                     __wasmgate_http_filter::PluginError,
                 > {
-                    $crate::__private::on_request::<$plugin>(request)
+                    $crate::__private::on_request::<$plugin>(request, inputs)
                 }
 
                 fn on_response(
                     response: &__wasmgate_http_filter::Response,
+                    inputs: ::std::vec::Vec<::core::option::Option<::std::string::String>>,
                 ) -> ::core::result::Result<
-                    __wasmgate_http_filter::Action,
+                    __wasmgate_http_filter::ResponseVerdict,
                     __wasmgate_http_filter::PluginError,
                 > {
-                    $crate::__private::on_response::<$plugin>(response)
+                    $crate::__private::on_response::<$plugin>(response, inputs)
                 }
             }
 
@@ -249,7 +359,7 @@ mod tests {
 
     #[test]
     fn hooks_fail_and_describe_reports_nothing_before_init() {
-        let err = with_instance::<P, ()>(|_| Ok(())).unwrap_err();
+        let err = with_instance::<P, ()>(|_, _| Ok(())).unwrap_err();
         assert_eq!(err.message(), "plugin not initialised");
         let info = describe::<P>("p", "1.0.0");
         assert!(info.hooks.is_empty());
@@ -267,12 +377,13 @@ mod tests {
         );
         let err = init::<P>(r#"{"hooks": 3}"#).unwrap_err();
         assert!(
-            err.message.starts_with("invalid config: invalid type"),
+            err.message
+                .starts_with("invalid config: hooks: invalid type"),
             "{}",
             err.message
         );
         // A failed init leaves the plugin uninitialised.
-        assert!(with_instance::<P, ()>(|_| Ok(())).is_err());
+        assert!(with_instance::<P, ()>(|_, _| Ok(())).is_err());
     }
 
     #[test]
@@ -289,7 +400,7 @@ mod tests {
         assert_eq!(info.version, "1.2.3");
         assert_eq!(info.hooks, lifecycle::Hooks::ON_REQUEST);
         assert!(info.needs_body);
-        assert!(with_instance::<P, _>(|p| Ok(p.hooks)).is_ok());
+        assert!(with_instance::<P, _>(|p, _| Ok(p.hooks)).is_ok());
 
         let err = init::<P>(r#"{"hooks": "both"}"#).unwrap_err();
         assert_eq!(err.message, "plugin already initialised");

@@ -82,23 +82,16 @@ mod mock {
             }
         }
 
-        /// Validates every edit first, so a refused edit changes nothing.
-        pub(crate) fn edit(
-            &mut self,
-            set: &[(&str, &str)],
-            remove: &[&str],
-        ) -> Result<(), HeaderError> {
-            let checked = set
-                .iter()
-                .map(|(name, value)| Ok((check_name(name)?, check_value(name, value)?)))
-                .collect::<Result<Vec<_>, HeaderError>>()?;
-            for (name, value) in checked {
-                self.0.insert(name, value);
+        /// Applies one (already checked) edit.
+        pub(crate) fn apply(&mut self, edit: &crate::HeaderEdit) -> Result<(), HeaderError> {
+            match edit {
+                crate::HeaderEdit::Set { name, value } => self.set(name, value),
+                crate::HeaderEdit::Append { name, value } => self.append(name, value),
+                crate::HeaderEdit::Remove { name } => {
+                    self.remove(name);
+                    Ok(())
+                }
             }
-            for name in remove {
-                self.remove(name);
-            }
-            Ok(())
         }
     }
 }

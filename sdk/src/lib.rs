@@ -94,9 +94,14 @@
 //! - **State**: instances are pooled and reused, so keep nothing per request in `self`. Per-request
 //!   values shared along the plugin chain (and between your two hooks) go in the [`Context`];
 //!   state that outlives a request (rate-limit counters, caches) goes in [`state`].
-//! - **Cost**: the request stays in the gateway and every accessor is one call across the sandbox
-//!   boundary; read what you need once. Override [`Plugin::hooks`] when you use a single hook,
-//!   and ask for bodies ([`Plugin::needs_body`]) only when you read or replace them.
+//! - **Cost**: the request stays in the gateway. What a hook reads on every request (a header, a
+//!   context key, the client's address) is declared once in [`Plugin::inputs`] and arrives with
+//!   the call for free; any other read is one call across the sandbox boundary. Edits are
+//!   collected and handed back with the hook's result. A request hook can schedule edits of the
+//!   response ([`Request::set_response_header`]), so a plugin that only decorates responses needs
+//!   no response hook; edits that never depend on the request ([`Plugin::fixed_edits`]) cost no
+//!   call at all. Override [`Plugin::hooks`] when you use a single hook (or none), and ask for
+//!   bodies ([`Plugin::needs_body`]) only when you read or replace them.
 //! - [`log`] writes into the gateway's log.
 //!
 //! # Testing natively
@@ -167,7 +172,9 @@ mod context;
 mod error;
 mod export;
 mod headers;
+mod inputs;
 pub mod log;
+mod message;
 pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 mod mock;
@@ -181,6 +188,7 @@ pub mod testing;
 pub use action::{Action, Reply};
 pub use context::Context;
 pub use error::{ConfigError, Error, HeaderError};
+pub use inputs::{FixedEdits, HeaderEdit, Inputs};
 pub use plugin::{Hooks, NoConfig, Plugin};
 pub use request::Request;
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
@@ -208,8 +216,8 @@ pub mod prelude {
     pub use wasmgate_sdk_macros::Deserialize;
 
     pub use crate::{
-        Action, ConfigError, Context, Error, HeaderError, Hooks, NoConfig, Plugin, Request,
-        Response,
+        Action, ConfigError, Context, Error, FixedEdits, HeaderEdit, HeaderError, Hooks, Inputs,
+        NoConfig, Plugin, Request, Response,
     };
 }
 

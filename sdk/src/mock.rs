@@ -13,19 +13,12 @@ use crate::state::Counter;
 
 #[derive(Default)]
 struct World {
-    counters: HashMap<String, CounterSlot>,
+    /// By `wasmgate_counters::storage_key`, as the gateway files them.
+    counters: HashMap<String, wasmgate_counters::Stored>,
     kv: HashMap<String, KvSlot>,
     logs: Vec<(Level, String)>,
     metrics: HashMap<String, u64>,
     frozen_now_ms: Option<u64>,
-}
-
-struct CounterSlot {
-    /// Start of the window the value belongs to, in ms since the UNIX epoch (0 when it never
-    /// resets).
-    window_start: u64,
-    window_ms: u64,
-    value: i64,
 }
 
 struct KvSlot {
@@ -50,39 +43,18 @@ fn now_ms(world: &World) -> u64 {
     })
 }
 
-/// The window containing `now`, as the WIT describes it: fixed windows aligned on multiples of
-/// `window_ms` since the UNIX epoch. Returns its start and the ms left in it (0 and 0 when the
-/// counter never resets).
-fn window(now: u64, window_ms: u64) -> (u64, u64) {
-    if window_ms == 0 {
-        return (0, 0);
-    }
-    let start = now - now % window_ms;
-    (start, start.saturating_add(window_ms) - now)
-}
-
+/// The gateway's counter semantics (`wasmgate_counters`), on this thread's store.
 fn counter(world: &mut World, key: &str, delta: i64, window_ms: u64) -> Counter {
     let now = now_ms(world);
-    let (start, left) = window(now, window_ms);
-    let current = world
-        .counters
-        .get(key)
-        .filter(|slot| slot.window_ms == window_ms && slot.window_start == start)
-        .map_or(0, |slot| slot.value);
-    let value = current.saturating_add(delta);
+    let key = wasmgate_counters::storage_key(key, window_ms);
+    let stored = world.counters.get(&key).copied();
+    let (stored, counter) = wasmgate_counters::add(stored, now, window_ms, delta);
     if delta != 0 {
-        world.counters.insert(
-            key.to_owned(),
-            CounterSlot {
-                window_start: start,
-                window_ms,
-                value,
-            },
-        );
+        world.counters.insert(key, stored);
     }
     Counter {
-        value,
-        reset: Duration::from_millis(left),
+        value: counter.value,
+        reset: Duration::from_millis(counter.reset_ms),
     }
 }
 
@@ -223,17 +195,4 @@ pub(crate) fn set_body(
     let length = body.len().to_string();
     *current = body;
     headers.set("content-length", &length)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::window;
-
-    #[test]
-    fn windows_are_aligned_on_the_epoch() {
-        assert_eq!(window(10_500, 1_000), (10_000, 500));
-        assert_eq!(window(10_000, 1_000), (10_000, 1_000));
-        assert_eq!(window(10_999, 1_000), (10_000, 1));
-        assert_eq!(window(12_345, 0), (0, 0));
-    }
 }

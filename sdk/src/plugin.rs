@@ -4,7 +4,7 @@ use std::ops::{BitOr, BitOrAssign};
 
 use serde::de::DeserializeOwned;
 
-use crate::{Action, ConfigError, Context, Error, Request, Response};
+use crate::{Action, ConfigError, Context, Error, FixedEdits, Inputs, Request, Response};
 
 /// A Wasmgate plugin: a typed configuration, a constructor and two hooks.
 ///
@@ -68,6 +68,39 @@ pub trait Plugin: Sized + 'static {
     /// then never calls the other, which saves a call into the plugin per request.
     fn hooks(&self) -> Hooks {
         Hooks::BOTH
+    }
+
+    /// What the hooks read on every call, asked once per instance after [`Plugin::new`] (it may
+    /// depend on the configuration). The gateway hands these values over with each call, so the
+    /// reads cost no call into the gateway.
+    ///
+    /// Default: nothing declared; every read is a call into the gateway (correct, a little
+    /// slower). Declare what the hooks read on almost every request:
+    ///
+    /// ```
+    /// # use wasmgate_sdk::prelude::*;
+    /// # struct KeyAuth;
+    /// # impl Plugin for KeyAuth {
+    /// #     type Config = NoConfig;
+    /// #     fn new(_: NoConfig) -> Result<Self, ConfigError> { Ok(KeyAuth) }
+    /// fn inputs(&self) -> Inputs {
+    ///     Inputs::new().request_header("x-api-key")
+    /// }
+    /// # }
+    /// ```
+    fn inputs(&self) -> Inputs {
+        Inputs::new()
+    }
+
+    /// Header edits made to every request and response whatever they contain, asked once per
+    /// instance after [`Plugin::new`]. The gateway applies them itself, at the plugin's place in
+    /// the chain, with no call into the plugin: request edits before [`on_request`](Plugin::on_request)
+    /// would run, response edits before [`on_response`](Plugin::on_response) would.
+    ///
+    /// Default: none. A plugin whose whole job is fixed edits returns them here and
+    /// [`Hooks::NONE`] from [`Plugin::hooks`]; it is then never called per request.
+    fn fixed_edits(&self) -> FixedEdits {
+        FixedEdits::new()
     }
 
     /// Whether the hooks need the buffered body ([`Request::body`], [`Response::body`] and the

@@ -6,33 +6,49 @@ use std::net::{IpAddr, Ipv4Addr};
 use http::Method;
 
 use crate::__bindings::wasmgate::plugin::types;
-use crate::HeaderError;
+use crate::inputs::{Declared, Input};
+use crate::message::HostMessage;
+use crate::{HeaderEdit, HeaderError};
 
 /// The request being handled, valid during one [`Plugin::on_request`](crate::Plugin::on_request)
 /// call.
 ///
-/// The request stays in the gateway: every method asks the gateway for just what it needs (one
-/// call across the sandbox boundary each), so read what you use, once. To read several headers,
-/// [`Request::headers_get`] takes one call.
+/// The request stays in the gateway. What the plugin declared in
+/// [`Plugin::inputs`](crate::Plugin::inputs) arrives with the call and is read for free; anything
+/// else is one call across the sandbox boundary, so read what you use, once. Header edits are
+/// collected and handed back when the hook returns (a read of an edited header sends them first,
+/// so reads always see the edits).
 ///
 /// Edits (headers, path, body) apply to the request sent upstream and to the plugins after this
-/// one.
+/// one. Edits of the response can be scheduled here too
+/// ([`set_response_header`](Self::set_response_header)), so a plugin that only decorates
+/// responses needs no [`on_response`](crate::Plugin::on_response) call.
 pub struct Request<'a> {
     backend: Backend<'a>,
 }
 
 enum Backend<'a> {
-    Host(&'a types::Request),
+    Host(Box<Host<'a>>),
     #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
     Mock(Box<mock::MockRequest>),
+}
+
+/// A request in the gateway, seen through one hook call.
+struct Host<'a> {
+    msg: HostMessage<'a, types::Request>,
+    /// Edits of the response, applied when it passes this plugin on its way back.
+    response_edits: Vec<HeaderEdit>,
+    /// The path was changed during the call: the declared path is stale.
+    path_changed: bool,
 }
 
 impl fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backend {
-            Backend::Host(request) => f
+            Backend::Host(host) => f
                 .debug_struct("Request")
-                .field("host_handle", &request.handle())
+                .field("message", &host.msg)
+                .field("response_edits", &host.response_edits)
                 .finish(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(mock) => fmt::Debug::fmt(mock, f),
@@ -41,25 +57,62 @@ impl fmt::Debug for Request<'_> {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn from_host(request: &'a types::Request) -> Self {
+    pub(crate) fn from_host(
+        handle: &'a types::Request,
+        declared: &'a Declared,
+        inputs: Vec<Option<String>>,
+    ) -> Self {
         Self {
-            backend: Backend::Host(request),
+            backend: Backend::Host(Box::new(Host {
+                msg: HostMessage::new(handle, declared, inputs),
+                response_edits: Vec::new(),
+                path_changed: false,
+            })),
+        }
+    }
+
+    /// The collected request edits and the scheduled response edits, for the verdict.
+    pub(crate) fn into_edits(self) -> (Vec<HeaderEdit>, Vec<HeaderEdit>) {
+        match self.backend {
+            Backend::Host(host) => (host.msg.into_edits(), host.response_edits),
+            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+            Backend::Mock(_) => (Vec::new(), Vec::new()),
         }
     }
 
     /// The method, e.g. `GET`.
     pub fn method(&self) -> Method {
         match &self.backend {
-            Backend::Host(r) => parse_method(&r.method()),
+            Backend::Host(h) => match h.msg.input(&Input::Method) {
+                Some(value) => parse_method(value.unwrap_or_default()),
+                None => parse_method(&h.msg.handle.method()),
+            },
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.method.clone(),
         }
     }
 
+    /// The declared path and query, unless the path changed during this call.
+    fn declared_path(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Host(h) if !h.path_changed => h
+                .msg
+                .input(&Input::PathWithQuery)
+                .map(|v| v.unwrap_or("/").to_owned()),
+            _ => None,
+        }
+    }
+
     /// The path without the query, e.g. `/users/7`.
     pub fn path(&self) -> String {
+        if let Some(pq) = self.declared_path() {
+            return pq
+                .split_once('?')
+                .map_or(pq.as_str(), |(p, _)| p)
+                .to_owned();
+        }
         match &self.backend {
-            Backend::Host(r) => r.path(),
+            Backend::Host(h) => h.msg.handle.path(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.path().to_owned(),
         }
@@ -67,8 +120,11 @@ impl<'a> Request<'a> {
 
     /// The query string without `?`, if the request has one.
     pub fn query(&self) -> Option<String> {
+        if let Some(pq) = self.declared_path() {
+            return pq.split_once('?').map(|(_, q)| q.to_owned());
+        }
         match &self.backend {
-            Backend::Host(r) => r.query(),
+            Backend::Host(h) => h.msg.handle.query(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.query().map(str::to_owned),
         }
@@ -76,8 +132,11 @@ impl<'a> Request<'a> {
 
     /// Path and query, as sent upstream, e.g. `/users/7?x=1`.
     pub fn path_with_query(&self) -> String {
+        if let Some(pq) = self.declared_path() {
+            return pq;
+        }
         match &self.backend {
-            Backend::Host(r) => r.path_with_query(),
+            Backend::Host(h) => h.msg.handle.path_with_query(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.path_and_query.clone(),
         }
@@ -88,7 +147,14 @@ impl<'a> Request<'a> {
     /// no longer applies); the same path with another query keeps `strip_path`.
     pub fn set_path_with_query(&mut self, path_with_query: &str) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r.set_path_with_query(path_with_query).map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg
+                    .handle
+                    .set_path_with_query(path_with_query)
+                    .map_err(from_wit)?;
+                h.path_changed = true;
+                Ok(())
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.set_path_with_query(path_with_query),
         }
@@ -98,7 +164,10 @@ impl<'a> Request<'a> {
     /// given, e.g. `api.example.com:8443`.
     pub fn authority(&self) -> Option<String> {
         match &self.backend {
-            Backend::Host(r) => r.authority(),
+            Backend::Host(h) => match h.msg.input(&Input::Authority) {
+                Some(value) => value.map(str::to_owned),
+                None => h.msg.handle.authority(),
+            },
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.authority(),
         }
@@ -108,10 +177,11 @@ impl<'a> Request<'a> {
     pub fn client_ip(&self) -> IpAddr {
         match &self.backend {
             // The gateway always sends a valid address; the fallback only keeps this total.
-            Backend::Host(r) => r
-                .client_address()
-                .parse()
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Backend::Host(h) => match h.msg.input(&Input::ClientIp) {
+                Some(value) => value.and_then(|v| v.parse().ok()),
+                None => h.msg.handle.client_address().parse().ok(),
+            }
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.client_ip,
         }
@@ -120,7 +190,10 @@ impl<'a> Request<'a> {
     /// `http` or `https`: how the client reached the gateway.
     pub fn scheme(&self) -> String {
         match &self.backend {
-            Backend::Host(r) => r.scheme(),
+            Backend::Host(h) => match h.msg.input(&Input::Scheme) {
+                Some(value) => value.unwrap_or("http").to_owned(),
+                None => h.msg.handle.scheme(),
+            },
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.scheme.clone(),
         }
@@ -129,7 +202,7 @@ impl<'a> Request<'a> {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         match &self.backend {
-            Backend::Host(r) => r.header(name),
+            Backend::Host(h) => h.msg.header(name),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.header(name),
         }
@@ -138,13 +211,14 @@ impl<'a> Request<'a> {
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<String> {
         match &self.backend {
-            Backend::Host(r) => r.header_all(name),
+            Backend::Host(h) => h.msg.header_all(name),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.header_all(name),
         }
     }
 
-    /// The first value of each of several headers, in one call to the gateway.
+    /// The first value of each of several headers: declared ones for free, the others in one
+    /// call to the gateway.
     ///
     /// ```
     /// # fn f(req: &wasmgate_sdk::Request<'_>) {
@@ -155,7 +229,7 @@ impl<'a> Request<'a> {
     /// ```
     pub fn headers_get(&self, names: &[&str]) -> Vec<Option<String>> {
         match &self.backend {
-            Backend::Host(r) => r.headers_get(&owned(names)),
+            Backend::Host(h) => h.msg.headers_get(names),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => names.iter().map(|name| m.headers.header(name)).collect(),
         }
@@ -164,7 +238,7 @@ impl<'a> Request<'a> {
     /// Every header as `(name, value)` pairs, names in lowercase.
     pub fn headers(&self) -> Vec<(String, String)> {
         match &self.backend {
-            Backend::Host(r) => r.headers(),
+            Backend::Host(h) => h.msg.headers(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.headers(),
         }
@@ -172,46 +246,78 @@ impl<'a> Request<'a> {
 
     /// Replaces every value of header `name` with `value`. Fails on an invalid name or value.
     pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
-        match &mut self.backend {
-            Backend::Host(r) => r.set_header(name, value).map_err(from_wit),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.set(name, value),
-        }
+        let edit = HeaderEdit::set(name, value)?;
+        self.edit(edit)
     }
 
     /// Adds `value` to header `name`, keeping the existing values. Fails on an invalid name or
     /// value.
     pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
-        match &mut self.backend {
-            Backend::Host(r) => r.append_header(name, value).map_err(from_wit),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.append(name, value),
-        }
+        let edit = HeaderEdit::append(name, value)?;
+        self.edit(edit)
     }
 
     /// Removes every value of header `name`; no effect when absent.
     pub fn remove_header(&mut self, name: &str) {
-        match &mut self.backend {
-            Backend::Host(r) => r.remove_header(name),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.remove(name),
-        }
+        let _ = self.edit(HeaderEdit::remove(name));
     }
 
-    /// Several header edits in one call to the gateway: [`set_header`](Self::set_header) for each
-    /// pair of `set`, in order, then [`remove_header`](Self::remove_header) for each name of
-    /// `remove`.
+    /// Several header edits at once: [`set_header`](Self::set_header) for each pair of `set`, in
+    /// order, then [`remove_header`](Self::remove_header) for each name of `remove`. All or
+    /// nothing: an invalid name or value refuses every edit.
     pub fn edit_headers(
         &mut self,
         set: &[(&str, &str)],
         remove: &[&str],
     ) -> Result<(), HeaderError> {
+        for edit in HeaderEdit::batch(set, remove)? {
+            self.edit(edit)?;
+        }
+        Ok(())
+    }
+
+    fn edit(&mut self, edit: HeaderEdit) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r
-                .edit_headers(&owned_pairs(set), &owned(remove))
-                .map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg.edit(edit);
+                Ok(())
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.edit(set, remove),
+            Backend::Mock(m) => m.headers.apply(&edit),
+        }
+    }
+
+    /// Sets header `name` of the response when it passes this plugin on its way back to the
+    /// client (the upstream's response, or a later plugin's answer), as
+    /// [`Response::set_header`](crate::Response::set_header) in
+    /// [`on_response`](crate::Plugin::on_response) would, without calling `on_response`. Not
+    /// applied when this hook answers itself (put the headers in the answer). Fails on an
+    /// invalid name or value.
+    pub fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
+        let edit = HeaderEdit::set(name, value)?;
+        self.schedule(edit);
+        Ok(())
+    }
+
+    /// Adds `value` to response header `name` on the way back, like
+    /// [`set_response_header`](Self::set_response_header).
+    pub fn append_response_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
+        let edit = HeaderEdit::append(name, value)?;
+        self.schedule(edit);
+        Ok(())
+    }
+
+    /// Removes response header `name` on the way back, like
+    /// [`set_response_header`](Self::set_response_header).
+    pub fn remove_response_header(&mut self, name: &str) {
+        self.schedule(HeaderEdit::remove(name));
+    }
+
+    fn schedule(&mut self, edit: HeaderEdit) {
+        match &mut self.backend {
+            Backend::Host(h) => h.response_edits.push(edit),
+            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+            Backend::Mock(m) => m.response_edits.push(edit),
         }
     }
 
@@ -221,7 +327,7 @@ impl<'a> Request<'a> {
     /// [`Plugin::needs_body`]: crate::Plugin::needs_body
     pub fn body(&self) -> Option<Vec<u8>> {
         match &self.backend {
-            Backend::Host(r) => r.body(),
+            Backend::Host(h) => h.msg.handle.body(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.body.clone(),
         }
@@ -233,7 +339,10 @@ impl<'a> Request<'a> {
     /// [`Plugin::needs_body`]: crate::Plugin::needs_body
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r.set_body(&body.into()).map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg.touched("content-length");
+                h.msg.handle.set_body(&body.into()).map_err(from_wit)
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => crate::mock::set_body(&mut m.body, &mut m.headers, body.into()),
         }
@@ -250,17 +359,6 @@ pub(crate) fn parse_method(method: &str) -> Method {
 
 pub(crate) fn from_wit(err: types::HeaderError) -> HeaderError {
     HeaderError::new(err.message)
-}
-
-pub(crate) fn owned(names: &[&str]) -> Vec<String> {
-    names.iter().map(|&name| name.to_owned()).collect()
-}
-
-pub(crate) fn owned_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|&(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
 }
 
 #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
@@ -282,6 +380,8 @@ pub(crate) mod mock {
         pub(crate) client_ip: IpAddr,
         pub(crate) headers: MockHeaders,
         pub(crate) body: Option<Vec<u8>>,
+        /// Edits of the response scheduled by the hook.
+        pub(crate) response_edits: Vec<crate::HeaderEdit>,
     }
 
     impl MockRequest {
@@ -374,6 +474,7 @@ mod testing {
                 client_ip,
                 headers: MockHeaders(parts.headers),
                 body: Some(body),
+                response_edits: Vec::new(),
             })
         }
 
@@ -385,6 +486,28 @@ mod testing {
     }
 
     impl Request<'_> {
+        /// The edits of the response this request's hook scheduled
+        /// ([`set_response_header`](Request::set_response_header) and the others), in order
+        /// (feature `testing`). [`Response::apply`](crate::Response::apply) applies them to an
+        /// in-memory response as the gateway would.
+        pub fn response_edits(&self) -> &[crate::HeaderEdit] {
+            match &self.backend {
+                Backend::Mock(m) => &m.response_edits,
+                Backend::Host(_) => &[],
+            }
+        }
+
+        /// Applies header edits as the gateway does (feature `testing`).
+        pub(crate) fn apply_fixed(
+            &mut self,
+            edits: &[crate::HeaderEdit],
+        ) -> Result<(), crate::HeaderError> {
+            for edit in edits {
+                self.edit(edit.clone())?;
+            }
+            Ok(())
+        }
+
         /// The request as it would go upstream, as an `http::Request` (feature `testing`): method,
         /// path and query (with the scheme and authority when known), headers and body (empty when
         /// unavailable).
@@ -507,6 +630,7 @@ mod testing {
                 client_ip,
                 headers,
                 body: (!self.body_unavailable).then_some(self.body),
+                response_edits: Vec::new(),
             })
         }
     }

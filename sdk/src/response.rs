@@ -5,31 +5,43 @@ use std::fmt;
 use http::StatusCode;
 
 use crate::__bindings::wasmgate::plugin::types;
-use crate::HeaderError;
-use crate::request::{from_wit, owned, owned_pairs};
+use crate::inputs::{Declared, Input};
+use crate::message::HostMessage;
+use crate::request::from_wit;
+use crate::{HeaderEdit, HeaderError};
 
 /// The response being returned to the client, valid during one
 /// [`Plugin::on_response`](crate::Plugin::on_response) call.
 ///
-/// Like [`Request`](crate::Request), it stays in the gateway and every method is one call across
-/// the sandbox boundary. Edits apply to what the client receives and to the plugins that run after
-/// this one (the response phase runs in reverse plugin order).
+/// Like [`Request`](crate::Request), it stays in the gateway: declared inputs
+/// ([`Inputs::response_header`](crate::Inputs::response_header),
+/// [`Inputs::status`](crate::Inputs::status)) are read for free, anything else is one call across
+/// the sandbox boundary, and header edits are handed back when the hook returns. Edits apply to
+/// what the client receives and to the plugins that run after this one (the response phase runs
+/// in reverse plugin order).
 pub struct Response<'a> {
     backend: Backend<'a>,
 }
 
 enum Backend<'a> {
-    Host(&'a types::Response),
+    Host(Box<Host<'a>>),
     #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
     Mock(Box<mock::MockResponse>),
+}
+
+/// A response in the gateway, seen through one hook call.
+struct Host<'a> {
+    msg: HostMessage<'a, types::Response>,
+    /// The status changed during the call: the declared status is stale.
+    status_changed: bool,
 }
 
 impl fmt::Debug for Response<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backend {
-            Backend::Host(response) => f
+            Backend::Host(host) => f
                 .debug_struct("Response")
-                .field("host_handle", &response.handle())
+                .field("message", &host.msg)
                 .finish(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(mock) => fmt::Debug::fmt(mock, f),
@@ -38,9 +50,25 @@ impl fmt::Debug for Response<'_> {
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn from_host(response: &'a types::Response) -> Self {
+    pub(crate) fn from_host(
+        handle: &'a types::Response,
+        declared: &'a Declared,
+        inputs: Vec<Option<String>>,
+    ) -> Self {
         Self {
-            backend: Backend::Host(response),
+            backend: Backend::Host(Box::new(Host {
+                msg: HostMessage::new(handle, declared, inputs),
+                status_changed: false,
+            })),
+        }
+    }
+
+    /// The collected header edits, for the verdict.
+    pub(crate) fn into_edits(self) -> Vec<HeaderEdit> {
+        match self.backend {
+            Backend::Host(host) => host.msg.into_edits(),
+            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+            Backend::Mock(_) => Vec::new(),
         }
     }
 
@@ -48,8 +76,14 @@ impl<'a> Response<'a> {
     pub fn status(&self) -> StatusCode {
         match &self.backend {
             // The gateway only sends valid codes (100-999); the fallback only keeps this total.
-            Backend::Host(r) => {
-                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            Backend::Host(h) => {
+                let declared = h
+                    .msg
+                    .input(&Input::Status)
+                    .filter(|_| !h.status_changed)
+                    .map(|v| v.and_then(|v| v.parse::<u16>().ok()).unwrap_or(500));
+                let code = declared.unwrap_or_else(|| h.msg.handle.status());
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.status,
@@ -59,7 +93,11 @@ impl<'a> Response<'a> {
     /// Changes the status code. Fails outside 100–999.
     pub fn set_status(&mut self, status: u16) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r.set_status(status).map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg.handle.set_status(status).map_err(from_wit)?;
+                h.status_changed = true;
+                Ok(())
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => {
                 m.status = StatusCode::from_u16(status)
@@ -72,7 +110,7 @@ impl<'a> Response<'a> {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         match &self.backend {
-            Backend::Host(r) => r.header(name),
+            Backend::Host(h) => h.msg.header(name),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.header(name),
         }
@@ -81,23 +119,26 @@ impl<'a> Response<'a> {
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<String> {
         match &self.backend {
-            Backend::Host(r) => r.header_all(name),
+            Backend::Host(h) => h.msg.header_all(name),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.header_all(name),
         }
     }
 
-    /// The first value of each of several headers.
-    ///
-    /// The ABI has no batched read for responses yet, so this is one call to the gateway per name.
+    /// The first value of each of several headers: declared ones for free, the others in one
+    /// call to the gateway.
     pub fn headers_get(&self, names: &[&str]) -> Vec<Option<String>> {
-        names.iter().map(|name| self.header(name)).collect()
+        match &self.backend {
+            Backend::Host(h) => h.msg.headers_get(names),
+            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
+            Backend::Mock(m) => names.iter().map(|name| m.headers.header(name)).collect(),
+        }
     }
 
     /// Every header as `(name, value)` pairs, names in lowercase.
     pub fn headers(&self) -> Vec<(String, String)> {
         match &self.backend {
-            Backend::Host(r) => r.headers(),
+            Backend::Host(h) => h.msg.headers(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.headers.headers(),
         }
@@ -105,46 +146,44 @@ impl<'a> Response<'a> {
 
     /// Replaces every value of header `name` with `value`. Fails on an invalid name or value.
     pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
-        match &mut self.backend {
-            Backend::Host(r) => r.set_header(name, value).map_err(from_wit),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.set(name, value),
-        }
+        let edit = HeaderEdit::set(name, value)?;
+        self.edit(edit)
     }
 
     /// Adds `value` to header `name`, keeping the existing values. Fails on an invalid name or
     /// value.
     pub fn append_header(&mut self, name: &str, value: &str) -> Result<(), HeaderError> {
-        match &mut self.backend {
-            Backend::Host(r) => r.append_header(name, value).map_err(from_wit),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.append(name, value),
-        }
+        let edit = HeaderEdit::append(name, value)?;
+        self.edit(edit)
     }
 
     /// Removes every value of header `name`; no effect when absent.
     pub fn remove_header(&mut self, name: &str) {
-        match &mut self.backend {
-            Backend::Host(r) => r.remove_header(name),
-            #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.remove(name),
-        }
+        let _ = self.edit(HeaderEdit::remove(name));
     }
 
-    /// Several header edits in one call to the gateway: [`set_header`](Self::set_header) for each
-    /// pair of `set`, in order, then [`remove_header`](Self::remove_header) for each name of
-    /// `remove`.
+    /// Several header edits at once: [`set_header`](Self::set_header) for each pair of `set`, in
+    /// order, then [`remove_header`](Self::remove_header) for each name of `remove`. All or
+    /// nothing: an invalid name or value refuses every edit.
     pub fn edit_headers(
         &mut self,
         set: &[(&str, &str)],
         remove: &[&str],
     ) -> Result<(), HeaderError> {
+        for edit in HeaderEdit::batch(set, remove)? {
+            self.edit(edit)?;
+        }
+        Ok(())
+    }
+
+    fn edit(&mut self, edit: HeaderEdit) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r
-                .edit_headers(&owned_pairs(set), &owned(remove))
-                .map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg.edit(edit);
+                Ok(())
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
-            Backend::Mock(m) => m.headers.edit(set, remove),
+            Backend::Mock(m) => m.headers.apply(&edit),
         }
     }
 
@@ -154,7 +193,7 @@ impl<'a> Response<'a> {
     /// [`Plugin::needs_body`]: crate::Plugin::needs_body
     pub fn body(&self) -> Option<Vec<u8>> {
         match &self.backend {
-            Backend::Host(r) => r.body(),
+            Backend::Host(h) => h.msg.handle.body(),
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => m.body.clone(),
         }
@@ -166,7 +205,10 @@ impl<'a> Response<'a> {
     /// [`Plugin::needs_body`]: crate::Plugin::needs_body
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) -> Result<(), HeaderError> {
         match &mut self.backend {
-            Backend::Host(r) => r.set_body(&body.into()).map_err(from_wit),
+            Backend::Host(h) => {
+                h.msg.touched("content-length");
+                h.msg.handle.set_body(&body.into()).map_err(from_wit)
+            }
             #[cfg(all(feature = "testing", not(target_arch = "wasm32")))]
             Backend::Mock(m) => crate::mock::set_body(&mut m.body, &mut m.headers, body.into()),
         }
@@ -231,6 +273,15 @@ mod testing {
     }
 
     impl Response<'_> {
+        /// Applies header edits as the gateway does, e.g. those a request hook scheduled
+        /// ([`Request::response_edits`](crate::Request::response_edits)) (feature `testing`).
+        pub fn apply(&mut self, edits: &[crate::HeaderEdit]) -> Result<(), crate::HeaderError> {
+            for edit in edits {
+                self.edit(edit.clone())?;
+            }
+            Ok(())
+        }
+
         /// The response as the client would get it, as an `http::Response` (feature `testing`):
         /// status, headers and body (empty when unavailable).
         pub fn into_http(self) -> http::Response<Vec<u8>> {

@@ -20,7 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::log::Level;
-use crate::{ConfigError, Plugin};
+use crate::{Action, ConfigError, Context, Error, Hooks, Plugin, Request, Response};
 
 /// Builds the plugin from `config_json` exactly as the gateway's `init` does: JSON →
 /// [`Plugin::Config`] (an error reads `invalid config: <serde's message>`) → [`Plugin::new`].
@@ -42,10 +42,45 @@ use crate::{ConfigError, Plugin};
 ///
 /// assert_eq!(wasmgate_sdk::testing::instance::<Limiter>(r#"{"limit": 5}"#).unwrap().limit, 5);
 /// let err = wasmgate_sdk::testing::instance::<Limiter>(r#"{"limit": "five"}"#).err().unwrap();
-/// assert!(err.message().starts_with("invalid config: invalid type"), "{err}");
+/// assert!(err.message().starts_with("invalid config: limit: invalid type"), "{err}");
 /// ```
 pub fn instance<T: Plugin>(config_json: &str) -> Result<T, ConfigError> {
     crate::export::instantiate(config_json)
+}
+
+/// The request phase of `plugin`, as the gateway runs it: its fixed request edits
+/// ([`Plugin::fixed_edits`]), then [`Plugin::on_request`] when [`Plugin::hooks`] asks for it
+/// (`Continue` otherwise).
+pub fn on_request<T: Plugin>(
+    plugin: &T,
+    req: &mut Request<'_>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    req.apply_fixed(plugin.fixed_edits().request())?;
+    if plugin.hooks().contains(Hooks::REQUEST) {
+        plugin.on_request(req, ctx)
+    } else {
+        Ok(Action::Continue)
+    }
+}
+
+/// The response phase of `plugin` for a request that went through [`on_request`], as the gateway
+/// runs it: its fixed response edits, the response edits its request hook scheduled on `req`
+/// ([`Request::set_response_header`] and the others), then [`Plugin::on_response`] when
+/// [`Plugin::hooks`] asks for it (`Continue` otherwise).
+pub fn on_response<T: Plugin>(
+    plugin: &T,
+    req: &Request<'_>,
+    resp: &mut Response<'_>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    resp.apply(plugin.fixed_edits().response())?;
+    resp.apply(req.response_edits())?;
+    if plugin.hooks().contains(Hooks::RESPONSE) {
+        plugin.on_response(resp, ctx)
+    } else {
+        Ok(Action::Continue)
+    }
 }
 
 /// The log lines written so far on this thread, oldest first.

@@ -76,6 +76,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "timeout",
     "on_error",
     "isolation",
+    "max_instances",
 ];
 const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 
@@ -1083,6 +1084,12 @@ impl<'r> Reader<'r> {
             },
             None => Some(Isolation::Pooled),
         };
+        let max_instances = match t.get("max_instances") {
+            Some(n) => self
+                .integer(n, &t.key("max_instances"), 1, 4096)
+                .map(|n| Some(n as usize)),
+            None => Some(None),
+        };
         Some(PluginEntry {
             name,
             file,
@@ -1091,6 +1098,7 @@ impl<'r> Reader<'r> {
             timeout: timeout?,
             on_error: on_error?,
             isolation: isolation?,
+            max_instances: max_instances?,
             location,
         })
     }

@@ -268,6 +268,9 @@ pub struct PluginEntry {
     pub on_error: OnError,
     /// `isolation`: whether instances are reused across requests. Default [`Isolation::Pooled`].
     pub isolation: Isolation,
+    /// `max_instances`: the most instances of the entry alive at once, busy or idle, shared out
+    /// evenly among the workers (at least one each). `None`: 4 per worker.
+    pub max_instances: Option<usize>,
     /// Where this entry was written.
     pub location: Location,
 }

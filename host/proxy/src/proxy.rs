@@ -346,9 +346,12 @@ async fn serve_with_plugins(
         client: conn.peer.ip(),
         tls: conn.tls,
     };
-    let started = Instant::now();
-    let (view, ctx, outcome) = chain.on_request(view, Context::new(), request_id).await;
-    trace.plugins += started.elapsed();
+    // A request's plugin calls run on its worker's instances (0 outside a worker: tests, tools).
+    let worker = crate::worker::current();
+    let (view, ctx, outcome, spent) = chain
+        .on_request(view, Context::new(), request_id, worker)
+        .await;
+    trace.plugins += spent;
     let (response, rest, ran) = match outcome {
         RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
         RequestOutcome::Respond { response, ran } => (response, None, ran),
@@ -374,7 +377,7 @@ async fn serve_with_plugins(
             };
             let response =
                 dispatch(&path_routed, view.parts, body, conn, request_id, trace).await?;
-            if !chain.has_response_hooks() {
+            if !chain.has_response_phase() {
                 return Ok(response);
             }
             let (parts, body) = response.into_parts();
@@ -395,11 +398,11 @@ async fn serve_with_plugins(
             (view, rest, chain.len())
         }
     };
-    let started = Instant::now();
     let (mut view, mut ctx, mut ran) = (response, ctx, ran);
     loop {
-        let result;
-        (view, ctx, result) = chain.on_response(ran, view, ctx, request_id).await;
+        let (result, spent);
+        (view, ctx, result, spent) = chain.on_response(ran, view, ctx, request_id, worker).await;
+        trace.plugins += spent;
         match result.map_err(Rejection::Plugin)? {
             ResponseOutcome::Done => break,
             // A refusal replaces the response; the plugins before the one that refused see it.
@@ -412,7 +415,6 @@ async fn serve_with_plugins(
             }
         }
     }
-    trace.plugins += started.elapsed();
     let body = match (view.body, rest) {
         (Some(bytes), _) => Body::full(bytes),
         (None, Some(rest)) => rest,

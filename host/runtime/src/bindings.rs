@@ -6,7 +6,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     exports: { default: async },
     with: {
-        "wasmgate:plugin/types.request": crate::host::RequestHandle,
-        "wasmgate:plugin/types.response": crate::host::ResponseHandle,
+        "wasmgate:plugin/types.request": crate::imports::RequestHandle,
+        "wasmgate:plugin/types.response": crate::imports::ResponseHandle,
     },
 });

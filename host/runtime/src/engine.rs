@@ -20,17 +20,21 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::Thread;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::Plugin;
-use crate::host::HostState;
+use crate::imports::HostState;
 
 /// How often the epoch advances: the granularity of per-call timeouts and of yielding.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Ticks without any call in flight after which the ticker sleeps until the next call.
+const IDLE_TICKS: u32 = 100;
 
 /// Sizing of the engine, computed from the configuration at load time.
 #[derive(Debug, Clone)]
@@ -41,18 +45,100 @@ pub struct EngineSettings {
     pub max_memory: usize,
     /// How many component instances may exist at once; one more gets a 503.
     pub instance_slots: u32,
+    /// The gateway's worker threads: calls in flight are counted per worker.
+    pub workers: usize,
 }
 
 /// The shared wasmtime engine and linker.
 pub struct Engine {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) linker: Linker<HostState>,
-    ticker: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// The epoch thread's state. It advances the epoch every [`EPOCH_TICK`] while calls run, and
+/// sleeps (parked, no wake-ups) once none has run for [`IDLE_TICKS`]: an idle gateway costs no
+/// CPU for its plugins. Calls in flight are counted per worker, each counter written only by its
+/// worker's thread, so counting costs no cache line shared between workers.
+struct Ticker {
+    running: AtomicBool,
+    /// How often the epoch advanced: what calls measure their time against.
+    epoch: Arc<AtomicU64>,
+    parked: AtomicBool,
+    in_flight: Box<[Padded]>,
+    thread: std::sync::OnceLock<Thread>,
+}
+
+/// A counter on its own cache line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicUsize);
+
+/// Counts a call in flight on the engine until dropped.
+pub(crate) struct InFlight<'e> {
+    ticker: &'e Ticker,
+    worker: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ticker.in_flight[self.worker]
+            .0
+            .fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Ticker {
+    fn enter(&self, worker: usize) -> InFlight<'_> {
+        let worker = worker % self.in_flight.len();
+        // SeqCst on both sides (here and in `run`): either this call sees the ticker parked and
+        // wakes it, or the ticker sees this call and does not park.
+        self.in_flight[worker].0.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        InFlight {
+            ticker: self,
+            worker,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight
+            .iter()
+            .any(|c| c.0.load(Ordering::SeqCst) > 0)
+    }
+
+    fn run(&self, engine: &wasmtime::Engine) {
+        let mut idle = 0;
+        while self.running.load(Ordering::Relaxed) {
+            if self.busy() {
+                idle = 0;
+            } else {
+                idle += 1;
+            }
+            if idle >= IDLE_TICKS {
+                self.parked.store(true, Ordering::SeqCst);
+                if !self.busy() && self.running.load(Ordering::Relaxed) {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+                idle = 0;
+                continue;
+            }
+            std::thread::sleep(EPOCH_TICK);
+            // Counted before the engine's epoch, so a call interrupted by this tick sees it.
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+            engine.increment_epoch();
+        }
     }
 }
 
@@ -108,28 +194,46 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
-        let ticker = Arc::new(AtomicBool::new(true));
-        let running = ticker.clone();
-        let ticking = engine.clone();
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker {
+            running: AtomicBool::new(true),
+            epoch: Arc::new(AtomicU64::new(0)),
+            parked: AtomicBool::new(false),
+            in_flight: (0..settings.workers.max(1))
+                .map(|_| Padded::default())
+                .collect(),
+            thread: std::sync::OnceLock::new(),
+        });
+        let ticking = ticker.clone();
+        let epochs = engine.clone();
+        let thread = std::thread::Builder::new()
             .name("wasmgate-epoch".into())
-            .spawn(move || {
-                while running.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
-                }
-            })
+            .spawn(move || ticking.run(&epochs))
             .map_err(|e| wasmtime::Error::msg(format!("cannot start the epoch thread: {e}")))?;
+        let _ = ticker.thread.set(thread.thread().clone());
         Ok(Self {
             engine,
             linker,
             ticker,
         })
     }
+
+    /// The epoch count, advanced by the ticker at every tick.
+    pub(crate) fn epoch(&self) -> Arc<AtomicU64> {
+        self.ticker.epoch.clone()
+    }
+
+    /// Counts a call in flight on `worker`'s thread until the guard is dropped; the epoch ticks
+    /// (and so timeouts and yields happen) only while some call is counted.
+    pub(crate) fn enter(&self, worker: usize) -> InFlight<'_> {
+        self.ticker.enter(worker)
+    }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.ticker.store(false, Ordering::Relaxed);
+        self.ticker.running.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.ticker.thread.get() {
+            thread.unpark();
+        }
     }
 }

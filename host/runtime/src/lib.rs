@@ -13,11 +13,16 @@
 //! to the log. A trap (a Rust panic is one), a timeout or hitting the memory limit drops the
 //! instance; the request gets a 5xx from the proxy and nothing of the guest's text.
 
+mod answer;
+mod binding;
 mod bindings;
 mod chain;
 mod engine;
-mod host;
-mod pool;
+mod exchange;
+mod guest_output;
+mod imports;
+mod instances;
+mod invoke;
 mod shared;
 
 use std::collections::HashMap;
@@ -29,14 +34,15 @@ use wasmgate_config::{Config, Diagnostic, PluginEntry};
 use wasmgate_telemetry::Metrics;
 use wasmtime::component::Component;
 
-pub use chain::{Chain, PluginRejection, RequestOutcome, ResponseOutcome};
+pub use answer::PluginRejection;
+pub use binding::{Binding, Failure, FailureCounts, FailureKind};
+pub use chain::{Chain, RequestOutcome, ResponseOutcome};
 pub use engine::{Engine, EngineError, EngineSettings};
-pub use host::{Context, RequestView, ResponseView};
-pub use pool::{Binding, Failure, FailureCounts, FailureKind};
+pub use exchange::{Context, RequestView, ResponseView};
 pub use shared::{Counter, MemoryState, SharedState};
 
 use bindings::PluginPre;
-use host::HostState;
+use imports::HostState;
 
 /// A compiled, linked plugin file.
 #[derive(Clone)]
@@ -132,9 +138,12 @@ impl Loader {
                     .map(move |(p, e)| (r, p, e))
             })
             .collect();
-        // Each worker runs one call at a time, so about one idle instance per worker is enough.
         let workers = config.gateway.workers;
-        let bindings_count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        let max_instances = |e: &PluginEntry| {
+            e.max_instances
+                .unwrap_or(DEFAULT_INSTANCES_PER_WORKER * workers)
+        };
+        let live: usize = entries.iter().map(|(_, _, e)| max_instances(e)).sum();
         let settings = EngineSettings {
             cache_dir: config.gateway.plugin_cache_dir.clone(),
             max_memory: entries
@@ -143,10 +152,11 @@ impl Loader {
                 .max()
                 .unwrap_or(16 << 20),
             // Every binding's live instances, twice: a reload briefly holds two generations.
-            instance_slots: bindings_count
-                .saturating_mul(u32::try_from(pool::MAX_INSTANCES * 2).unwrap_or(16))
+            instance_slots: u32::try_from(live.saturating_mul(2))
+                .unwrap_or(u32::MAX)
                 .saturating_add(16)
                 .min(10_000),
+            workers,
         };
         let diagnostic = |entry: &PluginEntry, key: String, message: String| Diagnostic {
             file: config.file.clone(),
@@ -211,8 +221,8 @@ impl Loader {
                 }
                 Err(e) => {
                     let key = match e {
-                        pool::BindError::Config(_) => format!("{key}.config"),
-                        pool::BindError::Instantiate(_) => key,
+                        binding::BindError::Config(_) => format!("{key}.config"),
+                        binding::BindError::Instantiate(_) => key,
                     };
                     let message = format!("route {:?}: plugin {:?} {e}", route.name, entry.name);
                     problems.push(diagnostic(entry, key, message));
@@ -346,6 +356,14 @@ fn load_file(
             file.display()
         )
     })?;
+    abi_version(engine, &component).map_err(|built_for| {
+        format!(
+            "{} was built for the plugin ABI wasmgate:plugin@{built_for}, and this gateway runs \
+             @{ABI_VERSION}: rebuild it against wasmgate-sdk {ABI_SERIES} (update the \
+             wasmgate-sdk dependency, then `cargo build --release --target wasm32-wasip2`)",
+            file.display()
+        )
+    })?;
     let instance_pre = engine.linker.instantiate_pre(&component).map_err(|e| {
         format!(
             "{} does not fit the wasmgate:plugin world (it imports something the gateway does not offer): {e:#}",
@@ -364,3 +382,34 @@ fn load_file(
         pre,
     })
 }
+
+/// The plugin ABI this gateway offers: the version of the WIT package `wasmgate:plugin` in `wit/`.
+pub const ABI_VERSION: &str = "0.2.0";
+
+/// The versions it accepts plugins built for (additions within a minor series keep working).
+const ABI_SERIES: &str = "0.2";
+
+/// Checks the `wasmgate:plugin` version a component imports and exports; the version it was
+/// built for when that is another series, so the error can say so instead of naming the first
+/// import that no longer fits.
+fn abi_version(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(&engine.engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(&engine.engine).map(|(name, _)| name));
+    for name in names {
+        if let Some(version) = name
+            .strip_prefix("wasmgate:plugin/")
+            .and_then(|rest| rest.split_once('@'))
+            .map(|(_, version)| version)
+            && !version.starts_with(&format!("{ABI_SERIES}."))
+        {
+            return Err(version.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// `max_instances` of a plugin entry that does not set it, per worker.
+pub const DEFAULT_INSTANCES_PER_WORKER: usize = 4;

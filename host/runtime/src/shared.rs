@@ -2,7 +2,9 @@
 //! and compare-and-swap, shared by every instance of a plugin.
 //!
 //! [`SharedState`] is the seam for a cluster backend (Redis) later; [`MemoryState`] keeps it in
-//! this process, lock-striped by `dashmap`.
+//! this process, lock-striped by `dashmap`. Counters count with `wasmgate_counters`, as the
+//! SDK's test double does, so a plugin's native tests and the gateway agree: a counter is its key
+//! and its window length, in fixed windows aligned on the UNIX epoch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,8 +47,8 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
 /// memory without bound.
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    /// Key → (window start, window length, value); times in ms since the UNIX epoch.
-    counters: DashMap<String, (u64, u64, i64)>,
+    /// By `wasmgate_counters::storage_key`: the stored count and the window length.
+    counters: DashMap<String, (wasmgate_counters::Stored, u64)>,
     kv: DashMap<String, (String, Option<u64>)>,
     new_keys: AtomicU64,
 }
@@ -60,15 +62,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The window containing `now` (aligned on multiples of `window` since the UNIX epoch, so every
-/// gateway agrees on window boundaries) and the time left in it.
-pub(crate) fn window_of(now: u64, window: Duration) -> (u64, Duration) {
-    let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    if w == 0 {
-        return (0, Duration::ZERO);
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn counter(c: wasmgate_counters::Counter) -> Counter {
+    Counter {
+        value: c.value,
+        reset: Duration::from_millis(c.reset_ms),
     }
-    let start = now - now % w;
-    (start, Duration::from_millis(start + w - now))
 }
 
 impl MemoryState {
@@ -88,37 +90,44 @@ impl MemoryState {
     }
 
     fn counter_at(&self, key: &str, delta: i64, window: Duration, now: u64) -> Counter {
-        let (start, reset) = window_of(now, window);
-        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        if let Some(mut entry) = self.counters.get_mut(key) {
-            if entry.0 != start {
-                *entry = (start, window_ms, 0);
-            }
-            entry.2 = entry.2.saturating_add(delta);
-            return Counter {
-                value: entry.2,
-                reset,
-            };
+        let length = millis(window);
+        let key = wasmgate_counters::storage_key(key, length);
+        if let Some(mut entry) = self.counters.get_mut(&key) {
+            let (stored, reported) = wasmgate_counters::add(Some(entry.0), now, length, delta);
+            entry.0 = stored;
+            return counter(reported);
         }
-        let value = {
-            let mut entry = self
-                .counters
-                .entry(key.to_owned())
-                .or_insert((start, window_ms, 0));
-            entry.2 = entry.2.saturating_add(delta);
-            entry.2
+        let reported = {
+            let mut entry = self.counters.entry(key).or_insert((
+                wasmgate_counters::Stored {
+                    window_start_ms: wasmgate_counters::Window::containing(now, length).start_ms,
+                    value: 0,
+                },
+                length,
+            ));
+            let (stored, reported) = wasmgate_counters::add(Some(entry.0), now, length, delta);
+            entry.0 = stored;
+            reported
         };
         self.created(now);
-        Counter { value, reset }
+        counter(reported)
+    }
+
+    fn counter_get_at(&self, key: &str, window: Duration, now: u64) -> Counter {
+        let length = millis(window);
+        let stored = self
+            .counters
+            .get(&wasmgate_counters::storage_key(key, length))
+            .map(|e| e.0);
+        counter(wasmgate_counters::add(stored, now, length, 0).1)
     }
 
     /// Counts a new key; every [`SWEEP_EVERY`] of them, drops dead entries.
     fn created(&self, now: u64) {
         let n = self.new_keys.fetch_add(1, Ordering::Relaxed);
         if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.counters.retain(|_, (start, window, _)| {
-                *window == 0 || start.saturating_add(*window) > now
-            });
+            self.counters
+                .retain(|_, (stored, length)| !wasmgate_counters::expired(*stored, now, *length));
             self.kv
                 .retain(|_, (_, expires)| expires.is_none_or(|e| e > now));
         }
@@ -138,13 +147,7 @@ impl SharedState for MemoryState {
     }
 
     fn counter_get(&self, key: &str, window: Duration) -> Counter {
-        let (start, reset) = window_of(now_ms(), window);
-        let value = self
-            .counters
-            .get(key)
-            .filter(|e| e.0 == start)
-            .map_or(0, |e| e.2);
-        Counter { value, reset }
+        self.counter_get_at(key, window, now_ms())
     }
 
     fn kv_get(&self, key: &str) -> Option<String> {
@@ -223,6 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn the_same_key_with_two_windows_is_two_counters() {
+        let s = MemoryState::new();
+        let minute = Duration::from_secs(60);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(s.counter_at("k", 1, minute, 120_000).value, 1);
+        assert_eq!(s.counter_at("k", 5, hour, 120_000).value, 5);
+        assert_eq!(s.counter_at("k", 1, minute, 120_500).value, 2);
+        assert_eq!(s.counter_get_at("k", hour, 120_500).value, 5);
+        assert_eq!(s.counter_get_at("k", minute, 120_500).value, 2);
+    }
+
+    #[test]
     fn compare_and_swap_only_replaces_the_expected_value() {
         let s = MemoryState::new();
         assert!(s.kv_compare_and_swap("k", None, "a".into(), Duration::ZERO));
@@ -273,15 +288,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn window_contains_now_and_reset_is_the_time_left(now in 0u64..10_000_000_000, w in 1u64..10_000_000) {
-            let (start, reset) = window_of(now, Duration::from_millis(w));
-            prop_assert!(start <= now && now < start + w);
-            prop_assert_eq!(start % w, 0);
-            prop_assert_eq!(reset.as_millis() as u64, start + w - now);
-            prop_assert!(reset.as_millis() as u64 >= 1 && reset.as_millis() as u64 <= w);
-        }
-
         #[test]
         fn counter_sums_deltas_within_one_window(deltas in prop::collection::vec(-100i64..100, 1..50)) {
             let s = MemoryState::new();

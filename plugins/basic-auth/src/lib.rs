@@ -157,6 +157,11 @@ impl Plugin for BasicAuth {
     fn hooks(&self) -> Hooks {
         Hooks::REQUEST
     }
+
+    /// The `Authorization` header comes with the call.
+    fn inputs(&self) -> Inputs {
+        Inputs::new().request_header("authorization")
+    }
 }
 
 impl BasicAuth {

@@ -93,7 +93,7 @@ impl Plugin for Cors {
     type Config = serde_json::Value;
 
     fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
-        let config: Config = read_config(config)?;
+        let config: Config = wasmgate_sdk::config::read(config)?;
         let origins = Origins::new(&config.origins)?;
         if config.credentials && origins == Origins::Any {
             return Err(ConfigError::new(
@@ -127,6 +127,17 @@ impl Plugin for Cors {
             expose_headers,
             max_age: config.max_age.map(|age| age.as_secs().to_string()),
         })
+    }
+
+    /// The CORS request headers and the method come with the request call, the remembered
+    /// origin with the response call.
+    fn inputs(&self) -> Inputs {
+        Inputs::new()
+            .request_header("origin")
+            .request_header("access-control-request-method")
+            .request_header("access-control-request-headers")
+            .method()
+            .context(ORIGIN_KEY)
     }
 
     fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
@@ -311,31 +322,6 @@ fn list(
         }
     }
     Ok((!items.is_empty()).then(|| items.join(", ")))
-}
-
-/// Reads the JSON config into `T`, prefixing serde's message with the key path
-/// (`origins[0]: invalid type: integer `1`, expected a string`).
-fn read_config<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(config).map_err(|err| {
-        let message = err.inner().to_string();
-        let mut segments: Vec<_> = err.path().iter().collect();
-        // Serde names an unknown key in its message already: point at the table holding it.
-        if message.starts_with("unknown field") {
-            segments.pop();
-        }
-        let mut path = String::new();
-        for segment in segments {
-            if !path.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
-                path.push('.');
-            }
-            path.push_str(&segment.to_string());
-        }
-        ConfigError::new(if path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
-        })
-    })
 }
 
 wasmgate_sdk::export!(Cors);

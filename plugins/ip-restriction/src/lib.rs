@@ -118,6 +118,11 @@ impl Plugin for IpRestriction {
     fn hooks(&self) -> Hooks {
         Hooks::REQUEST
     }
+
+    /// The client address comes with the call.
+    fn inputs(&self) -> Inputs {
+        Inputs::new().client_ip()
+    }
 }
 
 wasmgate_sdk::export!(IpRestriction);

@@ -255,6 +255,11 @@ impl Plugin for Jwt {
         Hooks::REQUEST
     }
 
+    /// The `Authorization` header comes with the call.
+    fn inputs(&self) -> Inputs {
+        Inputs::new().request_header("authorization")
+    }
+
     fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

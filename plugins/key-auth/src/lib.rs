@@ -236,6 +236,16 @@ impl Plugin for KeyAuth {
     fn hooks(&self) -> Hooks {
         Hooks::REQUEST
     }
+
+    /// The key's header comes with the call; the path too when the key may be in the query.
+    fn inputs(&self) -> Inputs {
+        let inputs = Inputs::new().request_header(&self.header);
+        if self.query.is_some() {
+            inputs.path()
+        } else {
+            inputs
+        }
+    }
 }
 
 wasmgate_sdk::export!(KeyAuth);

@@ -12,9 +12,10 @@
 //! limit holds across the plugin's pooled instances and concurrent requests. Windows are fixed
 //! and aligned on the UNIX epoch (a `1m` window restarts at every full UTC minute).
 //!
-//! Per request: `on_request` makes one or two reads (the context's `consumer` or the header, and
-//! the client IP when falling back to it), one `counter_add`, and one context write;
-//! `on_response` one context read and one batched header edit. See the README for every key.
+//! Per request: one call into the plugin, `on_request`, which receives what identifies the request
+//! with the call (the context's `consumer` or the header, and the client address), makes one call
+//! into the gateway (`counter_add`), and schedules the `RateLimit-*` response headers, which the
+//! gateway adds on the way back without calling the plugin again. See the README for every key.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -75,9 +76,6 @@ pub struct RateLimit {
     /// when both agree (the host namespaces keys per plugin name, not per route or entry; and
     /// one key must never be used with two windows, whose boundaries differ).
     key_prefix: String,
-    /// The context key carrying the numbers to `on_response`; distinct per namespace, window and
-    /// `by`, so two entries on one route do not read each other's.
-    ctx_key: String,
 }
 
 impl Plugin for RateLimit {
@@ -86,38 +84,41 @@ impl Plugin for RateLimit {
     type Config = serde_json::Value;
 
     fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
-        Self::from_config(read_config(config)?)
+        Self::from_config(wasmgate_sdk::config::read(config)?)
     }
 
+    /// What identifies a request comes with the call: the context's consumer or the header,
+    /// and the client address to fall back on.
+    fn inputs(&self) -> Inputs {
+        let inputs = Inputs::new();
+        match &self.by {
+            By::Route => inputs,
+            By::Ip => inputs.client_ip(),
+            By::Consumer => inputs.context(identity::CONSUMER_KEY).client_ip(),
+            By::Header(name) => inputs.request_header(name).client_ip(),
+        }
+    }
+
+    /// One call per request: the counting, and the `RateLimit-*` headers scheduled for the
+    /// response, which the gateway adds on the way back without calling the plugin again.
     fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
         let identity = self.by.identify(req, ctx);
         let limit = self.limit_for(&identity);
         let counter = state::counter_add(&identity.counter_key(&self.key_prefix), 1, self.window);
         let decision = Decision::new(limit, counter.value, counter.reset);
         if !decision.allowed {
-            // This plugin's own on_response does not run after its answer: the answer carries
+            // This plugin's own response turn does not run after its answer: the answer carries
             // the headers itself.
             return Ok(self.refusal(&decision));
         }
-        ctx.set(&self.ctx_key, &decision.encode());
+        req.set_response_header(LIMIT_HEADER, &decision.limit.to_string())?;
+        req.set_response_header(REMAINING_HEADER, &decision.remaining.to_string())?;
+        req.set_response_header(RESET_HEADER, &decision.reset_secs.to_string())?;
         Ok(Action::Continue)
     }
 
-    fn on_response(&self, resp: &mut Response<'_>, ctx: &Context) -> Result<Action, Error> {
-        let Some(value) = ctx.get(&self.ctx_key) else {
-            return Ok(Action::Continue);
-        };
-        if let Some([limit, remaining, reset]) = quota::decode(&value) {
-            resp.edit_headers(
-                &[
-                    (LIMIT_HEADER, limit),
-                    (REMAINING_HEADER, remaining),
-                    (RESET_HEADER, reset),
-                ],
-                &[],
-            )?;
-        }
-        Ok(Action::Continue)
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
     }
 }
 
@@ -148,7 +149,6 @@ impl RateLimit {
         let window_ms = window.as_millis();
         let namespace = config.namespace;
         Ok(Self {
-            ctx_key: format!("rate-limit:{namespace}:{window_ms}:{by}"),
             key_prefix: format!("{namespace}\u{1f}{window_ms}\u{1f}"),
             by,
             limit: config.limit,
@@ -180,31 +180,6 @@ impl RateLimit {
             .header(REMAINING_HEADER, "0")
             .header(RESET_HEADER, reset)
     }
-}
-
-/// Reads the JSON config into `T`, prefixing serde's message with the key path
-/// (`overrides.bob: invalid type: string "lots", expected u64`).
-fn read_config<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(config).map_err(|err| {
-        let message = err.inner().to_string();
-        let mut segments: Vec<_> = err.path().iter().collect();
-        // Serde names an unknown key in its message already: point at the table holding it.
-        if message.starts_with("unknown field") {
-            segments.pop();
-        }
-        let mut path = String::new();
-        for segment in segments {
-            if !path.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
-                path.push('.');
-            }
-            path.push_str(&segment.to_string());
-        }
-        ConfigError::new(if path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
-        })
-    })
 }
 
 wasmgate_sdk::export!(RateLimit);

@@ -34,27 +34,11 @@ impl Decision {
             allowed: used <= limit,
         }
     }
-
-    /// The three numbers as one context value, `"LIMIT REMAINING RESET"`.
-    pub(crate) fn encode(&self) -> String {
-        format!("{} {} {}", self.limit, self.remaining, self.reset_secs)
-    }
 }
 
 /// Whole seconds in `duration`, rounded up.
 pub(crate) fn secs_rounded_up(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
-}
-
-/// The three header values from a context value made by [`Decision::encode`]; `None` when it is
-/// not one (another plugin overwrote the key).
-pub(crate) fn decode(value: &str) -> Option<[&str; 3]> {
-    let mut parts = value.split(' ');
-    let numbers = [parts.next()?, parts.next()?, parts.next()?];
-    let all_digits = numbers
-        .iter()
-        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    (parts.next().is_none() && all_digits).then_some(numbers)
 }
 
 #[cfg(test)]
@@ -91,15 +75,6 @@ mod tests {
         assert_eq!(Decision::new(1, 1, Duration::from_millis(1)).reset_secs, 1);
     }
 
-    #[test]
-    fn decode_reads_back_what_encode_wrote_and_nothing_else() {
-        let d = Decision::new(100, 42, Duration::from_secs(7));
-        assert_eq!(decode(&d.encode()), Some(["100", "58", "7"]));
-        for bad in ["", "1 2", "1 2 3 4", "a 2 3", "1  3", "-1 2 3"] {
-            assert_eq!(decode(bad), None, "{bad:?}");
-        }
-    }
-
     proptest! {
         #[test]
         fn remaining_never_goes_negative_and_counts_down_by_one(
@@ -128,23 +103,6 @@ mod tests {
             prop_assert!(d.reset_secs >= 1);
             prop_assert!(d.reset_secs * 1000 >= reset_ms, "never promises a reset too early");
             prop_assert!(reset_ms == 0 || (d.reset_secs - 1) * 1000 < reset_ms, "at most 1 s late");
-        }
-
-        #[test]
-        fn decisions_survive_the_trip_through_the_context(
-            limit in 1u64..u64::MAX,
-            count in any::<i64>(),
-            reset_ms in any::<u32>(),
-        ) {
-            let d = Decision::new(limit, count, Duration::from_millis(reset_ms.into()));
-            let remaining = d.remaining.to_string();
-            let reset = d.reset_secs.to_string();
-            let limit = limit.to_string();
-            let encoded = d.encode();
-            prop_assert_eq!(
-                decode(&encoded),
-                Some([limit.as_str(), remaining.as_str(), reset.as_str()])
-            );
         }
     }
 }

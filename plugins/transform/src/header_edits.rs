@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use wasmgate_sdk::{ConfigError, HeaderError};
+use wasmgate_sdk::{ConfigError, FixedEdits, HeaderError};
 
 use crate::message::Message;
 
@@ -77,6 +77,41 @@ impl HeaderEdits {
             set,
             add,
         })
+    }
+
+    /// The edits as fixed edits the gateway applies itself (`request` or response side of
+    /// `fixed`), when they do not depend on the message: only a rename reads it.
+    pub(crate) fn fixed(
+        &self,
+        fixed: FixedEdits,
+        request: bool,
+    ) -> Result<Option<FixedEdits>, HeaderError> {
+        if !self.renames.is_empty() {
+            return Ok(None);
+        }
+        let mut fixed = fixed;
+        for name in &self.remove {
+            fixed = if request {
+                fixed.remove_request_header(name)
+            } else {
+                fixed.remove_response_header(name)
+            };
+        }
+        for (name, value) in &self.set {
+            fixed = if request {
+                fixed.set_request_header(name, value)?
+            } else {
+                fixed.set_response_header(name, value)?
+            };
+        }
+        for (name, value) in &self.add {
+            fixed = if request {
+                fixed.append_request_header(name, value)?
+            } else {
+                fixed.append_response_header(name, value)?
+            };
+        }
+        Ok(Some(fixed))
     }
 
     /// Whether there is nothing to do.

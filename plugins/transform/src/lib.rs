@@ -104,11 +104,14 @@ pub struct JsonBodyConfig {
 /// The plugin, built once per instance from a [`Config`].
 #[derive(Debug)]
 pub struct Transform {
+    /// Header edits that depend on nothing in the message, applied by the gateway itself.
+    fixed: FixedEdits,
+    /// The request's header edits when they read the request (a rename), else empty: they are
+    /// then in `fixed`.
     request_headers: HeaderEdits,
     rewrite: Option<PathRewrite>,
     query: QueryEdits,
     request_json: Option<JsonEdits>,
-    response_headers: HeaderEdits,
     response_json: Option<JsonEdits>,
 }
 
@@ -118,36 +121,55 @@ impl Plugin for Transform {
     type Config = serde_json::Value;
 
     fn new(config: serde_json::Value) -> Result<Self, ConfigError> {
-        let Config { request, response } = read_config(config)?;
+        let Config { request, response } = wasmgate_sdk::config::read(config)?;
         let json = |key: &str, body: Option<JsonBodyConfig>| {
             body.map(|b| JsonEdits::new(key, b.set, b.remove))
                 .transpose()
         };
+        let request_headers = HeaderEdits::new(
+            "request",
+            HeaderLists {
+                remove: request.remove_headers,
+                rename: request.rename_headers,
+                set: request.set_headers,
+                add: request.add_headers,
+            },
+        )?;
+        let response_headers = HeaderEdits::new(
+            "response",
+            HeaderLists {
+                remove: response.remove_headers,
+                set: response.set_headers,
+                add: response.add_headers,
+                ..HeaderLists::default()
+            },
+        )?;
+        // Checked above, so these edits are valid.
+        let invalid = |e: wasmgate_sdk::HeaderError| ConfigError::new(e.message().to_owned());
+        let mut fixed = FixedEdits::new();
+        let request_headers = match request_headers
+            .fixed(fixed.clone(), true)
+            .map_err(invalid)?
+        {
+            Some(with_request) => {
+                fixed = with_request;
+                HeaderEdits::default()
+            }
+            None => request_headers,
+        };
+        let fixed = response_headers
+            .fixed(fixed, false)
+            .map_err(invalid)?
+            .unwrap_or_default();
         Ok(Self {
-            request_headers: HeaderEdits::new(
-                "request",
-                HeaderLists {
-                    remove: request.remove_headers,
-                    rename: request.rename_headers,
-                    set: request.set_headers,
-                    add: request.add_headers,
-                },
-            )?,
+            fixed,
+            request_headers,
             rewrite: request
                 .rewrite_path
                 .map(|r| PathRewrite::new(&r.pattern, r.replacement))
                 .transpose()?,
             query: QueryEdits::new(&request.set_query, &request.remove_query)?,
             request_json: json("request.json_body", request.json_body)?,
-            response_headers: HeaderEdits::new(
-                "response",
-                HeaderLists {
-                    remove: response.remove_headers,
-                    set: response.set_headers,
-                    add: response.add_headers,
-                    ..HeaderLists::default()
-                },
-            )?,
             response_json: json("response.json_body", response.json_body)?,
         })
     }
@@ -161,10 +183,16 @@ impl Plugin for Transform {
         {
             hooks |= Hooks::REQUEST;
         }
-        if !self.response_headers.is_empty() || self.response_json.is_some() {
+        if self.response_json.is_some() {
             hooks |= Hooks::RESPONSE;
         }
         hooks
+    }
+
+    /// Header edits that read nothing (every set, add and remove; renames read the message),
+    /// which the gateway applies itself: a transform of fixed headers is never called.
+    fn fixed_edits(&self) -> FixedEdits {
+        self.fixed.clone()
     }
 
     /// Only with a `json_body` section. The gateway then buffers bodies on the route in both
@@ -185,7 +213,6 @@ impl Plugin for Transform {
     }
 
     fn on_response(&self, resp: &mut Response<'_>, _ctx: &Context) -> Result<Action, Error> {
-        self.response_headers.apply(resp)?;
         if let Some(edits) = &self.response_json {
             edit_json_body(resp, edits)?;
         }
@@ -236,31 +263,6 @@ fn edit_json_body(message: &mut impl Message, edits: &JsonEdits) -> Result<(), E
         message.set_body(edited)?;
     }
     Ok(())
-}
-
-/// Reads the JSON config into `T`, prefixing serde's message with the key path
-/// (`request.set_headers.x-a: invalid type: integer `1`, expected a string`).
-fn read_config<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(config).map_err(|err| {
-        let message = err.inner().to_string();
-        let mut segments: Vec<_> = err.path().iter().collect();
-        // Serde names an unknown key in its message already: point at the table holding it.
-        if message.starts_with("unknown field") {
-            segments.pop();
-        }
-        let mut path = String::new();
-        for segment in segments {
-            if !path.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
-                path.push('.');
-            }
-            path.push_str(&segment.to_string());
-        }
-        ConfigError::new(if path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
-        })
-    })
 }
 
 wasmgate_sdk::export!(Transform);

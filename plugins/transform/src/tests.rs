@@ -53,7 +53,7 @@ fn applies_every_request_edit() {
         .body(r#"{"user":"ann","password":"hunter2"}"#)
         .build();
     assert!(
-        p.on_request(&mut req, &Context::new())
+        testing::on_request(&p, &mut req, &Context::new())
             .unwrap()
             .is_continue()
     );
@@ -84,7 +84,7 @@ fn applies_every_response_edit() {
         .body(r#"{"data":[1,2],"internal":"x"}"#)
         .build();
     assert!(
-        p.on_response(&mut resp, &Context::new())
+        testing::on_response(&p, &Request::builder().build(), &mut resp, &Context::new())
             .unwrap()
             .is_continue()
     );
@@ -104,7 +104,7 @@ fn non_json_and_unavailable_bodies_pass_untouched() {
         .header("content-type", "text/plain")
         .body(r#"{"password":"p"}"#)
         .build();
-    p.on_request(&mut text, &Context::new()).unwrap();
+    testing::on_request(&p, &mut text, &Context::new()).unwrap();
     assert_eq!(text.body().as_deref(), Some(&br#"{"password":"p"}"#[..]));
     assert_eq!(text.header("content-length"), None);
 
@@ -112,7 +112,7 @@ fn non_json_and_unavailable_bodies_pass_untouched() {
         .uri("/x")
         .body(r#"{"password":"p"}"#)
         .build();
-    p.on_request(&mut untyped, &Context::new()).unwrap();
+    testing::on_request(&p, &mut untyped, &Context::new()).unwrap();
     assert_eq!(untyped.body().as_deref(), Some(&br#"{"password":"p"}"#[..]));
 
     // A response over the route's max_body: the gateway hands over no body.
@@ -120,14 +120,14 @@ fn non_json_and_unavailable_bodies_pass_untouched() {
         .header("content-type", "application/json")
         .body_unavailable()
         .build();
-    p.on_response(&mut big, &Context::new()).unwrap();
+    testing::on_response(&p, &Request::builder().build(), &mut big, &Context::new()).unwrap();
     assert_eq!(big.header("x-served-by").as_deref(), Some("wasmgate"));
 
     let mut array = Response::builder()
         .header("content-type", "application/json")
         .body("[1,2]")
         .build();
-    p.on_response(&mut array, &Context::new()).unwrap();
+    testing::on_response(&p, &Request::builder().build(), &mut array, &Context::new()).unwrap();
     assert_eq!(array.body().as_deref(), Some(&b"[1,2]"[..]));
 }
 
@@ -135,7 +135,7 @@ fn non_json_and_unavailable_bodies_pass_untouched() {
 fn paths_that_do_not_match_keep_their_path_but_get_query_edits() {
     let p = plugin(FULL_CONFIG);
     let mut req = Request::builder().uri("/other?a=%20b&debug").build();
-    p.on_request(&mut req, &Context::new()).unwrap();
+    testing::on_request(&p, &mut req, &Context::new()).unwrap();
     assert_eq!(req.path_with_query(), "/other?a=%20b&version=2");
 }
 
@@ -145,10 +145,10 @@ fn a_rewrite_alone_keeps_the_query_as_sent() {
         r#"{ "request": { "rewrite_path": { "pattern": "^/api/v1/", "replacement": "/v2/" } } }"#,
     );
     let mut req = Request::builder().uri("/api/v1/items?q=a+b&x=%2F").build();
-    p.on_request(&mut req, &Context::new()).unwrap();
+    testing::on_request(&p, &mut req, &Context::new()).unwrap();
     assert_eq!(req.path_with_query(), "/v2/items?q=a+b&x=%2F");
     let mut other = Request::builder().uri("/health?x=1").build();
-    p.on_request(&mut other, &Context::new()).unwrap();
+    testing::on_request(&p, &mut other, &Context::new()).unwrap();
     assert_eq!(other.path_with_query(), "/health?x=1");
 }
 
@@ -156,18 +156,35 @@ fn a_rewrite_alone_keeps_the_query_as_sent() {
 fn removing_the_last_query_parameter_drops_the_question_mark() {
     let p = plugin(r#"{ "request": { "remove_query": ["token"] } }"#);
     let mut req = Request::builder().uri("/a?token=s").build();
-    p.on_request(&mut req, &Context::new()).unwrap();
+    testing::on_request(&p, &mut req, &Context::new()).unwrap();
     assert_eq!(req.path_with_query(), "/a");
 }
 
 #[test]
 fn declares_only_the_hooks_and_bodies_its_config_uses() {
     let request_only = plugin(r#"{ "request": { "set_headers": { "x-a": "1" } } }"#);
-    assert_eq!(request_only.hooks(), Hooks::REQUEST);
+    assert_eq!(
+        request_only.hooks(),
+        Hooks::NONE,
+        "fixed headers need no call"
+    );
+    assert_eq!(request_only.fixed_edits().request().len(), 1);
     assert!(!request_only.needs_body());
     let response_only = plugin(r#"{ "response": { "remove_headers": ["server"] } }"#);
-    assert_eq!(response_only.hooks(), Hooks::RESPONSE);
+    assert_eq!(
+        response_only.hooks(),
+        Hooks::NONE,
+        "fixed headers need no call"
+    );
+    assert_eq!(response_only.fixed_edits().response().len(), 1);
     assert!(!response_only.needs_body());
+    let renames = plugin(r#"{ "request": { "rename_headers": { "x-a": "x-b" } } }"#);
+    assert_eq!(
+        renames.hooks(),
+        Hooks::REQUEST,
+        "a rename reads the request"
+    );
+    assert!(renames.fixed_edits().request().is_empty());
     let query_only = plugin(r#"{ "request": { "remove_query": ["a"] } }"#);
     assert_eq!(query_only.hooks(), Hooks::REQUEST);
     let full = plugin(FULL_CONFIG);

@@ -6,6 +6,7 @@
 //! `cargo test -p wasmgate-tests --test e2e -- jwt::`.
 
 mod basic_auth;
+mod chain;
 mod config_errors;
 mod cors;
 mod ip_restriction;

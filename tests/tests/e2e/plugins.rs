@@ -9,6 +9,7 @@ use wasmgate_tests::*;
 
 const TAGGER: &str = env!("WASM_TAGGER");
 const MISBEHAVE: &str = env!("WASM_MISBEHAVE");
+const OLD_ABI: &str = env!("WASM_OLD_ABI");
 
 /// A folder with `plugins/tagger.wasm` and `plugins/misbehave.wasm`, like a deployment.
 fn plugins_dir() -> tempfile::TempDir {
@@ -363,6 +364,30 @@ fn check_reports_the_plugins_own_config_error_and_a_missing_plugin() {
     );
     assert!(stderr.contains("plugin \"missing\""), "{stderr}");
     assert!(stderr.contains("missing.wasm not found"), "{stderr}");
+}
+
+#[test]
+fn a_plugin_built_for_the_0_1_abi_is_refused_naming_both_versions_and_how_to_rebuild() {
+    let dir = workdir_with_plugins(&[("old-abi", OLD_ABI)]);
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[routes]]\nname = \"r\"\nrespond = { body = \"x\" }\n[[routes.plugins]]\nname = \"old-abi\"\n",
+    )
+    .expect("write");
+    let (code, stderr) = check(wasmgate_bin!(), &path).expect("check");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(
+            "old-abi.wasm was built for the plugin ABI wasmgate:plugin@0.1.0, and this gateway runs @0.2.0"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rebuild it against wasmgate-sdk 0.2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("import"), "no link error: {stderr}");
 }
 
 #[test]
