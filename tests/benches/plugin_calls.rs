@@ -88,6 +88,11 @@ fn bench(c: &mut Criterion) {
             .concat(),
         ),
     ];
+    // What every case below also pays per iteration, outside the chain: building the request
+    // and an empty context. Subtract it to get a hook's own cost.
+    c.bench_function("baseline: building the request and context", |b| {
+        b.iter(|| (view(), Context::new()));
+    });
     for (name, plugins) in cases {
         let runtime = runtime(&rt, &plugins);
         let chain = runtime.chain(0).expect("chain").clone();
