@@ -301,7 +301,14 @@ async fn serve(
             let (parts, body) = req.into_parts();
             dispatch(&routed, parts, body, conn, request_id, trace).await
         }
-        Some(chain) => serve_with_plugins(&routed, chain, req, conn, request_id, trace).await,
+        // Boxed: the plugin calls' futures are large, and every request's future (boxed and
+        // moved by hyper) would otherwise be as large as they are, with or without plugins.
+        Some(chain) => {
+            Box::pin(serve_with_plugins(
+                &routed, chain, req, conn, request_id, trace,
+            ))
+            .await
+        }
     }
 }
 

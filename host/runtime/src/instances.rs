@@ -165,6 +165,16 @@ impl Instances {
         if let Some(instance) = self.pop_idle(pool) {
             return Ok(instance);
         }
+        // Boxed: waiting and instantiating take large futures, which the fast path above (and
+        // every request's future around it) should not carry.
+        Box::pin(self.wait_or_make(pool, make)).await
+    }
+
+    async fn wait_or_make<F, Fut>(&self, pool: &WorkerPool, make: F) -> Result<Instance, Checkout>
+    where
+        F: FnOnce(OwnedSemaphorePermit) -> Fut,
+        Fut: Future<Output = wasmtime::Result<Instance>>,
+    {
         let deadline = tokio::time::Instant::now() + CHECKOUT_WAIT;
         loop {
             let returned = pool.returned.notified();
