@@ -564,7 +564,12 @@ fn workspace_root() -> &'static Path {
 /// The workspace's target directory, as cargo sees it: `CARGO_TARGET_DIR`, `build.target-dir`
 /// in a cargo config file, or `target/`.
 fn target_dir() -> Result<PathBuf> {
-    let output = cargo()
+    target_dir_of(cargo())
+}
+
+/// [`target_dir`] as `command` (a `cargo` command, with its environment) sees it.
+fn target_dir_of(mut command: Command) -> Result<PathBuf> {
+    let output = command
         .args([
             "metadata",
             "--format-version",
@@ -681,6 +686,17 @@ mod tests {
 
     fn args(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_wasm_build_follows_cargo_target_dir() -> Result<()> {
+        // `cargo xtask demo` and `plugins` build into `<target>/wasm` and copy from there: with a
+        // shared target folder that must be the shared one, not `./target`.
+        let shared = env::temp_dir().join("wasmgate-shared-target");
+        let mut command = cargo();
+        command.env("CARGO_TARGET_DIR", &shared);
+        assert_eq!(target_dir_of(command)?, shared);
+        Ok(())
     }
 
     #[test]
