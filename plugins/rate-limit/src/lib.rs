@@ -148,8 +148,14 @@ impl RateLimit {
         }
         let window_ms = window.as_millis();
         let namespace = config.namespace;
+        // Header values are counted per header: `by = "header:x-a"` and `"header:x-b"` entries
+        // must not share a counter because two clients sent the same value in different headers.
+        let header = match &by {
+            By::Header(name) => format!("{name}\u{1f}"),
+            _ => String::new(),
+        };
         Ok(Self {
-            key_prefix: format!("{namespace}\u{1f}{window_ms}\u{1f}"),
+            key_prefix: format!("{namespace}\u{1f}{window_ms}\u{1f}{header}"),
             by,
             limit: config.limit,
             overrides: config.overrides.into_iter().collect(),

@@ -215,6 +215,21 @@ fn header_identity_counts_per_value_and_falls_back_to_the_ip() {
 }
 
 #[test]
+fn entries_counting_different_headers_do_not_share_counters() {
+    frozen(Duration::ZERO);
+    let by_a = plugin(r#"{ "limit": 1, "by": "header:x-a" }"#);
+    let by_b = plugin(r#"{ "limit": 1, "by": "header:x-b" }"#);
+    let req = |header: &str| Request::builder().header(header, "same").build();
+    assert_eq!(call_with(&by_a, req("x-a"), None).0, 200);
+    assert_eq!(
+        call_with(&by_b, req("x-b"), None).0,
+        200,
+        "x-b has its own counter"
+    );
+    assert_eq!(call_with(&by_a, req("x-a"), None).0, 429);
+}
+
+#[test]
 fn route_counts_every_client_together() {
     frozen(Duration::ZERO);
     let p = plugin(r#"{ "limit": 2, "by": "route" }"#);
