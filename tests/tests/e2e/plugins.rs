@@ -607,3 +607,54 @@ async fn a_looping_plugin_does_not_stall_the_other_requests_of_its_worker() {
         "a request waited {slowest:?} while the plugin looped"
     );
 }
+
+#[tokio::test]
+async fn max_instances_bounds_the_instances_a_worker_may_use_at_once() {
+    let up = echo_upstream("up").await;
+    // One worker with one instance; the loop holds it for 1.5 s, longer than a request waits
+    // for an instance (1 s).
+    let toml = misbehaving_gateway_toml(up, "max_instances = 1")
+        .replacen(
+            "plugin_cache_dir = \"\"",
+            "plugin_cache_dir = \"\"\n        workers = 1",
+            1,
+        )
+        .replacen("timeout = \"100ms\"", "timeout = \"1500ms\"", 1);
+    let gw = TestGateway::start_in(plugins_dir(), &toml)
+        .await
+        .expect("start");
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("/fine")).send().await.expect("send").status(),
+        200
+    );
+    let looping = tokio::spawn(c.get(gw.url("/loop")).send());
+    loop {
+        assert!(
+            !looping.is_finished(),
+            "the loop ended before a request had to wait for its instance"
+        );
+        let sent = Instant::now();
+        let resp = c.get(gw.url("/fine")).send().await.expect("send");
+        if resp.status() == 200 {
+            // Served before the loop took the instance.
+            continue;
+        }
+        assert_eq!(resp.status(), 503, "no second instance: unavailable");
+        assert!(
+            sent.elapsed() >= Duration::from_millis(900),
+            "it waited for the instance first ({:?})",
+            sent.elapsed()
+        );
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"], "plugin_unavailable");
+        break;
+    }
+    let status = looping.await.expect("join").expect("send").status();
+    assert_eq!(status, 503, "the loop hit its timeout");
+    assert_eq!(
+        c.get(gw.url("/fine")).send().await.expect("send").status(),
+        200,
+        "the timed-out instance's slot is free again"
+    );
+}
