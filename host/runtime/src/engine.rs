@@ -25,7 +25,10 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, InstanceAllocationStrategy, PoolingAllocationConfig,
+    ProfilingStrategy,
+};
 
 use crate::bindings::Plugin;
 use crate::imports::HostState;
@@ -164,6 +167,11 @@ impl Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.memory_init_cow(true);
+        // `perf` cannot name JIT code on its own; with a perf map it attributes samples to the
+        // plugin's functions (docs/operations.md, "Profiling plugins").
+        if std::env::var_os("WASMGATE_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = &settings.cache_dir {
             let mut cache = CacheConfig::new();
             cache.with_directory(dir);
