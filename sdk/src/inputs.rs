@@ -291,6 +291,22 @@ impl Declared {
     pub(crate) fn response(&self, input: &Input) -> Option<usize> {
         self.inputs.response.iter().position(|i| i == input)
     }
+
+    /// The position of header `name` (any case) in the request inputs.
+    pub(crate) fn request_header(&self, name: &str) -> Option<usize> {
+        header_position(&self.inputs.request, name)
+    }
+
+    /// The position of header `name` (any case) in the response inputs.
+    pub(crate) fn response_header(&self, name: &str) -> Option<usize> {
+        header_position(&self.inputs.response, name)
+    }
+}
+
+/// Declared names are lowercase; `name` may be in any case, and is compared without a copy.
+fn header_position(list: &[Input], name: &str) -> Option<usize> {
+    list.iter()
+        .position(|input| matches!(input, Input::Header(h) if h.eq_ignore_ascii_case(name)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use crate::inputs::{Declared, Input};
 pub(crate) trait Handle {
     /// The position of `input` among this message's declared inputs.
     fn position(declared: &Declared, input: &Input) -> Option<usize>;
+    /// The position of header `name` (any case) among this message's declared inputs.
+    fn header_position(declared: &Declared, name: &str) -> Option<usize>;
     fn handle(&self) -> u32;
     fn header(&self, name: &str) -> Option<String>;
     fn header_all(&self, name: &str) -> Vec<String>;
@@ -23,10 +25,13 @@ pub(crate) trait Handle {
 }
 
 macro_rules! handle {
-    ($ty:ty, $position:ident) => {
+    ($ty:ty, $position:ident, $header_position:ident) => {
         impl Handle for $ty {
             fn position(declared: &Declared, input: &Input) -> Option<usize> {
                 declared.$position(input)
+            }
+            fn header_position(declared: &Declared, name: &str) -> Option<usize> {
+                declared.$header_position(name)
             }
             fn handle(&self) -> u32 {
                 <$ty>::handle(self)
@@ -52,8 +57,8 @@ macro_rules! handle {
     };
 }
 
-handle!(types::Request, request);
-handle!(types::Response, response);
+handle!(types::Request, request, request_header);
+handle!(types::Response, response, response_header);
 
 /// A message in the gateway, seen through one hook call.
 pub(crate) struct HostMessage<'a, H> {
@@ -62,12 +67,17 @@ pub(crate) struct HostMessage<'a, H> {
     /// The declared inputs' values, in declaration order.
     inputs: Vec<Option<String>>,
     /// Header edits not sent yet: handed back with the verdict, or sent before a read that
-    /// would see them.
+    /// would see them. Their names are lowercase, and their declared values are stale.
     edits: RefCell<Vec<HeaderEdit>>,
-    /// Headers edited during the call (lowercase): their declared values are stale. A set, as
-    /// a hook may edit thousands (refused by the gateway, but not slowly).
-    edited: BTreeSet<String>,
+    /// Headers edited during the call whose edits were already sent (lowercase): their
+    /// declared values are stale too. Kept apart from `edits` so the common hook, whose edits
+    /// all go back with the verdict, allocates nothing to track them.
+    sent: RefCell<BTreeSet<String>>,
 }
+
+/// Pending edits beyond which they are sent at once: bounds the scan of `edits` on every read
+/// (a hook may edit thousands of headers; the gateway refuses that, but not slowly).
+const MAX_PENDING_EDITS: usize = 32;
 
 impl<H: Handle> fmt::Debug for HostMessage<'_, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +96,7 @@ impl<'a, H: Handle> HostMessage<'a, H> {
             declared,
             inputs,
             edits: RefCell::new(Vec::new()),
-            edited: BTreeSet::new(),
+            sent: RefCell::new(BTreeSet::new()),
         }
     }
 
@@ -106,20 +116,30 @@ impl<'a, H: Handle> HostMessage<'a, H> {
         let edits = std::mem::take(&mut *self.edits.borrow_mut());
         if !edits.is_empty() {
             self.handle.edit_headers(&to_wit_edits(&edits));
+            self.sent
+                .borrow_mut()
+                .extend(edits.iter().map(|edit| edit.name().to_owned()));
         }
     }
 
     /// Whether header `name` was edited during this call (its declared value is then stale);
     /// when it was, the collected edits are sent first, so a read sees them.
     fn edited(&self, name: &str) -> bool {
-        if self.edited.is_empty() {
-            return false;
-        }
-        let edited = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.edited.contains(&name.to_ascii_lowercase())
-        } else {
-            self.edited.contains(name)
+        let pending = self
+            .edits
+            .borrow()
+            .iter()
+            .any(|edit| edit.name().eq_ignore_ascii_case(name));
+        let sent = || {
+            let sent = self.sent.borrow();
+            !sent.is_empty()
+                && if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    sent.contains(&name.to_ascii_lowercase())
+                } else {
+                    sent.contains(name)
+                }
         };
+        let edited = pending || sent();
         if edited {
             self.flush();
         }
@@ -130,7 +150,7 @@ impl<'a, H: Handle> HostMessage<'a, H> {
     /// `content-length`): the edits so far are sent first, to keep their order with it.
     pub(crate) fn touched(&mut self, name: &str) {
         self.flush();
-        self.edited.insert(name.to_owned());
+        self.sent.get_mut().insert(name.to_owned());
     }
 
     /// The declared value of header `name`, unless edited during this call.
@@ -138,7 +158,8 @@ impl<'a, H: Handle> HostMessage<'a, H> {
         if self.edited(name) {
             return None;
         }
-        self.input(&Input::Header(name.to_ascii_lowercase()))
+        let i = H::header_position(self.declared, name)?;
+        Some(self.inputs.get(i).and_then(Option::as_deref))
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<String> {
@@ -182,10 +203,10 @@ impl<'a, H: Handle> HostMessage<'a, H> {
     }
 
     pub(crate) fn edit(&mut self, edit: HeaderEdit) {
-        if !self.edited.contains(edit.name()) {
-            self.edited.insert(edit.name().to_owned());
-        }
         self.edits.get_mut().push(edit);
+        if self.edits.get_mut().len() >= MAX_PENDING_EDITS {
+            self.flush();
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use wasmgate_tests::*;
 const TAGGER: &str = env!("WASM_TAGGER");
 const MISBEHAVE: &str = env!("WASM_MISBEHAVE");
 const OLD_ABI: &str = env!("WASM_OLD_ABI");
+const COPIER: &str = env!("WASM_COPIER");
 
 /// A folder with `plugins/tagger.wasm` and `plugins/misbehave.wasm`, like a deployment.
 fn plugins_dir() -> tempfile::TempDir {
@@ -97,6 +98,58 @@ async fn tagger_binds_per_route_config_and_runs_both_phases() {
     );
     assert!(resp.headers().contains_key("x-request-id"));
     assert_eq!(resp.text().await.expect("text"), "denied by tagger");
+}
+
+#[tokio::test]
+async fn a_declared_header_read_after_the_hook_edits_it_is_the_edit() {
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start_in(
+        workdir_with_plugins(&[("copier", COPIER)]),
+        &format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            plugin_cache_dir = ""
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "copy"
+            upstream = "u"
+            [[routes.plugins]]
+            name = "copier"
+            config = {{ from = "x-from", to = "X-To", read_back = true }}
+            "#
+        ),
+    )
+    .await
+    .expect("start");
+    let body: Value = client()
+        .get(gw.url("/"))
+        .header("x-from", "new")
+        .header("x-to", "sent-by-client")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["headers"]["x-to"], "new");
+    assert_eq!(
+        body["headers"]["x-copier-read-back"], "new",
+        "the declared value of x-to was stale after the edit"
+    );
+
+    // Without the header to copy nothing is edited: the declared value is read.
+    let body: Value = client()
+        .get(gw.url("/"))
+        .header("x-to", "sent-by-client")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["headers"]["x-copier-read-back"], "sent-by-client");
 }
 
 #[tokio::test]
