@@ -96,6 +96,7 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteLabels>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<TargetLabels>,
+    upstream_connections: Family<TargetLabels, Counter>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -146,6 +147,12 @@ impl Metrics {
             "upstream_duration_seconds",
             "Time from handing a request to an upstream target until its response head arrived (connecting included), by upstream and target",
             upstream_duration.clone(),
+        );
+        let upstream_connections = Family::default();
+        registry.register(
+            "upstream_connections",
+            "Connections opened to upstream targets (a request reusing a kept-alive or multiplexed connection opens none), by upstream and target",
+            upstream_connections.clone(),
         );
         let plugin_duration: HistogramFamily<PluginPhaseLabels> =
             Family::new_with_constructor(|| Histogram::new(PLUGIN_BUCKETS));
@@ -202,6 +209,7 @@ impl Metrics {
             request_duration,
             upstream_requests,
             upstream_duration,
+            upstream_connections,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -243,11 +251,14 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
         });
-        let duration = self.upstream_duration.get_or_create_owned(&TargetLabels {
-            upstream: upstream.clone(),
-            target: target.clone(),
-        });
-        TargetMetrics { outcomes, duration }
+        let labels = TargetLabels { upstream, target };
+        let duration = self.upstream_duration.get_or_create_owned(&labels);
+        let connections = self.upstream_connections.get_or_create_owned(&labels);
+        TargetMetrics {
+            outcomes,
+            duration,
+            connections,
+        }
     }
 
     /// The handles of plugin `plugin` on route `route`.
@@ -393,9 +404,15 @@ impl UpstreamOutcome {
 pub struct TargetMetrics {
     outcomes: [Counter; 4],
     duration: Histogram,
+    connections: Counter,
 }
 
 impl TargetMetrics {
+    /// Counts a connection opened to the target.
+    pub fn connected(&self) {
+        self.connections.inc();
+    }
+
     /// Counts a request's outcome.
     pub fn count(&self, outcome: UpstreamOutcome) {
         self.outcomes[outcome as usize].inc();
