@@ -360,6 +360,9 @@ fn config(active: Active<'_>) -> Value {
             "targets": u.targets.iter().map(|t| json!({"address": t.address.as_str(), "weight": t.weight})).collect::<Vec<_>>(),
             "connect_timeout_ms": u.connect_timeout.as_millis(),
             "timeout_ms": u.timeout.as_millis(),
+            "pool_idle_timeout_ms": u.pool_idle_timeout.as_millis(),
+            "pool_max_idle": u.pool_max_idle,
+            "protocol": u.protocol.as_str(),
         })).collect::<Vec<_>>(),
         "routes": routes,
     })

@@ -47,6 +47,7 @@ const TLS_KEYS: &[&str] = &["listen", "certificates"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const UPSTREAM_KEYS: &[&str] = &[
     "targets",
+    "protocol",
     "connect_timeout",
     "timeout",
     "pool_idle_timeout",
@@ -723,6 +724,7 @@ impl<'r> Reader<'r> {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
+            protocol: UpstreamProtocol::Http1,
         };
         match t.get("targets") {
             Some(v) => {
@@ -763,6 +765,19 @@ impl<'r> Reader<'r> {
             && let Some(n) = self.integer(v, &t.key("pool_max_idle"), 0, 1 << 16)
         {
             u.pool_max_idle = n as usize;
+        }
+        if let Some(v) = t.get("protocol")
+            && let Some(s) = self.string(v, &t.key("protocol"))
+        {
+            match s {
+                "http1" => u.protocol = UpstreamProtocol::Http1,
+                "h2c" => u.protocol = UpstreamProtocol::H2c,
+                other => self.err(
+                    &v.span(),
+                    &t.key("protocol"),
+                    format!("invalid protocol {other:?} (expected \"http1\" or \"h2c\")"),
+                ),
+            }
         }
         Some(u)
     }

@@ -183,6 +183,29 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     /// `pool_max_idle`: idle keep-alive connections kept per target by each worker. Default 256.
     pub pool_max_idle: usize,
+    /// `protocol`: how requests are sent to the targets. Default `"http1"`.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `protocol` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// `"http1"`: HTTP/1.1, one request at a time per connection, idle connections kept alive.
+    #[default]
+    Http1,
+    /// `"h2c"`: HTTP/2 over plain TCP by prior knowledge (RFC 9113 §3.3): requests multiplexed
+    /// on one connection per target and worker.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+        }
+    }
 }
 
 /// One entry of `targets`.
