@@ -430,6 +430,19 @@ pub fn check(bin: &Path, config: &Path) -> anyhow::Result<(i32, String)> {
     ))
 }
 
+/// Reads from `stream` up to the end of a request head; `false` if it closed or failed first.
+pub async fn read_request_head(stream: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers `200 slow` to each request `hold` after it arrived, and reports each
 /// arrival on the returned channel: the readiness signal for "a request is in flight".
 pub async fn holding_upstream(
@@ -444,13 +457,8 @@ pub async fn holding_upstream(
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = tx.send(());
                 tokio::time::sleep(hold).await;

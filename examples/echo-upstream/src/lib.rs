@@ -7,12 +7,15 @@
 //! | `/bytes/N` | `200` with N bytes of `x`, streamed in 64 KiB chunks |
 //! | `/status/CODE` | the JSON answer with that status |
 //!
-//! Every response carries `x-echo-server: NAME`.
+//! Every response carries `x-echo-server: NAME`, and the JSON names the connection it came on
+//! (`peer`: the client's address and port). [`spawn_observed`] also counts connections opened and
+//! closed, for tests of connection reuse.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,25 +29,79 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 const CHUNK: usize = 64 * 1024;
 
 /// Serves the echo upstream on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, name: &str) {
+    serve_counted(listener, name, Arc::new(Connections::default())).await;
+}
+
+async fn serve_counted(listener: TcpListener, name: &str, connections: Arc<Connections>) {
     let name: Arc<str> = name.into();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        let connections = connections.clone();
+        connections.opened.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, name.clone()));
+            let service = service_fn(move |req| handle(req, name.clone(), peer));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            connections.closed.fetch_add(1, Ordering::SeqCst);
+            connections.changed.notify_waiters();
         });
     }
+}
+
+/// Connections an observed echo upstream has accepted and seen closed.
+#[derive(Debug, Default)]
+pub struct Connections {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    changed: Notify,
+}
+
+impl Connections {
+    /// Connections accepted so far.
+    pub fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed so far (by either side).
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` connections have closed.
+    pub async fn wait_closed(&self, n: usize) {
+        loop {
+            let changed = self.changed.notified();
+            if self.closed() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Like [`spawn`], and counts the connections it accepts and sees closed.
+pub async fn spawn_observed(
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<(SocketAddr, Arc<Connections>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let name = name.to_owned();
+    let connections = Arc::new(Connections::default());
+    let counted = connections.clone();
+    tokio::spawn(async move { serve_counted(listener, &name, counted).await });
+    Ok((local, connections))
 }
 
 /// Binds `addr` and serves the echo upstream on it in a background task; returns the bound address.
@@ -58,7 +115,11 @@ pub async fn spawn(addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> 
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let mut segments = path.trim_start_matches('/').split('/');
     let mut status = StatusCode::OK;
@@ -109,6 +170,7 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "version": format!("{:?}", parts.version),
+        "peer": peer.to_string(),
         "headers": headers,
         "body_bytes": body_bytes,
     });

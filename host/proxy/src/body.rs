@@ -12,6 +12,8 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::pool::Release;
+
 /// A request or response body.
 #[derive(Debug)]
 pub struct Body {
@@ -33,11 +35,13 @@ enum Kind {
         head: Option<Bytes>,
         rest: Box<Body>,
     },
-    /// Streamed from an upstream that must produce each frame within `idle`.
+    /// Streamed from an upstream that must produce each frame within `idle`; its connection
+    /// goes back to the pool (`release`) once the body was read to the end.
     Watched {
         inner: Incoming,
         idle: Duration,
         timer: Option<Pin<Box<Sleep>>>,
+        release: Option<Release>,
     },
 }
 
@@ -95,15 +99,37 @@ impl Body {
         }
     }
 
-    /// A body streamed from a peer that fails if no frame arrives for `idle`.
-    pub fn watched(incoming: Incoming, idle: Duration) -> Self {
-        Self {
+    /// A body streamed from an upstream that fails if no frame arrives for `idle`, and gives
+    /// its connection back with `release` once read to the end.
+    pub(crate) fn watched(incoming: Incoming, idle: Duration, release: Option<Release>) -> Self {
+        let mut body = Self {
             kind: Kind::Watched {
                 inner: incoming,
                 idle,
                 timer: None,
+                release,
             },
+        };
+        body.release_if_ended();
+        body
+    }
+
+    /// Gives an upstream connection back as soon as its body has nothing more to read.
+    fn release_if_ended(&mut self) {
+        if let Kind::Watched { inner, release, .. } = &mut self.kind
+            && http_body::Body::is_end_stream(inner)
+            && let Some(release) = release.take()
+        {
+            release.release();
         }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // Servers stop polling a body with a known length after its last byte, without
+        // asking for the end: the connection is reusable then too.
+        self.release_if_ended();
     }
 }
 
@@ -131,11 +157,28 @@ impl http_body::Body for Body {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
-            Kind::Watched { inner, idle, timer } => {
-                if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
+            Kind::Watched {
+                inner,
+                idle,
+                timer,
+                release,
+            } => {
+                if let Poll::Ready(frame) = Pin::new(&mut *inner).poll_frame(cx) {
                     // Re-armed lazily: a body that never waits never allocates a timer.
                     if let Some(t) = timer {
                         t.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    }
+                    let ended = match &frame {
+                        None => true,
+                        Some(Ok(_)) => inner.is_end_stream(),
+                        Some(Err(_)) => {
+                            // A failed body leaves its connection unusable.
+                            release.take();
+                            false
+                        }
+                    };
+                    if ended && let Some(release) = release.take() {
+                        release.release();
                     }
                     return Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)));
                 }

@@ -15,6 +15,7 @@ mod body;
 mod control;
 mod forward;
 mod listener;
+mod pool;
 mod proxy;
 mod record;
 mod rescue;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -23,6 +23,7 @@ use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, UpstreamOutcome};
 use crate::body::Body;
 use crate::control::PendingRestart;
 use crate::forward::{self, REQUEST_ID};
+use crate::pool::SendError;
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::{self, Rejection};
 use crate::router::{Match, Router};
@@ -490,12 +491,8 @@ async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
     let absolute_form = parts.uri.authority().is_some() && parts.version != Version::HTTP_2;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(target.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| Rejection::BadRequest("invalid request target"))?;
+    // Origin-form: the pool adds what HTTP/2 needs (scheme and authority).
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
@@ -516,8 +513,8 @@ async fn forward(
 
     let req = Request::from_parts(parts, body);
     let sent = Instant::now();
-    let result = tokio::time::timeout(upstream.timeout, upstream.client().request(req)).await;
-    let response = match result {
+    let result = tokio::time::timeout(upstream.timeout, target.pool.send(req)).await;
+    let (response, release) = match result {
         Err(_) => {
             target.metrics.count(UpstreamOutcome::Timeout);
             return Err(Rejection::Timeout {
@@ -526,7 +523,7 @@ async fn forward(
                 timeout: upstream.timeout,
             });
         }
-        Ok(Err(source)) if source.is_connect() => {
+        Ok(Err(SendError::Connect(source))) => {
             target.metrics.count(UpstreamOutcome::ConnectError);
             upstream.eject(target);
             return Err(Rejection::Connect {
@@ -535,7 +532,7 @@ async fn forward(
                 source,
             });
         }
-        Ok(Err(source)) => {
+        Ok(Err(SendError::Request(source))) => {
             target.metrics.count(UpstreamOutcome::Error);
             return Err(Rejection::Upstream {
                 upstream: upstream.name.clone(),
@@ -551,7 +548,7 @@ async fn forward(
     forward::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
-        Body::watched(body, upstream.timeout),
+        Body::watched(body, upstream.timeout, release),
     ))
 }
 

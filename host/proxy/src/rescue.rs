@@ -15,6 +15,7 @@ use wasmgate_runtime::{FailureKind, PluginRejection, ResponseView};
 
 use crate::body::Body;
 use crate::forward::REQUEST_ID;
+use crate::pool::ConnectError;
 
 /// Why a request could not be served normally.
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +40,17 @@ pub(crate) enum Rejection {
     MethodNotAllowed(HeaderValue),
     #[error("plain-HTTP request to a route served over https only")]
     HttpsRequired { http1: bool },
-    #[error(
-        "upstream {upstream} target {target}: connect failed: {}",
-        Causes(source)
-    )]
+    #[error("upstream {upstream} target {target}: connect failed: {source}")]
     Connect {
         upstream: String,
         target: String,
-        source: hyper_util::client::legacy::Error,
+        source: ConnectError,
     },
-    #[error(
-        "upstream {upstream} target {target}: request failed: {}",
-        Causes(source)
-    )]
+    #[error("upstream {upstream} target {target}: request failed: {source}")]
     Upstream {
         upstream: String,
         target: String,
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     #[error("upstream {upstream} target {target}: no response within {timeout:?}")]
     Timeout {
@@ -63,30 +58,6 @@ pub(crate) enum Rejection {
         target: String,
         timeout: Duration,
     },
-}
-
-/// What went wrong below a client error, cause by cause: the client's own text ("client error
-/// (Connect)") says only which step failed, and the operator needs the OS error under it
-/// (`tcp connect error: Connection refused (os error 111)`).
-struct Causes<'e>(&'e hyper_util::client::legacy::Error);
-
-impl std::fmt::Display for Causes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut next = std::error::Error::source(self.0);
-        if next.is_none() {
-            return write!(f, "{}", self.0);
-        }
-        let mut first = true;
-        while let Some(cause) = next {
-            if !first {
-                f.write_str(": ")?;
-            }
-            write!(f, "{cause}")?;
-            first = false;
-            next = cause.source();
-        }
-        Ok(())
-    }
 }
 
 impl Rejection {

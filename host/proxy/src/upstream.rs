@@ -1,17 +1,15 @@
-//! Upstream pools: weighted round-robin over targets, keep-alive connections, passive ejection.
+//! Upstreams: weighted round-robin over targets, each with its connection pool, passive
+//! ejection.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use wasmgate_telemetry::{Metrics, TargetMetrics};
 
-use crate::body::Body;
-use crate::worker;
+use crate::pool::{Pool, Settings};
 
 /// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
 const EJECTION: Duration = Duration::from_secs(10);
@@ -24,9 +22,6 @@ pub(crate) struct Upstream {
     /// Smooth weighted round-robin order, computed once: indices into `targets`.
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
-    /// One client (and so one keep-alive pool) per worker: a connection is driven by the worker
-    /// that opened it and only that worker's requests use it.
-    clients: Box<[Client<HttpConnector, Body>]>,
     pub(crate) timeout: Duration,
     epoch: Instant,
 }
@@ -35,6 +30,8 @@ pub(crate) struct Upstream {
 pub(crate) struct Target {
     pub(crate) authority: Authority,
     pub(crate) metrics: TargetMetrics,
+    /// The target's connections, per worker.
+    pub(crate) pool: Arc<Pool>,
     /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
 }
@@ -45,19 +42,11 @@ impl Upstream {
         workers: usize,
         metrics: &Metrics,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = || {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.pool_idle_timeout)
-                .pool_max_idle_per_host(config.pool_max_idle)
-                // The gateway sets Host itself: it forwards the client's.
-                .set_host(false)
-                .build(connector.clone())
+        let settings = Settings {
+            protocol: config.protocol,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle: config.pool_max_idle,
         };
         let weights: Vec<u32> = config.targets.iter().map(|t| t.weight).collect();
         Self {
@@ -65,23 +54,26 @@ impl Upstream {
             targets: config
                 .targets
                 .iter()
-                .map(|t| Target {
-                    authority: t.address.clone(),
-                    metrics: metrics.target(&config.name, t.address.as_str()),
-                    ejected_until: AtomicU64::new(0),
+                .map(|t| {
+                    let metrics = metrics.target(&config.name, t.address.as_str());
+                    Target {
+                        authority: t.address.clone(),
+                        pool: Arc::new(Pool::new(
+                            t.address.clone(),
+                            settings.clone(),
+                            metrics.clone(),
+                            workers,
+                        )),
+                        metrics,
+                        ejected_until: AtomicU64::new(0),
+                    }
                 })
                 .collect(),
             schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
             cursor: AtomicUsize::new(0),
-            clients: (0..workers.max(1)).map(|_| client()).collect(),
             timeout: config.timeout,
             epoch: Instant::now(),
         }
-    }
-
-    /// The calling worker's client.
-    pub(crate) fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.clients[worker::current() % self.clients.len()]
     }
 
     fn now_ms(&self) -> u64 {

@@ -19,3 +19,4 @@ mod proxy;
 mod quickstart;
 mod rate_limit;
 mod transform;
+mod upstream_pool;

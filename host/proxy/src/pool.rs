@@ -1,0 +1,361 @@
+//! Connections to one upstream target, owned by the gateway: per worker, on hyper's
+//! `client::conn`.
+//!
+//! * **HTTP/1.1**: a connection carries one request at a time. When a response body has been
+//!   read to its end, its connection goes back to the worker's idle list for the target (most
+//!   recently used first, so a quiet period lets the surplus expire), at most `pool_max_idle` of
+//!   them, each for at most `pool_idle_timeout`. A request that finds a kept-alive connection
+//!   closed before anything was written on it is sent on another one.
+//! * **h2c**: one connection per target and worker carries every request, multiplexed; it is
+//!   replaced when it closes.
+//!
+//! Each worker reaches only its own connections: a connection is driven by the worker thread
+//! that opened it, and the lock around a worker's list is never contended.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use wasmgate_config::UpstreamProtocol;
+use wasmgate_telemetry::TargetMetrics;
+
+use crate::body::Body;
+use crate::worker;
+
+/// How requests reach the targets of one upstream, and how many connections are kept.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) protocol: UpstreamProtocol,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_idle: usize,
+}
+
+/// The connections of every worker to one target.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    authority: Authority,
+    settings: Settings,
+    metrics: TargetMetrics,
+    workers: Box<[Mutex<Conns>]>,
+    /// Held while a worker opens its h2c connection, so requests arriving meanwhile wait for
+    /// that one instead of each opening their own.
+    h2_connecting: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// One worker's connections to the target.
+#[derive(Debug, Default)]
+struct Conns {
+    /// Kept-alive HTTP/1.1 connections, the most recently used last.
+    idle: Vec<Idle>,
+    /// The multiplexed h2c connection.
+    h2: Option<http2::SendRequest<Body>>,
+    /// Whether a task is closing `idle` connections as they expire.
+    reaping: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Why no response came from the target.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No connection could be made: nothing was sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed while the request was sent or before the response head arrived.
+    #[error("{}", Causes(.0))]
+    Request(#[source] hyper::Error),
+}
+
+/// Why a connection to the target could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("tcp connect error: {0}")]
+    Tcp(#[source] std::io::Error),
+    #[error("tcp connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{} handshake failed: {}", .protocol, Causes(.source))]
+    Handshake {
+        protocol: &'static str,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// A hyper error with its causes, as the operator needs them (`connection closed before message
+/// completed`, `Connection reset by peer (os error 104)`).
+struct Causes<'e>(&'e hyper::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = std::error::Error::source(self.0);
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Gives an HTTP/1.1 connection back to its pool once the response body on it was read to the
+/// end; dropped earlier, the connection closes (it cannot carry another request).
+#[derive(Debug)]
+pub(crate) struct Release {
+    pool: Weak<Pool>,
+    worker: usize,
+    sender: http1::SendRequest<Body>,
+}
+
+impl Release {
+    pub(crate) fn release(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.keep(self.worker, self.sender);
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        authority: Authority,
+        settings: Settings,
+        metrics: TargetMetrics,
+        workers: usize,
+    ) -> Self {
+        Self {
+            authority,
+            settings,
+            metrics,
+            workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            h2_connecting: (0..workers.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    /// Sends `req` (origin-form target, with `Host`) to the target and returns its response
+    /// head, with the body's [`Release`] for HTTP/1.1.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        let worker = worker::current() % self.workers.len();
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => self.send_http1(worker, req).await,
+            UpstreamProtocol::H2c => self.send_h2(worker, req).await.map(|r| (r, None)),
+        }
+    }
+
+    fn conns(&self, worker: usize) -> MutexGuard<'_, Conns> {
+        // A panic while holding the lock leaves only a list of connections: still usable.
+        self.workers[worker]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        worker: usize,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        loop {
+            let (mut sender, reused) = match self.kept(worker).await {
+                Some(sender) => (sender, true),
+                None => (self.connect_http1().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let release = Release {
+                        pool: Arc::downgrade(self),
+                        worker,
+                        sender,
+                    };
+                    return Ok((response, Some(release)));
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // The kept-alive connection had closed and nothing was written on it: the
+                    // request is intact, and another connection may still take it.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Request(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A kept-alive connection ready for a request, if the worker has one.
+    async fn kept(&self, worker: usize) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let idle = self.conns(worker).idle.pop()?;
+            if idle.since.elapsed() >= self.settings.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Ready at once unless the connection's task has not yet seen the end of the
+            // previous response; an error means the connection closed meanwhile.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Keeps an HTTP/1.1 connection whose response was read to the end, if there is room.
+    fn keep(self: &Arc<Self>, worker: usize, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut conns = self.conns(worker);
+        if conns.idle.len() >= self.settings.max_idle {
+            return;
+        }
+        conns.idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !conns.reaping {
+            conns.reaping = true;
+            drop(conns);
+            self.reap(worker);
+        }
+    }
+
+    /// Closes the worker's idle connections as they expire, until none is left. Runs on the
+    /// worker's own event loop; stops when the pool is gone (a reload replaced it).
+    fn reap(self: &Arc<Self>, worker: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.conns(worker).reaping = false;
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let idle_timeout = self.settings.idle_timeout;
+        runtime.spawn(async move {
+            let mut next = Instant::now() + idle_timeout;
+            loop {
+                tokio::time::sleep_until(next).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut conns = pool.conns(worker);
+                let now = Instant::now();
+                conns.idle.retain(|i| {
+                    now.duration_since(i.since) < idle_timeout && !i.sender.is_closed()
+                });
+                // The list is in the order connections came back: the first expires first.
+                match conns.idle.first() {
+                    Some(oldest) => next = oldest.since + idle_timeout,
+                    None => {
+                        conns.reaping = false;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(ConnectError::Tcp)?;
+        // Requests and responses are written whole; Nagle's delay only adds latency.
+        let _ = stream.set_nodelay(true);
+        self.metrics.connected();
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
+        let io = self.connect().await?;
+        let (sender, connection) =
+            http1::handshake(io)
+                .await
+                .map_err(|source| ConnectError::Handshake {
+                    protocol: "http/1.1",
+                    source,
+                })?;
+        let target = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        worker: usize,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // HTTP/2 names the host in `:authority`, not in `Host` (RFC 9113 §8.3.1).
+        let authority = req
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let mut uri = req.uri().clone().into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| req.uri().clone());
+
+        let (mut sender, reused) = match self.shared_h2(worker) {
+            Some(sender) => (sender, true),
+            None => {
+                let _connecting = self.h2_connecting[worker].lock().await;
+                match self.shared_h2(worker) {
+                    Some(sender) => (sender, false),
+                    None => (self.connect_h2(worker).await?, false),
+                }
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) if reused => {
+                    let mut fresh = self.connect_h2(worker).await?;
+                    fresh.send_request(unsent).await.map_err(SendError::Request)
+                }
+                _ => Err(SendError::Request(failed.into_error())),
+            },
+        }
+    }
+
+    /// The worker's h2c connection, unless it closed.
+    fn shared_h2(&self, worker: usize) -> Option<http2::SendRequest<Body>> {
+        self.conns(worker)
+            .h2
+            .clone()
+            .filter(|sender| !sender.is_closed())
+    }
+
+    /// Opens the worker's h2c connection to the target, replacing a closed one.
+    async fn connect_h2(&self, worker: usize) -> Result<http2::SendRequest<Body>, ConnectError> {
+        let io = self.connect().await?;
+        let handshake = |source| ConnectError::Handshake {
+            protocol: "h2c",
+            source,
+        };
+        let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(handshake)?;
+        let target = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
+            }
+        });
+        sender.ready().await.map_err(handshake)?;
+        self.conns(worker).h2 = Some(sender.clone());
+        Ok(sender)
+    }
+}
