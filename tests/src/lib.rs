@@ -123,6 +123,18 @@ impl TestGateway {
         self.control.metrics().encode()
     }
 
+    /// The value of the first metric line starting with `prefix` (a name and the start of its
+    /// labels); panics with the whole exposition when there is none.
+    pub fn metric(&self, prefix: &str) -> u64 {
+        let metrics = self.metrics();
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    }
+
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
@@ -471,4 +483,64 @@ pub async fn holding_upstream(
         }
     });
     (addr, rx)
+}
+
+/// An echo upstream over TLS, presenting `cert` and offering `alpn` (e.g. `["h2", "http/1.1"]`);
+/// with `client_ca`, it requires a client certificate signed by (or equal to) that one.
+/// Connections whose handshake fails are closed.
+pub async fn tls_echo_upstream(
+    cert: &TestCert,
+    alpn: &[&str],
+    client_ca: Option<&TestCert>,
+) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert)
+        .expect("read certificate")
+        .collect::<Result<_, _>>()
+        .expect("parse certificate");
+    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("read key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&ca.cert).expect("read client CA") {
+                roots
+                    .add(c.expect("parse client CA"))
+                    .expect("add client CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    echo::serve_connection(tls, "tls-up".into(), peer).await;
+                }
+            });
+        }
+    });
+    addr
 }

@@ -49,14 +49,23 @@ async fn serve_counted(listener: TcpListener, name: &str, connections: Arc<Conne
         let connections = connections.clone();
         connections.opened.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, name.clone(), peer));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_connection(stream, name, peer).await;
             connections.closed.fetch_add(1, Ordering::SeqCst);
             connections.changed.notify_waiters();
         });
     }
+}
+
+/// Serves one accepted connection (plain, or TLS already accepted by the caller) until it
+/// closes, in HTTP/1.1 or HTTP/2 as the client speaks; `peer` is reported in the answers.
+pub async fn serve_connection<I>(io: I, name: Arc<str>, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, name.clone(), peer));
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// Connections an observed echo upstream has accepted and seen closed.

@@ -80,7 +80,7 @@ impl ConfigFile {
     }
 }
 
-/// The plugin, certificate and key files a configuration names.
+/// The plugin, certificate, key and CA files a configuration names.
 fn named_files(config: &Config) -> BTreeSet<PathBuf> {
     let plugins = config
         .routes
@@ -93,7 +93,19 @@ fn named_files(config: &Config) -> BTreeSet<PathBuf> {
         .iter()
         .flat_map(|t| &t.certificates)
         .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()]);
-    plugins.chain(certificates).collect()
+    let upstream_tls = config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.tls.as_ref())
+        .flat_map(|t| {
+            let ca = t.ca.iter().map(|(path, _)| path.clone());
+            let client = t
+                .client
+                .iter()
+                .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()]);
+            ca.chain(client).collect::<Vec<_>>()
+        });
+    plugins.chain(certificates).chain(upstream_tls).collect()
 }
 
 /// Reloads one gateway from one config file.

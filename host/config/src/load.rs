@@ -48,12 +48,14 @@ const CERT_KEYS: &[&str] = &["cert", "key"];
 const UPSTREAM_KEYS: &[&str] = &[
     "targets",
     "protocol",
+    "tls",
     "connect_timeout",
     "timeout",
     "pool_idle_timeout",
     "pool_max_idle",
 ];
 const TARGET_KEYS: &[&str] = &["address", "weight"];
+const UPSTREAM_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name", "verify"];
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "hosts",
@@ -646,6 +648,11 @@ impl<'r> Reader<'r> {
 
     fn certificate(&mut self, v: &Value<'_>, path: &str) -> Option<Certificate> {
         let t = self.table(v, path, CERT_KEYS)?;
+        self.certificate_files(&t, v)
+    }
+
+    /// The `cert` and `key` files of table `t` (the value `v`), read and parsed.
+    fn certificate_files(&mut self, t: &Table<'_, '_>, v: &Value<'_>) -> Option<Certificate> {
         let location = self.report.locate(&v.span());
         let file = |me: &mut Self, name: &str| -> Option<(PathBuf, Vec<u8>, Range<usize>)> {
             let key = t.key(name);
@@ -724,7 +731,8 @@ impl<'r> Reader<'r> {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
-            protocol: UpstreamProtocol::Http1,
+            protocol: UpstreamProtocol::Auto,
+            tls: None,
         };
         match t.get("targets") {
             Some(v) => {
@@ -766,20 +774,130 @@ impl<'r> Reader<'r> {
         {
             u.pool_max_idle = n as usize;
         }
+        if let Some(v) = t.get("tls") {
+            u.tls = self.upstream_tls(v, &t.key("tls"));
+            if !u.targets.iter().any(|target| target.tls) {
+                self.err(
+                    &v.span(),
+                    &t.key("tls"),
+                    "applies to https:// targets, and none of this upstream's targets is one",
+                );
+            }
+        }
+        if u.tls.as_ref().is_none_or(|tls| tls.server_name.is_none())
+            && let Some(v) = t.get("targets")
+        {
+            for target in u.targets.iter().filter(|target| target.tls) {
+                let host = target.address.host();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if rustls_pki_types::ServerName::try_from(host).is_err() {
+                    let message = format!(
+                        "target https://{}: {host:?} is neither a DNS name nor an IP address, so no certificate can be checked against it; set `tls.server_name`",
+                        target.address
+                    );
+                    self.err(&v.span(), &t.key("targets"), message);
+                }
+            }
+        }
         if let Some(v) = t.get("protocol")
             && let Some(s) = self.string(v, &t.key("protocol"))
         {
-            match s {
-                "http1" => u.protocol = UpstreamProtocol::Http1,
-                "h2c" => u.protocol = UpstreamProtocol::H2c,
-                other => self.err(
+            let key = t.key("protocol");
+            let plain = u.targets.iter().find(|target| !target.tls);
+            let secure = u.targets.iter().find(|target| target.tls);
+            match (s, plain, secure) {
+                ("auto", ..) => u.protocol = UpstreamProtocol::Auto,
+                ("http1", ..) => u.protocol = UpstreamProtocol::Http1,
+                ("h2", None, _) => u.protocol = UpstreamProtocol::H2,
+                ("h2c", _, None) => u.protocol = UpstreamProtocol::H2c,
+                ("h2", Some(target), _) => {
+                    let message = format!(
+                        "\"h2\" is HTTP/2 over TLS, and target {} is plain http (for HTTP/2 without TLS write \"h2c\")",
+                        target.address
+                    );
+                    self.err(&v.span(), &key, message);
+                }
+                ("h2c", _, Some(target)) => {
+                    let message = format!(
+                        "\"h2c\" is HTTP/2 without TLS, and target https://{} uses TLS (for HTTP/2 over TLS write \"h2\" or \"auto\")",
+                        target.address
+                    );
+                    self.err(&v.span(), &key, message);
+                }
+                (other, ..) => self.err(
                     &v.span(),
-                    &t.key("protocol"),
-                    format!("invalid protocol {other:?} (expected \"http1\" or \"h2c\")"),
+                    &key,
+                    format!(
+                        "invalid protocol {other:?} (expected \"auto\", \"http1\", \"h2\" or \"h2c\")"
+                    ),
                 ),
             }
         }
         Some(u)
+    }
+
+    fn upstream_tls(&mut self, v: &Value<'_>, path: &str) -> Option<UpstreamTls> {
+        let t = self.table(v, path, UPSTREAM_TLS_KEYS)?;
+        let mut tls = UpstreamTls {
+            ca: None,
+            client: None,
+            server_name: None,
+            verify: true,
+        };
+        if let Some(v) = t.get("ca")
+            && let Some(p) = self.path(v, &t.key("ca"))
+        {
+            match std::fs::read(&p) {
+                Ok(pem) => {
+                    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                        .filter_map(Result::ok)
+                        .collect();
+                    if certs.is_empty() {
+                        let message = format!("no PEM certificate found in {}", p.display());
+                        self.err(&v.span(), &t.key("ca"), message);
+                    } else {
+                        tls.ca = Some((p, certs));
+                    }
+                }
+                Err(e) => {
+                    let message = format!("cannot read {}: {e}", p.display());
+                    self.err(&v.span(), &t.key("ca"), message);
+                }
+            }
+        }
+        match (t.get("cert"), t.get("key")) {
+            (Some(_), Some(_)) => tls.client = self.certificate_files(&t, v),
+            (Some(v), None) => self.err(
+                &v.span(),
+                &t.key("cert"),
+                "a client certificate needs its private key: add `key`",
+            ),
+            (None, Some(v)) => self.err(
+                &v.span(),
+                &t.key("key"),
+                "a private key needs its client certificate: add `cert`",
+            ),
+            (None, None) => {}
+        }
+        if let Some(v) = t.get("server_name")
+            && let Some(name) = self.string(v, &t.key("server_name"))
+        {
+            match rustls_pki_types::ServerName::try_from(name) {
+                Ok(_) => tls.server_name = Some(name.to_owned()),
+                Err(_) => {
+                    let message = format!(
+                        "invalid server name {name:?} (expected a DNS name or an IP address)"
+                    );
+                    self.err(&v.span(), &t.key("server_name"), message);
+                }
+            }
+        }
+        if let Some(v) = t.get("verify")
+            && let Some(verify) = self.boolean(v, &t.key("verify"))
+        {
+            tls.verify = verify;
+        }
+        Some(tls)
     }
 
     fn target(&mut self, v: &Value<'_>, key: &str) -> Option<Target> {
@@ -812,20 +930,26 @@ impl<'r> Reader<'r> {
             key.to_owned()
         };
         let text = self.string(address, &address_key)?;
-        match text.parse::<http::uri::Authority>() {
+        let (tls, authority) = match text.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            _ => (false, text),
+        };
+        match authority.parse::<http::uri::Authority>() {
             Ok(a)
                 if a.port_u16().is_some_and(|p| p != 0)
                     && !a.host().is_empty()
-                    && !text.contains('@') =>
+                    && !authority.contains('@') =>
             {
                 Some(Target {
                     address: a,
+                    tls,
                     weight: weight.unwrap_or(1),
                 })
             }
             _ => {
                 let message = format!(
-                    "invalid target address {text:?} (expected HOST:PORT, e.g. \"127.0.0.1:9001\" or \"users.internal:80\")"
+                    "invalid target address {text:?} (expected HOST:PORT or https://HOST:PORT, e.g. \"127.0.0.1:9001\" or \"https://users.internal:8443\")"
                 );
                 self.err(&address.span(), &address_key, message);
                 None

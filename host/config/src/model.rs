@@ -183,18 +183,28 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     /// `pool_max_idle`: idle keep-alive connections kept per target by each worker. Default 256.
     pub pool_max_idle: usize,
-    /// `protocol`: how requests are sent to the targets. Default `"http1"`.
+    /// `protocol`: how requests are sent to the targets. Default `"auto"`.
     pub protocol: UpstreamProtocol,
+    /// `tls`: how `https://` targets are verified and what the gateway presents to them.
+    /// `None` when the table is absent (then: system roots, SNI from the target's host, no
+    /// client certificate).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// `protocol` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UpstreamProtocol {
-    /// `"http1"`: HTTP/1.1, one request at a time per connection, idle connections kept alive.
+    /// `"auto"`: HTTP/1.1 to `http://` targets; to `https://` targets, HTTP/2 or HTTP/1.1 as
+    /// the target chooses by ALPN.
     #[default]
+    Auto,
+    /// `"http1"`: HTTP/1.1 only, one request at a time per connection, idle connections kept
+    /// alive.
     Http1,
-    /// `"h2c"`: HTTP/2 over plain TCP by prior knowledge (RFC 9113 §3.3): requests multiplexed
-    /// on one connection per target and worker.
+    /// `"h2"`: HTTP/2 over TLS (ALPN `h2`), `https://` targets only.
+    H2,
+    /// `"h2c"`: HTTP/2 over plain TCP by prior knowledge (RFC 9113 §3.3), `http://` targets
+    /// only: requests multiplexed on one connection per target and worker.
     H2c,
 }
 
@@ -202,10 +212,27 @@ impl UpstreamProtocol {
     /// The value as written in the config.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Http1 => "http1",
+            Self::H2 => "h2",
             Self::H2c => "h2c",
         }
     }
+}
+
+/// `[upstreams.NAME] tls`, with its files already read.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// `ca`: the PEM file of the certificate authorities trusted for the targets, instead of
+    /// the system's; with the certificates it holds.
+    pub ca: Option<(PathBuf, Vec<rustls_pki_types::CertificateDer<'static>>)>,
+    /// `cert` and `key`: the client certificate presented to the targets (mutual TLS).
+    pub client: Option<Certificate>,
+    /// `server_name`: the name sent in SNI and checked against the targets' certificates,
+    /// instead of each target's host.
+    pub server_name: Option<String>,
+    /// `verify`: whether the targets' certificates are checked. Default `true`.
+    pub verify: bool,
 }
 
 /// One entry of `targets`.
@@ -213,6 +240,8 @@ impl UpstreamProtocol {
 pub struct Target {
     /// `address`: `host:port`, where host is an IP address or a DNS name.
     pub address: http::uri::Authority,
+    /// Whether the address was written `https://host:port`: the target is spoken to over TLS.
+    pub tls: bool,
     /// `weight`: the target's share of requests, 1 to 1000. Default 1.
     pub weight: u32,
 }

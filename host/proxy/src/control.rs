@@ -112,6 +112,7 @@ impl Control {
         let mut snapshot = Snapshot::new(
             Arc::new(prepared.config),
             prepared.runtime,
+            &prepared.upstream_tls,
             &self.services.metrics,
             access_log,
         );

@@ -105,6 +105,8 @@ pub struct Prepared {
     /// Its plugins, when a route has any.
     pub runtime: Option<Runtime>,
     tls: Option<Arc<ServerConfig>>,
+    /// Each upstream's TLS client configuration, in the order of `config.upstreams`.
+    upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
 }
 
 /// Prepares `config` with a loader of its own, without opening any socket (`wasmgate check`).
@@ -128,6 +130,16 @@ pub async fn prepare_with(
         },
         None => None,
     };
+    let upstream_tls = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            tls::client_config(&config, u).unwrap_or_else(|problem| {
+                problems.push(problem);
+                None
+            })
+        })
+        .collect();
     let runtime = if config.routes.iter().any(|r| !r.plugins.is_empty()) {
         match services.loader.load(&config).await {
             Ok(rt) => Some(rt),
@@ -144,6 +156,7 @@ pub async fn prepare_with(
             config,
             runtime,
             tls,
+            upstream_tls,
         })
     } else {
         problems.sort_by_key(|d| d.location);
@@ -178,6 +191,7 @@ impl Gateway {
             config,
             runtime,
             tls,
+            upstream_tls,
         } = prepared;
         let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
         let bind = |key: &str, addr: SocketAddr| {
@@ -215,7 +229,13 @@ impl Gateway {
             })?,
         );
         let config = Arc::new(config);
-        let mut snapshot = Snapshot::new(config.clone(), runtime, &services.metrics, access_log);
+        let mut snapshot = Snapshot::new(
+            config.clone(),
+            runtime,
+            &upstream_tls,
+            &services.metrics,
+            access_log,
+        );
         snapshot.https_port = listeners
             .iter()
             .find(|l| l.tls.is_some())

@@ -1,17 +1,18 @@
 //! Connections to one upstream target, owned by the gateway: per worker, on hyper's
-//! `client::conn`.
+//! `client::conn`, over TCP or TLS (rustls).
 //!
 //! * **HTTP/1.1**: a connection carries one request at a time. When a response body has been
 //!   read to its end, its connection goes back to the worker's idle list for the target (most
 //!   recently used first, so a quiet period lets the surplus expire), at most `pool_max_idle` of
 //!   them, each for at most `pool_idle_timeout`. A request that finds a kept-alive connection
 //!   closed before anything was written on it is sent on another one.
-//! * **h2c**: one connection per target and worker carries every request, multiplexed; it is
-//!   replaced when it closes.
+//! * **HTTP/2** (`h2c`, `h2`, or `auto` when the target picks `h2` by ALPN): one connection per
+//!   target and worker carries every request, multiplexed; it is replaced when it closes.
 //!
 //! Each worker reaches only its own connections: a connection is driven by the worker thread
 //! that opened it, and the lock around a worker's list is never contended.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -20,9 +21,12 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use wasmgate_config::UpstreamProtocol;
 use wasmgate_telemetry::TargetMetrics;
 
@@ -38,11 +42,35 @@ pub(crate) struct Settings {
     pub(crate) max_idle: usize,
 }
 
+/// How an `https://` target is reached: the client configuration and the name to verify.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) connector: TlsConnector,
+    pub(crate) server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a target was found to speak, for `protocol = "auto"` over TLS: unknown until the first
+/// connection's ALPN says.
+const SPEAKS_UNKNOWN: u8 = 0;
+const SPEAKS_HTTP1: u8 = 1;
+const SPEAKS_H2: u8 = 2;
+
 /// The connections of every worker to one target.
 #[derive(Debug)]
 pub(crate) struct Pool {
     authority: Authority,
+    tls: Option<Tls>,
     settings: Settings,
+    /// One of the `SPEAKS_` values.
+    speaks: AtomicU8,
     metrics: TargetMetrics,
     workers: Box<[Mutex<Conns>]>,
     /// Held while a worker opens its h2c connection, so requests arriving meanwhile wait for
@@ -78,6 +106,12 @@ pub(crate) enum SendError {
     Request(#[source] hyper::Error),
 }
 
+/// A new connection, ready for requests in the protocol it speaks.
+enum Connected {
+    Http1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
 /// Why a connection to the target could not be made.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
@@ -85,6 +119,14 @@ pub(crate) enum ConnectError {
     Tcp(#[source] std::io::Error),
     #[error("tcp connect timed out after {0:?}")]
     Timeout(Duration),
+    #[error("tls handshake with {name:?} failed: {source}")]
+    Tls {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the target does not speak HTTP/2 (ALPN offered h2, it chose {0})")]
+    NoH2(String),
     #[error("{} handshake failed: {}", .protocol, Causes(.source))]
     Handshake {
         protocol: &'static str,
@@ -129,13 +171,16 @@ impl Release {
 impl Pool {
     pub(crate) fn new(
         authority: Authority,
+        tls: Option<Tls>,
         settings: Settings,
         metrics: TargetMetrics,
         workers: usize,
     ) -> Self {
         Self {
             authority,
+            tls,
             settings,
+            speaks: AtomicU8::new(SPEAKS_UNKNOWN),
             metrics,
             workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             h2_connecting: (0..workers.max(1))
@@ -151,9 +196,21 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
         let worker = worker::current() % self.workers.len();
+        if self.multiplexed() {
+            self.send_h2(worker, req).await
+        } else {
+            self.send_http1(worker, req).await
+        }
+    }
+
+    /// Whether requests go over the worker's one HTTP/2 connection.
+    fn multiplexed(&self) -> bool {
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(worker, req).await,
-            UpstreamProtocol::H2c => self.send_h2(worker, req).await.map(|r| (r, None)),
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => {
+                self.tls.is_some() && self.speaks.load(Ordering::Relaxed) == SPEAKS_H2
+            }
         }
     }
 
@@ -172,7 +229,13 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.kept(worker).await {
                 Some(sender) => (sender, true),
-                None => (self.connect_http1().await?, false),
+                None => match self.connect(worker).await? {
+                    Connected::Http1(sender) => (sender, false),
+                    // `auto`: the target chose HTTP/2.
+                    Connected::H2(sender) => {
+                        return self.send_on_h2(worker, sender, false, req).await;
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {
@@ -260,20 +323,61 @@ impl Pool {
         });
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
+    /// Opens a connection to the target (TCP, then TLS for `https://`) and starts HTTP on it:
+    /// HTTP/2 when the protocol says so or ALPN chose it (then it becomes the worker's shared
+    /// connection), HTTP/1.1 otherwise.
+    async fn connect(&self, worker: usize) -> Result<Connected, ConnectError> {
         let timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
             .map_err(ConnectError::Tcp)?;
         // Requests and responses are written whole; Nagle's delay only adds latency.
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
         self.metrics.connected();
-        Ok(TokioIo::new(stream))
+        let Some(tls) = &self.tls else {
+            return match self.settings.protocol {
+                UpstreamProtocol::H2c => self.start_h2(worker, TokioIo::new(tcp)).await,
+                _ => self.start_http1(TokioIo::new(tcp)).await,
+            };
+        };
+        let stream =
+            tokio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp))
+                .await
+                .map_err(|_| ConnectError::Timeout(timeout))?
+                .map_err(|source| ConnectError::Tls {
+                    name: tls.server_name.to_str().into_owned(),
+                    source,
+                })?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        match self.settings.protocol {
+            UpstreamProtocol::H2 if !h2 => {
+                let chose = stream.get_ref().1.alpn_protocol().map_or_else(
+                    || "none".to_owned(),
+                    |p| String::from_utf8_lossy(p).into_owned(),
+                );
+                Err(ConnectError::NoH2(chose))
+            }
+            UpstreamProtocol::Auto => {
+                self.speaks
+                    .store(if h2 { SPEAKS_H2 } else { SPEAKS_HTTP1 }, Ordering::Relaxed);
+                if h2 {
+                    self.start_h2(worker, TokioIo::new(stream)).await
+                } else {
+                    self.start_http1(TokioIo::new(stream)).await
+                }
+            }
+            UpstreamProtocol::H2 => self.start_h2(worker, TokioIo::new(stream)).await,
+            UpstreamProtocol::Http1 | UpstreamProtocol::H2c => {
+                self.start_http1(TokioIo::new(stream)).await
+            }
+        }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let io = self.connect().await?;
+    async fn start_http1<T>(&self, io: T) -> Result<Connected, ConnectError>
+    where
+        T: Read + Write + Unpin + Send + 'static,
+    {
         let (sender, connection) =
             http1::handshake(io)
                 .await
@@ -287,60 +391,16 @@ impl Pool {
                 tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
             }
         });
-        Ok(sender)
+        Ok(Connected::Http1(sender))
     }
 
-    async fn send_h2(
-        &self,
-        worker: usize,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        // HTTP/2 names the host in `:authority`, not in `Host` (RFC 9113 §8.3.1).
-        let authority = req
-            .headers_mut()
-            .remove(HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .unwrap_or_else(|| self.authority.clone());
-        let mut uri = req.uri().clone().into_parts();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| req.uri().clone());
-
-        let (mut sender, reused) = match self.shared_h2(worker) {
-            Some(sender) => (sender, true),
-            None => {
-                let _connecting = self.h2_connecting[worker].lock().await;
-                match self.shared_h2(worker) {
-                    Some(sender) => (sender, false),
-                    None => (self.connect_h2(worker).await?, false),
-                }
-            }
-        };
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                Some(unsent) if reused => {
-                    let mut fresh = self.connect_h2(worker).await?;
-                    fresh.send_request(unsent).await.map_err(SendError::Request)
-                }
-                _ => Err(SendError::Request(failed.into_error())),
-            },
-        }
-    }
-
-    /// The worker's h2c connection, unless it closed.
-    fn shared_h2(&self, worker: usize) -> Option<http2::SendRequest<Body>> {
-        self.conns(worker)
-            .h2
-            .clone()
-            .filter(|sender| !sender.is_closed())
-    }
-
-    /// Opens the worker's h2c connection to the target, replacing a closed one.
-    async fn connect_h2(&self, worker: usize) -> Result<http2::SendRequest<Body>, ConnectError> {
-        let io = self.connect().await?;
+    /// Starts HTTP/2 on `io` and makes it the worker's shared connection to the target.
+    async fn start_h2<T>(&self, worker: usize, io: T) -> Result<Connected, ConnectError>
+    where
+        T: Read + Write + Unpin + Send + 'static,
+    {
         let handshake = |source| ConnectError::Handshake {
-            protocol: "h2c",
+            protocol: "h2",
             source,
         };
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -356,6 +416,93 @@ impl Pool {
         });
         sender.ready().await.map_err(handshake)?;
         self.conns(worker).h2 = Some(sender.clone());
-        Ok(sender)
+        Ok(Connected::H2(sender))
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        worker: usize,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        if let Some(sender) = self.shared_h2(worker) {
+            return self.send_on_h2(worker, sender, true, req).await;
+        }
+        let connected = {
+            let _connecting = self.h2_connecting[worker].lock().await;
+            match self.shared_h2(worker) {
+                Some(sender) => Connected::H2(sender),
+                None => self.connect(worker).await?,
+            }
+        };
+        match connected {
+            Connected::H2(sender) => self.send_on_h2(worker, sender, false, req).await,
+            // `auto`: the target now chose HTTP/1.1.
+            Connected::Http1(sender) => self.send_on_http1(worker, sender, req).await,
+        }
+    }
+
+    /// Sends on an HTTP/1.1 connection just opened.
+    async fn send_on_http1(
+        self: &Arc<Self>,
+        worker: usize,
+        mut sender: http1::SendRequest<Body>,
+        req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        let response = sender.send_request(req).await.map_err(SendError::Request)?;
+        let release = Release {
+            pool: Arc::downgrade(self),
+            worker,
+            sender,
+        };
+        Ok((response, Some(release)))
+    }
+
+    /// Sends on the worker's HTTP/2 connection; a request that a closing shared connection
+    /// refused before sending it goes out on a new one.
+    async fn send_on_h2(
+        self: &Arc<Self>,
+        worker: usize,
+        mut sender: http2::SendRequest<Body>,
+        reused: bool,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        // HTTP/2 names the host in `:authority`, not in `Host` (RFC 9113 §8.3.1).
+        let authority = req
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let mut uri = req.uri().clone().into_parts();
+        uri.scheme = Some(if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        uri.authority = Some(authority);
+        if let Ok(uri) = Uri::from_parts(uri) {
+            *req.uri_mut() = uri;
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok((response, None)),
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) if reused => match self.connect(worker).await? {
+                    Connected::H2(mut fresh) => fresh
+                        .send_request(unsent)
+                        .await
+                        .map(|r| (r, None))
+                        .map_err(SendError::Request),
+                    Connected::Http1(fresh) => self.send_on_http1(worker, fresh, unsent).await,
+                },
+                _ => Err(SendError::Request(failed.into_error())),
+            },
+        }
+    }
+
+    /// The worker's HTTP/2 connection, unless it closed.
+    fn shared_h2(&self, worker: usize) -> Option<http2::SendRequest<Body>> {
+        self.conns(worker)
+            .h2
+            .clone()
+            .filter(|sender| !sender.is_closed())
     }
 }

@@ -85,16 +85,22 @@ struct Prepared {
 }
 
 impl Snapshot {
+    /// `clients` holds the TLS configuration of each of `config`'s upstreams, in order.
     pub(crate) fn new(
         config: Arc<Config>,
         runtime: Option<Runtime>,
+        clients: &[Option<Arc<rustls::ClientConfig>>],
         metrics: &Metrics,
         access_log: Arc<AccessLog>,
     ) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, config.gateway.workers, metrics)))
+            .enumerate()
+            .map(|(i, u)| {
+                let client = clients.get(i).and_then(Option::as_ref);
+                Arc::new(Upstream::new(u, client, config.gateway.workers, metrics))
+            })
             .collect();
         let routes = config
             .routes

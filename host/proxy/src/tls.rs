@@ -1,11 +1,16 @@
-//! TLS listeners' rustls configuration: TLS 1.2 and 1.3, ALPN h2 and http/1.1, certificates by SNI.
+//! rustls configurations: TLS listeners (TLS 1.2 and 1.3, ALPN h2 and http/1.1, certificates by
+//! SNI) and connections to `https://` upstream targets (system roots or a CA file, client
+//! certificates, ALPN by the upstream's `protocol`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use wasmgate_config::{Certificate, Config, Diagnostic};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use wasmgate_config::{Certificate, Config, Diagnostic, Upstream, UpstreamProtocol, UpstreamTls};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -127,5 +132,168 @@ impl ResolvesServerCert for SniResolver {
             }
         }
         self.default.clone()
+    }
+}
+
+/// The rustls client configuration for `upstream`'s `https://` targets (`None` when it has
+/// none): the roots or CA that verify them, the client certificate, and ALPN by `protocol`.
+pub(crate) fn client_config(
+    config: &Config,
+    upstream: &Upstream,
+) -> Result<Option<Arc<rustls::ClientConfig>>, Diagnostic> {
+    if !upstream.targets.iter().any(|t| t.tls) {
+        return Ok(None);
+    }
+    let key = |k: &str| format!("upstreams.{}.tls{k}", upstream.name);
+    let problem = |k: &str, message: String| {
+        let key = if upstream.tls.is_some() {
+            key(k)
+        } else {
+            format!("upstreams.{}.targets", upstream.name)
+        };
+        config.diagnostic(&key, message)
+    };
+    let defaults = UpstreamTls {
+        ca: None,
+        client: None,
+        server_name: None,
+        verify: true,
+    };
+    let tls = upstream.tls.as_ref().unwrap_or(&defaults);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| problem("", format!("tls setup failed: {e}")))?;
+    let builder = if tls.verify {
+        let roots = match &tls.ca {
+            Some((path, certs)) => {
+                let mut roots = RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+                if added == 0 {
+                    return Err(problem(
+                        ".ca",
+                        format!("no usable CA certificate in {}", path.display()),
+                    ));
+                }
+                roots
+            }
+            None => system_roots()
+                .map_err(|why| {
+                    problem(
+                        "",
+                        format!(
+                            "cannot verify https targets: {why}; set `tls.ca` to the CA file that signed them"
+                        ),
+                    )
+                })?
+                .clone(),
+        };
+        builder.with_root_certificates(roots)
+    } else {
+        tracing::warn!(
+            upstream = %upstream.name,
+            "tls.verify = false: the certificates of this upstream's https targets are NOT checked; anyone on the path can impersonate them"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    };
+    let mut client = match &tls.client {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|e| {
+                problem(
+                    ".cert",
+                    format!(
+                        "unusable client certificate {} with key {}: {e}",
+                        c.cert_path.display(),
+                        c.key_path.display()
+                    ),
+                )
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    client.alpn_protocols = match upstream.protocol {
+        UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => vec![b"http/1.1".to_vec()],
+    };
+    Ok(Some(Arc::new(client)))
+}
+
+/// The system's root certificates, read once per process (rustls-native-certs: the platform's
+/// store, or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
+fn system_roots() -> Result<&'static RootCertStore, String> {
+    static ROOTS: OnceLock<Result<RootCertStore, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added > 0 {
+                Ok(roots)
+            } else {
+                let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                Err(format!(
+                    "no system root certificates found{}",
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", errors.join("; "))
+                    }
+                ))
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// `verify = false`: any certificate is accepted, but the handshake's signatures are still
+/// checked against it, so the connection is at least encrypted to whoever holds its key.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -9,7 +9,10 @@ use http::uri::Authority;
 
 use wasmgate_telemetry::{Metrics, TargetMetrics};
 
-use crate::pool::{Pool, Settings};
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::pool::{Pool, Settings, Tls};
 
 /// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
 const EJECTION: Duration = Duration::from_secs(10);
@@ -37,8 +40,11 @@ pub(crate) struct Target {
 }
 
 impl Upstream {
+    /// `client` is the TLS configuration for its `https://` targets (see
+    /// [`client_config`](crate::tls::client_config)).
     pub(crate) fn new(
         config: &wasmgate_config::Upstream,
+        client: Option<&Arc<rustls::ClientConfig>>,
         workers: usize,
         metrics: &Metrics,
     ) -> Self {
@@ -56,10 +62,18 @@ impl Upstream {
                 .iter()
                 .map(|t| {
                     let metrics = metrics.target(&config.name, t.address.as_str());
+                    let tls = match client {
+                        Some(client) if t.tls => Some(Tls {
+                            connector: TlsConnector::from(client.clone()),
+                            server_name: server_name(config, &t.address),
+                        }),
+                        _ => None,
+                    };
                     Target {
                         authority: t.address.clone(),
                         pool: Arc::new(Pool::new(
                             t.address.clone(),
+                            tls,
                             settings.clone(),
                             metrics.clone(),
                             workers,
@@ -112,6 +126,24 @@ impl Upstream {
             target.ejected_until.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// The name an `https://` target's certificate must carry: `tls.server_name`, else the target's
+/// host (a DNS name or an IP address; `wasmgate check` refuses a host that is neither).
+fn server_name(config: &wasmgate_config::Upstream, target: &Authority) -> ServerName<'static> {
+    let name = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| {
+            target
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+    ServerName::try_from(name)
+        .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
 }
 
 /// nginx's smooth weighted round-robin, unrolled into one period: each target appears `weight`

@@ -20,3 +20,4 @@ mod quickstart;
 mod rate_limit;
 mod transform;
 mod upstream_pool;
+mod upstream_tls;

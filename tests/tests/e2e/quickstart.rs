@@ -16,6 +16,7 @@ async fn quickstart_answers_the_readme_examples() {
     config.gateway.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
     config.upstreams[0].targets = vec![Target {
         address: up.to_string().parse().expect("authority"),
+        tls: false,
         weight: 1,
     }];
     config.gateway.access_log = wasmgate_config::AccessLog::Off;
