@@ -1,6 +1,7 @@
 //! Header rules for forwarding: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*` and the request id.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -14,10 +15,16 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes the hop-by-hop fields: the fixed ones and every field named in `Connection`.
+/// Removes the hop-by-hop fields: the fixed ones and every field named in `Connection`. `TE:
+/// trailers` stays: it says the client takes trailers, which gRPC needs from end to end (RFC
+/// 9113 §8.2.2 allows it in HTTP/2, the only value there).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if headers.contains_key(CONNECTION) {
         // Collected first: the names borrow from the map that is about to change.
         let named: Vec<HeaderName> = headers
@@ -37,6 +44,30 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// A gRPC call's deadline from its `grpc-timeout` header (up to 8 digits and a unit: `H`, `M`,
+/// `S`, `m`, `u`, `n`); `None` when absent or malformed (the call then has the upstream's
+/// `timeout` only).
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
@@ -118,12 +149,41 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(TE, HeaderValue::from_static("gzip"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[TE], "trailers");
+    }
+
+    #[test]
+    fn reads_grpc_timeouts_in_every_unit() {
+        let timeout = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_TIMEOUT, HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "123456789S", "10s", "1.5S", "-1S", "10"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

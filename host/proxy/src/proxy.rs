@@ -25,7 +25,7 @@ use crate::control::PendingRestart;
 use crate::forward::{self, REQUEST_ID};
 use crate::pool::SendError;
 use crate::record::{Arrival, Record, Recorded, Trace};
-use crate::rescue::{self, Rejection};
+use crate::rescue::{self, LocalReply, Rejection};
 use crate::router::{Match, Router};
 use crate::upstream::Upstream;
 
@@ -190,6 +190,7 @@ impl Proxy {
         let start = Instant::now();
         let request_id = forward::request_id(req.headers());
         let method = req.method().clone();
+        let grpc = rescue::is_grpc(req.headers());
         // In-flight requests finish on the snapshot they started with, whatever a reload swaps in.
         let snapshot = self.snapshot.load_full();
         let (req, arrival) = if snapshot.access_log.enabled() {
@@ -207,6 +208,9 @@ impl Proxy {
         };
         let mut trace = Trace::default();
         let response = match serve(&snapshot, req, conn, &request_id, &mut trace).await {
+            Ok(response) if grpc && response.extensions().get::<LocalReply>().is_some() => {
+                rescue::grpc_local_reply(response, &request_id)
+            }
             Ok(mut response) => {
                 response
                     .headers_mut()
@@ -217,6 +221,7 @@ impl Proxy {
                 }
                 response
             }
+            Err(rejection) if grpc => rejection.into_grpc_response(&request_id),
             Err(rejection) => rejection.into_response(&request_id, &method),
         };
         let route = trace
@@ -368,7 +373,18 @@ async fn serve_with_plugins(
     trace.plugins += spent;
     let (response, rest, ran) = match outcome {
         RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
-        RequestOutcome::Respond { response, ran } => (response, None, ran),
+        RequestOutcome::Respond { mut response, ran } => {
+            // A plugin's error answer is a local reply: a gRPC client gets it as a gRPC error.
+            let status = response.parts.status;
+            if status.is_client_error() || status.is_server_error() {
+                let message = status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase();
+                response.parts.extensions.insert(LocalReply { message });
+            }
+            (response, None, ran)
+        }
         RequestOutcome::Reject { rejection, ran } => {
             (rescue::plugin_rejection(rejection, request_id), None, ran)
         }
@@ -517,16 +533,19 @@ async fn forward(
     forward::add_forwarded(headers, conn.peer.ip(), conn.tls, client_host);
     headers.insert(REQUEST_ID, request_id.clone());
 
+    // A gRPC call's own deadline, when shorter, bounds the wait as the upstream's `timeout` does.
+    let timeout = forward::grpc_timeout(&parts.headers)
+        .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
     let req = Request::from_parts(parts, body);
     let sent = Instant::now();
-    let result = tokio::time::timeout(upstream.timeout, target.pool.send(req)).await;
+    let result = tokio::time::timeout(timeout, target.pool.send(req)).await;
     let (response, release) = match result {
         Err(_) => {
             target.metrics.count(UpstreamOutcome::Timeout);
             return Err(Rejection::Timeout {
                 upstream: upstream.name.clone(),
                 target: target.authority.to_string(),
-                timeout: upstream.timeout,
+                timeout,
             });
         }
         Ok(Err(SendError::Connect(source))) => {

@@ -121,10 +121,8 @@ impl Rejection {
         }
     }
 
-    /// The response for this rejection. `request_id` is echoed in the body and header.
-    pub(crate) fn into_response(self, request_id: &HeaderValue, method: &Method) -> Response<Body> {
-        let (status, error, message) = self.answer();
-        match (&self, status) {
+    fn log(&self, status: StatusCode, request_id: &HeaderValue) {
+        match (self, status) {
             // The chain already logged the failure with its route, plugin and detail.
             (Self::Plugin(_), _) => {}
             (_, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT) => {
@@ -132,6 +130,24 @@ impl Rejection {
             }
             _ => tracing::debug!(request_id = ?request_id, error = %self, "request rejected"),
         }
+    }
+
+    /// The answer to a gRPC request: a gRPC error with the status that says what happened
+    /// (`DEADLINE_EXCEEDED` when the upstream's time, or the call's `grpc-timeout`, ran out).
+    pub(crate) fn into_grpc_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let (status, _, message) = self.answer();
+        self.log(status, request_id);
+        let code = match self {
+            Self::Timeout { .. } => grpc_code::DEADLINE_EXCEEDED,
+            _ => grpc_code_for(status),
+        };
+        grpc_answer(http::HeaderMap::new(), code, message, request_id)
+    }
+
+    /// The response for this rejection. `request_id` is echoed in the body and header.
+    pub(crate) fn into_response(self, request_id: &HeaderValue, method: &Method) -> Response<Body> {
+        let (status, error, message) = self.answer();
+        self.log(status, request_id);
         let (mut parts, body) = error_answer(status, error, message, request_id);
         match self {
             Self::MethodNotAllowed(allow) => {
@@ -159,10 +175,107 @@ impl Rejection {
     }
 }
 
+/// Marks a response the gateway or a plugin made itself rather than the upstream: for a gRPC
+/// request it becomes a gRPC error (see [`grpc_local_reply`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LocalReply {
+    /// What the answer says, for `grpc-message`.
+    pub(crate) message: String,
+}
+
+/// Whether the request is a gRPC call (`content-type: application/grpc` or `application/grpc+…`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// gRPC status codes the gateway answers with.
+mod grpc_code {
+    pub(super) const UNKNOWN: u8 = 2;
+    pub(super) const DEADLINE_EXCEEDED: u8 = 4;
+    pub(super) const PERMISSION_DENIED: u8 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: u8 = 8;
+    pub(super) const UNIMPLEMENTED: u8 = 12;
+    pub(super) const INTERNAL: u8 = 13;
+    pub(super) const UNAVAILABLE: u8 = 14;
+    pub(super) const UNAUTHENTICATED: u8 = 16;
+}
+
+/// The gRPC status for an HTTP error status, as gRPC's own HTTP mapping has it
+/// (`doc/http-grpc-status-mapping.md`), except 429: `RESOURCE_EXHAUSTED` says what happened,
+/// where the table's `UNAVAILABLE` would invite an immediate retry.
+fn grpc_code_for(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => grpc_code::INTERNAL,
+        401 => grpc_code::UNAUTHENTICATED,
+        403 => grpc_code::PERMISSION_DENIED,
+        404 => grpc_code::UNIMPLEMENTED,
+        429 => grpc_code::RESOURCE_EXHAUSTED,
+        502..=504 => grpc_code::UNAVAILABLE,
+        _ => grpc_code::UNKNOWN,
+    }
+}
+
+/// A gRPC error as a trailers-only response (gRPC over HTTP/2, "Trailers-Only"): status 200,
+/// `grpc-status` and `grpc-message` in the only HEADERS frame, no body. `headers` (a plugin's
+/// `WWW-Authenticate`, `RateLimit-*`, CORS) are kept, but not the HTTP answer's content type
+/// and length.
+fn grpc_answer(
+    mut headers: http::HeaderMap,
+    code: u8,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    // Percent-encoded as the gRPC spec asks: anything outside printable ASCII, and `%`.
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        headers.insert(GRPC_MESSAGE, v);
+    }
+    headers.insert(REQUEST_ID, request_id.clone());
+    let mut response = Response::new(Body::empty());
+    *response.headers_mut() = headers;
+    response
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%').add(0x7f);
+
+/// A local reply (an error of the gateway's or a plugin's refusal) to a gRPC request, made a
+/// gRPC error with the status its HTTP status maps to.
+pub(crate) fn grpc_local_reply(
+    response: Response<Body>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let (parts, _) = response.into_parts();
+    let message = parts
+        .extensions
+        .get::<LocalReply>()
+        .map_or_else(String::new, |r| r.message.clone());
+    grpc_answer(
+        parts.headers,
+        grpc_code_for(parts.status),
+        &message,
+        request_id,
+    )
+}
+
 /// A plugin's refusal, answered like the gateway's own errors: its status and headers, the JSON
 /// body with its code and message and the request id.
 pub(crate) fn plugin_rejection(r: PluginRejection, request_id: &HeaderValue) -> ResponseView {
     let (mut parts, body) = error_answer(r.status, &r.error, &r.message, request_id);
+    parts.extensions.insert(LocalReply {
+        message: r.message.clone(),
+    });
     let mut headers = r.headers;
     for (name, value) in parts.headers.drain() {
         if let Some(name) = name {

@@ -9,6 +9,7 @@ mod basic_auth;
 mod chain;
 mod config_errors;
 mod cors;
+mod grpc;
 mod ip_restriction;
 mod jwt;
 mod key_auth;
