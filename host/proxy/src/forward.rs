@@ -49,6 +49,26 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade: websocket` with `Connection:
+/// upgrade`), if it does. HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2).
+pub(crate) fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|option| option.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        parts.headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
 /// A gRPC call's deadline from its `grpc-timeout` header (up to 8 digits and a unit: `H`, `M`,
 /// `S`, `m`, `u`, `n`); `None` when absent or malformed (the call then has the upstream's
 /// `timeout` only).

@@ -21,6 +21,7 @@ mod record;
 mod rescue;
 mod router;
 mod tls;
+mod tunnel;
 mod upstream;
 mod worker;
 

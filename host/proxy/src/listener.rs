@@ -183,7 +183,8 @@ async fn drive<I>(
             activity: activity.clone(),
         }),
     };
-    let conn = server.http.serve_connection(io, service);
+    // With upgrades: a WebSocket handshake's 101 hands the socket over to the tunnel.
+    let conn = server.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut draining = false;
     loop {

@@ -46,6 +46,8 @@ pub(crate) struct Settings {
 #[derive(Clone)]
 pub(crate) struct Tls {
     pub(crate) connector: TlsConnector,
+    /// The same, offering only HTTP/1.1 by ALPN: an `Upgrade` needs HTTP/1.1.
+    pub(crate) upgrade_connector: TlsConnector,
     pub(crate) server_name: ServerName<'static>,
 }
 
@@ -203,6 +205,35 @@ impl Pool {
         }
     }
 
+    /// Sends an HTTP/1.1 `Upgrade` request on a connection of its own (never pooled: after a
+    /// 101 it belongs to the upgraded protocol), which hands its socket to the response's
+    /// upgrade when the target switches protocols.
+    pub(crate) async fn upgrade(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let tcp = self.tcp().await?;
+        match &self.tls {
+            None => self.upgrade_on(TokioIo::new(tcp), req).await,
+            Some(tls) => {
+                let stream = self.tls_handshake(&tls.upgrade_connector, tls, tcp).await?;
+                self.upgrade_on(TokioIo::new(stream), req).await
+            }
+        }
+    }
+
+    async fn upgrade_on<T>(
+        &self,
+        io: T,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError>
+    where
+        T: Read + Write + Unpin + Send + 'static,
+    {
+        let mut sender = self.start_http1(io).await?;
+        sender.send_request(req).await.map_err(SendError::Request)
+    }
+
     /// Whether requests go over the worker's one HTTP/2 connection.
     fn multiplexed(&self) -> bool {
         match self.settings.protocol {
@@ -327,28 +358,17 @@ impl Pool {
     /// HTTP/2 when the protocol says so or ALPN chose it (then it becomes the worker's shared
     /// connection), HTTP/1.1 otherwise.
     async fn connect(&self, worker: usize) -> Result<Connected, ConnectError> {
-        let timeout = self.settings.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))?
-            .map_err(ConnectError::Tcp)?;
-        // Requests and responses are written whole; Nagle's delay only adds latency.
-        let _ = tcp.set_nodelay(true);
-        self.metrics.connected();
+        let tcp = self.tcp().await?;
         let Some(tls) = &self.tls else {
             return match self.settings.protocol {
                 UpstreamProtocol::H2c => self.start_h2(worker, TokioIo::new(tcp)).await,
-                _ => self.start_http1(TokioIo::new(tcp)).await,
+                _ => self
+                    .start_http1(TokioIo::new(tcp))
+                    .await
+                    .map(Connected::Http1),
             };
         };
-        let stream =
-            tokio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp))
-                .await
-                .map_err(|_| ConnectError::Timeout(timeout))?
-                .map_err(|source| ConnectError::Tls {
-                    name: tls.server_name.to_str().into_owned(),
-                    source,
-                })?;
+        let stream = self.tls_handshake(&tls.connector, tls, tcp).await?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         match self.settings.protocol {
             UpstreamProtocol::H2 if !h2 => {
@@ -364,17 +384,52 @@ impl Pool {
                 if h2 {
                     self.start_h2(worker, TokioIo::new(stream)).await
                 } else {
-                    self.start_http1(TokioIo::new(stream)).await
+                    self.start_http1(TokioIo::new(stream))
+                        .await
+                        .map(Connected::Http1)
                 }
             }
             UpstreamProtocol::H2 => self.start_h2(worker, TokioIo::new(stream)).await,
-            UpstreamProtocol::Http1 | UpstreamProtocol::H2c => {
-                self.start_http1(TokioIo::new(stream)).await
-            }
+            UpstreamProtocol::Http1 | UpstreamProtocol::H2c => self
+                .start_http1(TokioIo::new(stream))
+                .await
+                .map(Connected::Http1),
         }
     }
 
-    async fn start_http1<T>(&self, io: T) -> Result<Connected, ConnectError>
+    /// A TCP connection to the target, within `connect_timeout`.
+    async fn tcp(&self) -> Result<TcpStream, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(ConnectError::Tcp)?;
+        // Requests and responses are written whole; Nagle's delay only adds latency.
+        let _ = tcp.set_nodelay(true);
+        self.metrics.connected();
+        Ok(tcp)
+    }
+
+    /// The TLS handshake on `tcp`, within `connect_timeout`.
+    async fn tls_handshake(
+        &self,
+        connector: &TlsConnector,
+        tls: &Tls,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        tokio::time::timeout(timeout, connector.connect(tls.server_name.clone(), tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(|source| ConnectError::Tls {
+                name: tls.server_name.to_str().into_owned(),
+                source,
+            })
+    }
+
+    /// Starts HTTP/1.1 on `io`. With upgrades: the same connection task serves pooled requests
+    /// and hands the socket over after a 101.
+    async fn start_http1<T>(&self, io: T) -> Result<http1::SendRequest<Body>, ConnectError>
     where
         T: Read + Write + Unpin + Send + 'static,
     {
@@ -387,11 +442,11 @@ impl Pool {
                 })?;
         let target = self.authority.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
             }
         });
-        Ok(Connected::Http1(sender))
+        Ok(sender)
     }
 
     /// Starts HTTP/2 on `io` and makes it the worker's shared connection to the target.

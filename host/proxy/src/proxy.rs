@@ -8,12 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue, UPGRADE,
+};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use wasmgate_config::{Config, Protocols, RouteAction};
 use wasmgate_runtime::{
     Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView, Runtime,
@@ -27,6 +30,7 @@ use crate::pool::SendError;
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::{self, LocalReply, Rejection};
 use crate::router::{Match, Router};
+use crate::tunnel;
 use crate::upstream::Upstream;
 
 /// What the proxy knows about the connection a request came on.
@@ -513,12 +517,20 @@ async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     };
     let absolute_form = parts.uri.authority().is_some() && parts.version != Version::HTTP_2;
+    // An HTTP/1.1 `Upgrade` (WebSocket): the protocol to switch to goes to the target, and the
+    // client's connection is kept to be joined with the target's after a 101.
+    let upgrade = forward::upgrade_protocol(&parts)
+        .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
     // Origin-form: the pool adds what HTTP/2 needs (scheme and authority).
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
     forward::strip_hop_by_hop(headers);
+    if let Some((protocol, _)) = &upgrade {
+        headers.insert(UPGRADE, protocol.clone());
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's authority
     // win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the target's.
     let client_host = routed.host.as_ref();
@@ -538,8 +550,13 @@ async fn forward(
         .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
     let req = Request::from_parts(parts, body);
     let sent = Instant::now();
-    let result = tokio::time::timeout(timeout, target.pool.send(req)).await;
-    let (response, release) = match result {
+    let result = match &upgrade {
+        None => tokio::time::timeout(timeout, target.pool.send(req)).await,
+        Some(_) => tokio::time::timeout(timeout, target.pool.upgrade(req))
+            .await
+            .map(|r| r.map(|response| (response, None))),
+    };
+    let (mut response, release) = match result {
         Err(_) => {
             target.metrics.count(UpstreamOutcome::Timeout);
             return Err(Rejection::Timeout {
@@ -569,6 +586,22 @@ async fn forward(
     };
     target.metrics.responded(sent.elapsed());
     upstream.restore(target);
+    if let Some((_, client)) = upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let switched = hyper::upgrade::on(&mut response);
+        let request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+        tunnel::spawn(
+            client,
+            switched,
+            upstream.timeout,
+            target.metrics.clone(),
+            request_id,
+        );
+        // The 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(

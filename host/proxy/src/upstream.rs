@@ -65,6 +65,7 @@ impl Upstream {
                     let tls = match client {
                         Some(client) if t.tls => Some(Tls {
                             connector: TlsConnector::from(client.clone()),
+                            upgrade_connector: TlsConnector::from(http1_only(client)),
                             server_name: server_name(config, &t.address),
                         }),
                         _ => None,
@@ -126,6 +127,13 @@ impl Upstream {
             target.ejected_until.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// `client` offering only HTTP/1.1 by ALPN, for `Upgrade` requests.
+fn http1_only(client: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut client = (**client).clone();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(client)
 }
 
 /// The name an `https://` target's certificate must carry: `tls.server_name`, else the target's

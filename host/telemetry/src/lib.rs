@@ -7,5 +7,5 @@ mod metrics;
 pub use access_log::{AccessEntry, AccessLog, millis};
 pub use metrics::{
     CONTENT_TYPE, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics, PluginMetrics,
-    RouteMetrics, TargetMetrics, UpstreamOutcome,
+    RouteMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
 };

@@ -97,6 +97,8 @@ pub struct Metrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<TargetLabels>,
     upstream_connections: Family<TargetLabels, Counter>,
+    tunnels: Family<TargetLabels, Counter>,
+    tunnels_open: Family<TargetLabels, Gauge>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -154,6 +156,18 @@ impl Metrics {
             "Connections opened to upstream targets (a request reusing a kept-alive or multiplexed connection opens none), by upstream and target",
             upstream_connections.clone(),
         );
+        let tunnels = Family::default();
+        registry.register(
+            "upgraded_connections",
+            "Connections upgraded (WebSocket and other HTTP/1.1 Upgrade protocols) and tunnelled to an upstream target, by upstream and target",
+            tunnels.clone(),
+        );
+        let tunnels_open = Family::default();
+        registry.register(
+            "upgraded_connections_open",
+            "Upgraded connections being tunnelled now, by upstream and target",
+            tunnels_open.clone(),
+        );
         let plugin_duration: HistogramFamily<PluginPhaseLabels> =
             Family::new_with_constructor(|| Histogram::new(PLUGIN_BUCKETS));
         registry.register(
@@ -210,6 +224,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             upstream_connections,
+            tunnels,
+            tunnels_open,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -254,10 +270,14 @@ impl Metrics {
         let labels = TargetLabels { upstream, target };
         let duration = self.upstream_duration.get_or_create_owned(&labels);
         let connections = self.upstream_connections.get_or_create_owned(&labels);
+        let tunnels = self.tunnels.get_or_create_owned(&labels);
+        let tunnels_open = self.tunnels_open.get_or_create_owned(&labels);
         TargetMetrics {
             outcomes,
             duration,
             connections,
+            tunnels,
+            tunnels_open,
         }
     }
 
@@ -399,18 +419,37 @@ impl UpstreamOutcome {
     }
 }
 
+/// Keeps an upgraded connection counted as open; see [`TargetMetrics::tunnel`].
+#[derive(Debug)]
+pub struct TunnelGuard(Gauge);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The metrics of one upstream target.
 #[derive(Debug, Clone)]
 pub struct TargetMetrics {
     outcomes: [Counter; 4],
     duration: Histogram,
     connections: Counter,
+    tunnels: Counter,
+    tunnels_open: Gauge,
 }
 
 impl TargetMetrics {
     /// Counts a connection opened to the target.
     pub fn connected(&self) {
         self.connections.inc();
+    }
+
+    /// Counts an upgraded connection tunnelled to the target, open until the guard is dropped.
+    pub fn tunnel(&self) -> TunnelGuard {
+        self.tunnels.inc();
+        self.tunnels_open.inc();
+        TunnelGuard(self.tunnels_open.clone())
     }
 
     /// Counts a request's outcome.

@@ -22,3 +22,4 @@ mod rate_limit;
 mod transform;
 mod upstream_pool;
 mod upstream_tls;
+mod websocket;
