@@ -93,6 +93,12 @@ fn named_files(config: &Config) -> BTreeSet<PathBuf> {
         .iter()
         .flat_map(|t| &t.certificates)
         .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()]);
+    let client_ca = config
+        .gateway
+        .tls
+        .iter()
+        .filter_map(|t| t.client_auth.as_ref())
+        .map(|a| a.ca.0.clone());
     let upstream_tls = config
         .upstreams
         .iter()
@@ -105,7 +111,11 @@ fn named_files(config: &Config) -> BTreeSet<PathBuf> {
                 .flat_map(|c| [c.cert_path.clone(), c.key_path.clone()]);
             ca.chain(client).collect::<Vec<_>>()
         });
-    plugins.chain(certificates).chain(upstream_tls).collect()
+    plugins
+        .chain(certificates)
+        .chain(client_ca)
+        .chain(upstream_tls)
+        .collect()
 }
 
 /// Reloads one gateway from one config file.

@@ -43,7 +43,8 @@ const HTTP2_KEYS: &[&str] = &[
     "keepalive_interval",
     "keepalive_timeout",
 ];
-const TLS_KEYS: &[&str] = &["listen", "certificates"];
+const TLS_KEYS: &[&str] = &["listen", "certificates", "client_auth"];
+const CLIENT_AUTH_KEYS: &[&str] = &["ca", "required"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const UPSTREAM_KEYS: &[&str] = &[
     "targets",
@@ -640,10 +641,56 @@ impl<'r> Reader<'r> {
                 "missing key `certificates`",
             ),
         }
+        let client_auth = t
+            .get("client_auth")
+            .and_then(|v| self.client_auth(v, "gateway.tls.client_auth"));
         Some(Tls {
             listen,
             certificates,
+            client_auth,
         })
+    }
+
+    fn client_auth(&mut self, v: &Value<'_>, path: &str) -> Option<ClientAuth> {
+        let t = self.table(v, path, CLIENT_AUTH_KEYS)?;
+        let required = match t.get("required") {
+            Some(v) => self.boolean(v, &t.key("required")).unwrap_or(true),
+            None => true,
+        };
+        let Some(ca) = t.get("ca") else {
+            self.err(&t.span, &t.key("ca"), "missing key `ca`");
+            return None;
+        };
+        let ca = self.ca_file(ca, &t.key("ca"))?;
+        Some(ClientAuth { ca, required })
+    }
+
+    /// A PEM file of certificate authorities, read and parsed.
+    fn ca_file(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+    ) -> Option<(PathBuf, Vec<CertificateDer<'static>>)> {
+        let p = self.path(v, key)?;
+        match std::fs::read(&p) {
+            Ok(pem) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .collect();
+                if certs.is_empty() {
+                    let message = format!("no PEM certificate found in {}", p.display());
+                    self.err(&v.span(), key, message);
+                    None
+                } else {
+                    Some((p, certs))
+                }
+            }
+            Err(e) => {
+                let message = format!("cannot read {}: {e}", p.display());
+                self.err(&v.span(), key, message);
+                None
+            }
+        }
     }
 
     fn certificate(&mut self, v: &Value<'_>, path: &str) -> Option<Certificate> {
@@ -844,26 +891,8 @@ impl<'r> Reader<'r> {
             server_name: None,
             verify: true,
         };
-        if let Some(v) = t.get("ca")
-            && let Some(p) = self.path(v, &t.key("ca"))
-        {
-            match std::fs::read(&p) {
-                Ok(pem) => {
-                    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                        .filter_map(Result::ok)
-                        .collect();
-                    if certs.is_empty() {
-                        let message = format!("no PEM certificate found in {}", p.display());
-                        self.err(&v.span(), &t.key("ca"), message);
-                    } else {
-                        tls.ca = Some((p, certs));
-                    }
-                }
-                Err(e) => {
-                    let message = format!("cannot read {}: {e}", p.display());
-                    self.err(&v.span(), &t.key("ca"), message);
-                }
-            }
+        if let Some(v) = t.get("ca") {
+            tls.ca = self.ca_file(v, &t.key("ca"));
         }
         match (t.get("cert"), t.get("key")) {
             (Some(_), Some(_)) => tls.client = self.certificate_files(&t, v),

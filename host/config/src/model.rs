@@ -126,6 +126,19 @@ pub struct Tls {
     /// `certificates`: chosen per connection by the client's SNI against each certificate's names;
     /// the first one answers clients that send no SNI or a name no certificate covers.
     pub certificates: Vec<Certificate>,
+    /// `client_auth`: client certificates asked for on the TLS listeners (mutual TLS).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `[gateway.tls] client_auth`, with its CA file already read.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// `ca`: the PEM file of the certificate authorities client certificates must chain to,
+    /// with the certificates it holds.
+    pub ca: (PathBuf, Vec<rustls_pki_types::CertificateDer<'static>>),
+    /// `required`: whether a client without a certificate is refused at the handshake
+    /// (default `true`); with `false` it is served, without a verified subject.
+    pub required: bool,
 }
 
 /// One entry of `[gateway.tls] certificates`, with its files already read.

@@ -122,7 +122,7 @@ pub async fn prepare_with(
 ) -> Result<Prepared, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let tls = match &config.gateway.tls {
-        Some(t) => match tls::server_config(&config, &t.certificates) {
+        Some(t) => match tls::server_config(&config, t) {
             Ok(c) => Some(c),
             Err(mut p) => {
                 problems.append(&mut p);

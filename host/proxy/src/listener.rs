@@ -140,7 +140,11 @@ async fn serve(
     let activity = Arc::new(Activity::new());
     match tls {
         None => {
-            let info = ConnInfo { peer, tls: false };
+            let info = ConnInfo {
+                peer,
+                tls: false,
+                client_subject: None,
+            };
             drive(&server, TokioIo::new(stream), info, activity, &stop).await;
         }
         Some(acceptor) => {
@@ -161,7 +165,18 @@ async fn serve(
                     }
                 },
             };
-            let info = ConnInfo { peer, tls: true };
+            // Set only when a client certificate was asked for and verified.
+            let client_subject = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::client_subject(leaf));
+            let info = ConnInfo {
+                peer,
+                tls: true,
+                client_subject,
+            };
             drive(&server, TokioIo::new(stream), info, activity, &stop).await;
         }
     }
@@ -176,6 +191,7 @@ async fn drive<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let peer = info.peer;
     let service = ConnService {
         shared: Arc::new(ConnShared {
             proxy: server.proxy.clone(),
@@ -191,7 +207,7 @@ async fn drive<I>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection closed with error");
+                    tracing::debug!(%peer, error = %e, "connection closed with error");
                 }
                 return;
             }
@@ -296,7 +312,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let shared = self.shared.clone();
         Box::pin(async move {
             let _in_flight = shared.activity.begin();
-            Ok(shared.proxy.handle(req, shared.info).await)
+            Ok(shared.proxy.handle(req, shared.info.clone()).await)
         })
     }
 }

@@ -34,11 +34,16 @@ use crate::tunnel;
 use crate::upstream::Upstream;
 
 /// What the proxy knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    /// The subject of the client's verified certificate (`[gateway.tls] client_auth`).
+    pub(crate) client_subject: Option<Arc<str>>,
 }
+
+/// The context key under which plugins find the verified client certificate's subject.
+pub(crate) const CLIENT_SUBJECT_KEY: &str = "tls.client_subject";
 
 /// Everything one configuration needs to serve requests; replaced whole, never edited.
 #[derive(Debug)]
@@ -205,6 +210,7 @@ impl Proxy {
                 host: log_host(&req),
                 path: req.uri().path().to_owned(),
                 bytes_in: bytes_in.clone(),
+                client_cert: conn.client_subject.clone(),
             };
             (req.map(|b| Body::counted(b, bytes_in)), Some(arrival))
         } else {
@@ -371,9 +377,11 @@ async fn serve_with_plugins(
     };
     // A request's plugin calls run on its worker's instances (0 outside a worker: tests, tools).
     let worker = crate::worker::current();
-    let (view, ctx, outcome, spent) = chain
-        .on_request(view, Context::new(), request_id, worker)
-        .await;
+    let mut ctx = Context::new();
+    if let Some(subject) = &conn.client_subject {
+        ctx.set(CLIENT_SUBJECT_KEY.to_owned(), subject.to_string());
+    }
+    let (view, ctx, outcome, spent) = chain.on_request(view, ctx, request_id, worker).await;
     trace.plugins += spent;
     let (response, rest, ran) = match outcome {
         RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),

@@ -37,6 +37,7 @@ pub(crate) struct Arrival {
     pub(crate) host: Option<String>,
     pub(crate) path: String,
     pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) client_cert: Option<Arc<str>>,
 }
 
 /// Everything needed to record one finished request.
@@ -73,6 +74,7 @@ impl Record {
             bytes_out,
             duration_ms: millis(elapsed),
             plugin_ms: millis(self.trace.plugins),
+            client_cert: arrival.client_cert.as_deref(),
         });
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -17,8 +17,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// Builds the server configuration for `[gateway.tls]`, or every problem with its certificates.
 pub(crate) fn server_config(
     config: &Config,
-    certificates: &[Certificate],
+    tls: &wasmgate_config::Tls,
 ) -> Result<Arc<rustls::ServerConfig>, Vec<Diagnostic>> {
+    let certificates: &[Certificate] = &tls.certificates;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut resolver = SniResolver::default();
     let mut problems = Vec::new();
@@ -63,13 +64,48 @@ pub(crate) fn server_config(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| vec![config.diagnostic("gateway.tls", format!("tls setup failed: {e}"))])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| vec![config.diagnostic("gateway.tls", format!("tls setup failed: {e}"))])?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let problem =
+                |message: String| vec![config.diagnostic("gateway.tls.client_auth.ca", message)];
+            let (path, certs) = &auth.ca;
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(problem(format!(
+                    "no usable CA certificate in {}",
+                    path.display()
+                )));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| {
+                problem(format!(
+                    "cannot verify clients with {}: {e}",
+                    path.display()
+                ))
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
+}
+
+/// The subject of a verified client certificate (its distinguished name, RFC 4514 style:
+/// `CN=app,O=Example`), for plugins and the access log.
+pub(crate) fn client_subject(der: &[u8]) -> Option<Arc<str>> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.subject().to_string().into())
 }
 
 /// The DNS names a certificate is valid for: its subjectAltName DNS entries, or its common name

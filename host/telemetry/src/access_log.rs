@@ -47,6 +47,10 @@ pub struct AccessEntry<'a> {
     pub duration_ms: f64,
     /// Time spent in the route's plugins (both phases, including waits for an instance).
     pub plugin_ms: f64,
+    /// The subject of the client's verified certificate (`[gateway.tls] client_auth`); omitted
+    /// when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -168,6 +172,7 @@ mod tests {
                 bytes_out: 12,
                 duration_ms: millis(Duration::from_micros(1234)),
                 plugin_ms: 0.0,
+                client_cert: (status == 200).then_some("CN=app,O=Example"),
             });
         }
         drop(log);
@@ -189,6 +194,8 @@ mod tests {
         assert_eq!(lines[0]["client"], "203.0.113.7");
         assert_eq!(lines[0]["duration_ms"], 1.234);
         assert_eq!(lines[1]["status"], 404);
+        assert_eq!(lines[0]["client_cert"], "CN=app,O=Example");
+        assert!(lines[1].get("client_cert").is_none(), "omitted without one");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@
 
 mod basic_auth;
 mod chain;
+mod client_tls;
 mod config_errors;
 mod cors;
 mod grpc;
