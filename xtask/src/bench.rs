@@ -1,11 +1,13 @@
 //! `cargo xtask bench [--quick]`: Wasmgate side by side with nginx on this machine (issue 6).
 //!
-//! Four scenarios against a 1 KiB response from an nginx upstream, in one invocation:
+//! Six scenarios against a 1 KiB response from an nginx upstream, in one invocation:
 //!
 //! - `direct`: the load generator talks to the upstream itself (the ceiling);
 //! - `nginx`: nginx as a reverse proxy (1 worker, HTTP/1.1 keep-alive pool to the upstream);
 //! - `wasmgate`: the gateway with no plugins;
-//! - `wasmgate-3-plugins`: key-auth + rate-limit (unreachable limit) + transform.
+//! - `wasmgate-3-plugins`: key-auth + rate-limit (unreachable limit) + transform;
+//! - `nginx-https` and `wasmgate-https`: the same two proxies to the upstream over TLS (a
+//!   certificate generated for the run, verified by both, kept-alive connections).
 //!
 //! The proxy under test runs alone on CPU 0 (`taskset`); the upstream nginx and the load
 //! generator share CPU 1. Each scenario is warmed up, then measured with `wrk` (closed loop, as
@@ -112,14 +114,18 @@ enum Proxy {
     Nginx,
     Wasmgate,
     WasmgatePlugins,
+    NginxHttps,
+    WasmgateHttps,
 }
 
 impl Proxy {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 6] = [
         Self::Direct,
         Self::Nginx,
         Self::Wasmgate,
         Self::WasmgatePlugins,
+        Self::NginxHttps,
+        Self::WasmgateHttps,
     ];
 
     fn name(self) -> &'static str {
@@ -128,9 +134,14 @@ impl Proxy {
             Self::Nginx => "nginx",
             Self::Wasmgate => "wasmgate",
             Self::WasmgatePlugins => "wasmgate-3-plugins",
+            Self::NginxHttps => "nginx-https",
+            Self::WasmgateHttps => "wasmgate-https",
         }
     }
 }
+
+/// The name in the origin's generated certificate, which both proxies verify.
+const ORIGIN_NAME: &str = "origin.bench";
 
 /// The programs the benchmark drives.
 #[derive(Debug)]
@@ -149,6 +160,9 @@ struct Bench {
     durations: Durations,
     dir: PathBuf,
     upstream: SocketAddr,
+    /// The upstream's TLS listener, and the PEM file of its certificate (its own CA).
+    upstream_tls: SocketAddr,
+    origin_cert: PathBuf,
     /// Whether the proxy and the load get a CPU each (false on a 1-CPU machine).
     pin: bool,
     ticks_per_sec: u64,
@@ -225,10 +239,16 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
     let started = Instant::now();
 
     let upstream_addr = free_port()?;
+    let upstream_tls = free_port()?;
+    let (origin_cert, origin_key) = origin_certificate(&dir.join("tls"))?;
     let mut upstream = start_nginx(
         &tools.nginx,
         &dir.join("upstream"),
-        &upstream_nginx_conf(upstream_addr, running_as_root),
+        &upstream_nginx_conf(
+            upstream_addr,
+            (upstream_tls, &origin_cert, &origin_key),
+            running_as_root,
+        ),
         pin.then_some(LOAD_CPU),
     )?;
     wait_ready(&mut upstream, upstream_addr)?;
@@ -238,6 +258,8 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         durations,
         dir: dir.clone(),
         upstream: upstream_addr,
+        upstream_tls,
+        origin_cert,
         pin,
         ticks_per_sec: clock_ticks_per_sec(),
         running_as_root,
@@ -475,21 +497,25 @@ impl Bench {
         let pin = self.pin.then_some(PROXY_CPU);
         let (mut guard, addr) = match proxy {
             Proxy::Direct => (None, self.upstream),
-            Proxy::Nginx => {
+            Proxy::Nginx | Proxy::NginxHttps => {
                 let addr = free_port()?;
-                let conf = proxy_nginx_conf(addr, self.upstream, self.running_as_root);
+                let origin = match proxy {
+                    Proxy::NginxHttps => Origin::Https(self.upstream_tls, &self.origin_cert),
+                    _ => Origin::Http(self.upstream),
+                };
+                let conf = proxy_nginx_conf(addr, origin, self.running_as_root);
                 let guard = start_nginx(&self.tools.nginx, &scenario_dir, &conf, pin)?;
                 (Some(guard), addr)
             }
-            Proxy::Wasmgate | Proxy::WasmgatePlugins => {
+            Proxy::Wasmgate | Proxy::WasmgatePlugins | Proxy::WasmgateHttps => {
                 let addr = free_port()?;
                 let config = scenario_dir.join("gateway.toml");
-                let toml = wasmgate_config(
-                    addr,
-                    self.upstream,
-                    proxy == Proxy::WasmgatePlugins,
-                    &self.dir,
-                );
+                let origin = match proxy {
+                    Proxy::WasmgateHttps => Origin::Https(self.upstream_tls, &self.origin_cert),
+                    _ => Origin::Http(self.upstream),
+                };
+                let toml =
+                    wasmgate_config(addr, origin, proxy == Proxy::WasmgatePlugins, &self.dir);
                 fs::write(&config, toml)
                     .with_context(|| format!("cannot write {}", config.display()))?;
                 let log = fs::File::create(scenario_dir.join("wasmgate.log"))
@@ -789,23 +815,69 @@ const NGINX_HTTP_COMMON: &str = concat!(
     "    keepalive_timeout 75s;\n",
 );
 
-fn upstream_nginx_conf(listen: SocketAddr, root: bool) -> String {
+/// Where a proxy forwards to: the origin's plain listener, or its TLS one with the PEM file
+/// that verifies it.
+#[derive(Debug, Clone, Copy)]
+enum Origin<'a> {
+    Http(SocketAddr),
+    Https(SocketAddr, &'a Path),
+}
+
+/// A self-signed certificate for [`ORIGIN_NAME`] in `dir`: (certificate, key) PEM paths.
+fn origin_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec![ORIGIN_NAME.to_owned()])
+            .context("cannot generate the origin's certificate")?;
+    let (cert_path, key_path) = (dir.join("origin.pem"), dir.join("origin.key"));
+    fs::write(&cert_path, cert.pem()).context("cannot write the origin's certificate")?;
+    fs::write(&key_path, signing_key.serialize_pem()).context("cannot write its key")?;
+    Ok((cert_path, key_path))
+}
+
+fn upstream_nginx_conf(
+    listen: SocketAddr,
+    (tls_listen, cert, key): (SocketAddr, &Path, &Path),
+    root: bool,
+) -> String {
     let body = "x".repeat(BODY_SIZE);
     format!(
         "# generated by `cargo xtask bench`: the origin, answering {PATH} with {BODY_SIZE} bytes\n\
          {common}http {{\n{NGINX_HTTP_COMMON}    default_type text/plain;\n\
          \x20   server {{\n\
          \x20       listen {listen};\n\
+         \x20       listen {tls_listen} ssl;\n\
+         \x20       ssl_certificate {cert};\n\
+         \x20       ssl_certificate_key {key};\n\
          \x20       location = {PATH} {{\n\
          \x20           return 200 \"{body}\";\n\
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
         common = nginx_common(root),
+        cert = cert.display(),
+        key = key.display(),
     )
 }
 
-fn proxy_nginx_conf(listen: SocketAddr, upstream: SocketAddr, root: bool) -> String {
+fn proxy_nginx_conf(listen: SocketAddr, origin: Origin<'_>, root: bool) -> String {
+    // Over TLS nginx verifies the origin as the gateway does, and reuses sessions and
+    // kept-alive connections.
+    let (scheme, upstream, tls) = match origin {
+        Origin::Http(upstream) => ("http", upstream, String::new()),
+        Origin::Https(upstream, ca) => (
+            "https",
+            upstream,
+            format!(
+                "\x20           proxy_ssl_verify on;\n\
+                 \x20           proxy_ssl_trusted_certificate {};\n\
+                 \x20           proxy_ssl_name {ORIGIN_NAME};\n\
+                 \x20           proxy_ssl_server_name on;\n\
+                 \x20           proxy_ssl_session_reuse on;\n",
+                ca.display()
+            ),
+        ),
+    };
     format!(
         "# generated by `cargo xtask bench`: nginx as the reverse proxy under test\n\
          {common}http {{\n{NGINX_HTTP_COMMON}\
@@ -817,9 +889,10 @@ fn proxy_nginx_conf(listen: SocketAddr, upstream: SocketAddr, root: bool) -> Str
          \x20   server {{\n\
          \x20       listen {listen};\n\
          \x20       location / {{\n\
-         \x20           proxy_pass http://origin;\n\
+         \x20           proxy_pass {scheme}://origin;\n\
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Connection \"\";\n\
+         {tls}\
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
@@ -829,10 +902,18 @@ fn proxy_nginx_conf(listen: SocketAddr, upstream: SocketAddr, root: bool) -> Str
 
 fn wasmgate_config(
     listen: SocketAddr,
-    upstream: SocketAddr,
+    origin: Origin<'_>,
     plugins: bool,
     bench_dir: &Path,
 ) -> String {
+    let upstream = match origin {
+        Origin::Http(upstream) => format!("targets = [\"{upstream}\"]"),
+        Origin::Https(upstream, ca) => format!(
+            "targets = [\"https://{upstream}\"]\n\
+             tls = {{ ca = {ca:?}, server_name = \"{ORIGIN_NAME}\" }}",
+            ca = ca.display().to_string()
+        ),
+    };
     let plugins_dir = workspace_root().join("plugins");
     let cache_dir = bench_dir.join("plugin-cache");
     let mut toml = format!(
@@ -848,7 +929,7 @@ fn wasmgate_config(
          workers = 1\n\
          \n\
          [upstreams.origin]\n\
-         targets = [\"{upstream}\"]\n\
+         {upstream}\n\
          \n\
          [[routes]]\n\
          name = \"bench\"\n\
@@ -1281,6 +1362,8 @@ fn ratios_json(results: &[(Proxy, Result<Measured>)]) -> Value {
         "wasmgate-3-plugins_vs_wasmgate_rps": ratio(rps(Proxy::WasmgatePlugins), rps(Proxy::Wasmgate)),
         "wasmgate-3-plugins_vs_wasmgate_cpu_per_req": ratio(cpu(Proxy::WasmgatePlugins), cpu(Proxy::Wasmgate)),
         "wasmgate-3-plugins_vs_nginx_rps": ratio(rps(Proxy::WasmgatePlugins), rps(Proxy::Nginx)),
+        "wasmgate-https_vs_nginx-https_rps": ratio(rps(Proxy::WasmgateHttps), rps(Proxy::NginxHttps)),
+        "wasmgate-https_vs_nginx-https_cpu_per_req": ratio(cpu(Proxy::WasmgateHttps), cpu(Proxy::NginxHttps)),
     })
 }
 
@@ -1353,6 +1436,16 @@ fn markdown(report: &Value) -> String {
             "wasmgate-3-plugins / wasmgate, CPU per request",
             "wasmgate-3-plugins_vs_wasmgate_cpu_per_req",
             "",
+        ),
+        (
+            "wasmgate-https / nginx-https, requests/s",
+            "wasmgate-https_vs_nginx-https_rps",
+            "≥ 1",
+        ),
+        (
+            "wasmgate-https / nginx-https, CPU per request",
+            "wasmgate-https_vs_nginx-https_cpu_per_req",
+            "≤ 1",
         ),
     ] {
         let _ = writeln!(out, "| {label} | {} | {goal} |", num(&r[key], 3));
@@ -1489,19 +1582,54 @@ mod tests {
     fn configs_name_every_plugin_and_the_upstream() {
         let listen: SocketAddr = "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!());
         let upstream: SocketAddr = "127.0.0.1:18081".parse().unwrap_or_else(|_| unreachable!());
-        let toml = wasmgate_config(listen, upstream, true, Path::new("/tmp/bench"));
+        let plain = Origin::Http(upstream);
+        let toml = wasmgate_config(listen, plain, true, Path::new("/tmp/bench"));
         for (name, _) in PLUGINS {
             assert!(toml.contains(&format!("name = \"{name}\"")), "{toml}");
         }
         assert!(toml.contains("targets = [\"127.0.0.1:18081\"]"), "{toml}");
-        assert!(!wasmgate_config(listen, upstream, false, Path::new("/b")).contains("plugins]]"));
-        let nginx = proxy_nginx_conf(listen, upstream, false);
+        assert!(!wasmgate_config(listen, plain, false, Path::new("/b")).contains("plugins]]"));
+        let nginx = proxy_nginx_conf(listen, plain, false);
         assert!(
             nginx.contains("keepalive 64;") && !nginx.contains("user "),
             "{nginx}"
         );
-        assert!(proxy_nginx_conf(listen, upstream, true).starts_with("# generated"));
-        assert!(upstream_nginx_conf(listen, true).contains("user root root;"));
+        assert!(proxy_nginx_conf(listen, plain, true).starts_with("# generated"));
+        let tls = (
+            upstream,
+            Path::new("/c/origin.pem"),
+            Path::new("/c/origin.key"),
+        );
+        let origin = upstream_nginx_conf(listen, tls, true);
+        assert!(origin.contains("user root root;"), "{origin}");
+        assert!(
+            origin.contains("listen 127.0.0.1:18081 ssl;")
+                && origin.contains("ssl_certificate /c/origin.pem;"),
+            "{origin}"
+        );
+    }
+
+    #[test]
+    fn both_proxies_verify_a_tls_origin() {
+        let listen: SocketAddr = "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!());
+        let upstream: SocketAddr = "127.0.0.1:18443".parse().unwrap_or_else(|_| unreachable!());
+        let origin = Origin::Https(upstream, Path::new("/c/origin.pem"));
+        let nginx = proxy_nginx_conf(listen, origin, false);
+        for line in [
+            "proxy_pass https://origin;",
+            "proxy_ssl_verify on;",
+            "proxy_ssl_trusted_certificate /c/origin.pem;",
+            "proxy_ssl_name origin.bench;",
+        ] {
+            assert!(nginx.contains(line), "{line} in {nginx}");
+        }
+        let toml = wasmgate_config(listen, origin, false, Path::new("/b"));
+        assert!(
+            toml.contains("targets = [\"https://127.0.0.1:18443\"]")
+                && toml
+                    .contains("tls = { ca = \"/c/origin.pem\", server_name = \"origin.bench\" }"),
+            "{toml}"
+        );
     }
 
     #[test]
