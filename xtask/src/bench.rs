@@ -189,6 +189,8 @@ struct Measured {
     proxy_cpu_others_pct: Option<f64>,
     wrk: Value,
     fixed_rate: Option<Value>,
+    /// The proxy's memory with many idle keep-alive client connections (nginx and wasmgate).
+    idle_memory: Option<Value>,
 }
 
 pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
@@ -647,6 +649,24 @@ impl Bench {
             }
         }
 
+        if matches!(proxy, Proxy::Nginx | Proxy::Wasmgate)
+            && let Some(pids) = &pids
+        {
+            match idle_memory(addr, pids) {
+                Ok(result) => {
+                    println!(
+                        "    {} idle connections: {} KiB each; RSS {} KiB before, {} KiB after they closed",
+                        result["connections"],
+                        result["kib_per_connection"],
+                        result["rss_before_kib"],
+                        result["rss_after_close_kib"],
+                    );
+                    measured.idle_memory = Some(result);
+                }
+                Err(err) => eprintln!("xtask: warning: idle-connection memory run failed: {err:#}"),
+            }
+        }
+
         if let Some(service) = guard.as_mut() {
             service.stop()?;
         }
@@ -783,6 +803,96 @@ fn check_response(proxy: Proxy, head: &str) -> Result<()> {
         if served_by { "" } else { "not " },
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// memory per idle connection
+
+/// Idle keep-alive client connections opened for the memory measurement, at most (fewer when
+/// the open-files limit is lower).
+const IDLE_CONNECTIONS: usize = 4000;
+
+/// Opens idle keep-alive connections to `addr` (each makes one request and then waits), and
+/// reads the resident memory of the processes `pids` before, with them open, and once they
+/// are closed again.
+fn idle_memory(addr: SocketAddr, pids: &[u32]) -> Result<Value> {
+    let count = IDLE_CONNECTIONS.min(open_files_limit().saturating_sub(200));
+    ensure!(
+        count >= 100,
+        "the open-files limit allows too few connections"
+    );
+    let before = rss_kib(pids);
+    let mut open = Vec::with_capacity(count);
+    let request = format!("GET {PATH} HTTP/1.1\r\nHost: bench\r\n{API_KEY_HEADER}\r\n\r\n");
+    for i in 0..count {
+        let mut stream =
+            TcpStream::connect(addr).with_context(|| format!("cannot open idle connection {i}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.as_bytes())?;
+        read_response(&mut stream).with_context(|| format!("idle connection {i}"))?;
+        open.push(stream);
+    }
+    // Let the proxy settle (timers, buffers given back after the request) before reading.
+    thread::sleep(Duration::from_secs(1));
+    let with_open = rss_kib(pids);
+    drop(open);
+    thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pids);
+    Ok(json!({
+        "connections": count,
+        "rss_before_kib": before,
+        "rss_open_kib": with_open,
+        "rss_after_close_kib": after,
+        "kib_per_connection": round3(with_open.saturating_sub(before) as f64 / count as f64),
+    }))
+}
+
+/// Reads one response with a `content-length` body from `stream`.
+fn read_response(stream: &mut TcpStream) -> Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        ensure!(n > 0, "closed before the response ended");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no content-length")?;
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The resident memory of `pids`, summed, in KiB.
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// This process's soft limit on open files.
+fn open_files_limit() -> usize {
+    fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1295,6 +1405,7 @@ fn scenario_json(proxy: Proxy, result: &Result<Measured>) -> Value {
             "cpu_busy_pct": m.cpu_busy_pct,
             "proxy_cpu_used_by_others_pct": m.proxy_cpu_others_pct,
             "wrk": m.wrk,
+            "idle_memory": m.idle_memory,
         }),
         Err(err) => json!({
             "name": proxy.name(),
@@ -1411,6 +1522,33 @@ fn markdown(report: &Value) -> String {
                 .as_f64()
                 .map_or_else(|| "—".to_owned(), |pct| format!("{pct:.0} %")),
         );
+    }
+    let idle: Vec<&Value> = report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["idle_memory"].is_object())
+        .collect();
+    if !idle.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| idle keep-alive connections | connections | KiB each | RSS before KiB | RSS open KiB | RSS after close KiB |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for s in idle {
+            let m = &s["idle_memory"];
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                s["name"].as_str().unwrap_or_default(),
+                m["connections"],
+                num(&m["kib_per_connection"], 2),
+                m["rss_before_kib"],
+                m["rss_open_kib"],
+                m["rss_after_close_kib"],
+            );
+        }
     }
     let r = &report["ratios"];
     let _ = writeln!(out);

@@ -49,8 +49,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade: websocket` with `Connection:
-/// upgrade`), if it does. HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2).
+/// The `Upgrade` of an HTTP/1.1 WebSocket handshake (`Upgrade: websocket` with `Connection:
+/// upgrade`), if the request is one. HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2).
 pub(crate) fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderValue> {
     if parts.version != http::Version::HTTP_11 {
         return None;
@@ -62,7 +62,17 @@ pub(crate) fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderVal
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|option| option.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
+    // Only WebSocket: `h2c` (which HTTP/2 clients offer on plain connections) and other
+    // protocols are not tunnelled; their requests are served as plain HTTP/1.1.
+    let websocket = parts
+        .headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        });
+    if asks && websocket {
         parts.headers.get(UPGRADE).cloned()
     } else {
         None

@@ -59,6 +59,14 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// How long a kept-alive connection that is not ready at once may take to become ready.
+const READY_WAIT: Duration = Duration::from_millis(20);
+
+/// HTTP/2 pings on a shared connection, so a target that vanished (a crashed host, a dropped
+/// NAT entry) is noticed within `H2_PING_INTERVAL + H2_PING_TIMEOUT`, not after TCP gives up.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(15);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a target was found to speak, for `protocol = "auto"` over TLS: unknown until the first
 /// connection's ALPN says.
 const SPEAKS_UNKNOWN: u8 = 0;
@@ -135,6 +143,22 @@ pub(crate) enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+}
+
+/// A request rewritten for HTTP/2 (absolute URI, no `Host`) back in HTTP/1.1's form.
+fn to_origin_form(mut req: Request<Body>) -> Request<Body> {
+    if let Some(authority) = req.uri().authority()
+        && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+    req
 }
 
 /// A hyper error with its causes, as the operator needs them (`connection closed before message
@@ -260,7 +284,7 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.kept(worker).await {
                 Some(sender) => (sender, true),
-                None => match self.connect(worker).await? {
+                None => match Box::pin(self.connect(worker)).await? {
                     Connected::Http1(sender) => (sender, false),
                     // `auto`: the target chose HTTP/2.
                     Connected::H2(sender) => {
@@ -295,9 +319,14 @@ impl Pool {
                 continue;
             }
             let mut sender = idle.sender;
-            // Ready at once unless the connection's task has not yet seen the end of the
-            // previous response; an error means the connection closed meanwhile.
-            if sender.ready().await.is_ok() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Not ready yet: its task has not seen the end of the previous exchange, which
+            // takes one turn of the event loop, or it is still sending a request body the
+            // target answered early (a slow upload refused with a 401). The first is worth a
+            // short wait; the second is closed (dropped) rather than waited for.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }
@@ -460,6 +489,8 @@ impl Pool {
         };
         let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
             .handshake(io)
             .await
             .map_err(handshake)?;
@@ -486,7 +517,7 @@ impl Pool {
             let _connecting = self.h2_connecting[worker].lock().await;
             match self.shared_h2(worker) {
                 Some(sender) => Connected::H2(sender),
-                None => self.connect(worker).await?,
+                None => Box::pin(self.connect(worker)).await?,
             }
         };
         match connected {
@@ -540,13 +571,16 @@ impl Pool {
         match sender.try_send_request(req).await {
             Ok(response) => Ok((response, None)),
             Err(mut failed) => match failed.take_message() {
-                Some(unsent) if reused => match self.connect(worker).await? {
+                Some(unsent) if reused => match Box::pin(self.connect(worker)).await? {
                     Connected::H2(mut fresh) => fresh
                         .send_request(unsent)
                         .await
                         .map(|r| (r, None))
                         .map_err(SendError::Request),
-                    Connected::Http1(fresh) => self.send_on_http1(worker, fresh, unsent).await,
+                    Connected::Http1(fresh) => {
+                        self.send_on_http1(worker, fresh, to_origin_form(unsent))
+                            .await
+                    }
                 },
                 _ => Err(SendError::Request(failed.into_error())),
             },
@@ -559,5 +593,44 @@ impl Pool {
             .h2
             .clone()
             .filter(|sender| !sender.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The send future is part of every proxied request's future, which hyper keeps boxed for
+    /// the life of each client connection: connecting (TLS, HTTP/2 handshakes) is boxed so
+    /// only requests that connect pay for it. Measured 11 KiB before, 3.7 KiB after.
+    #[test]
+    fn the_send_future_stays_small() {
+        let metrics = wasmgate_telemetry::Metrics::new();
+        let settings = Settings {
+            protocol: UpstreamProtocol::Auto,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+        };
+        let target = metrics.target("u", "127.0.0.1:1");
+        let pool = Arc::new(Pool::new(
+            "127.0.0.1:1".parse().expect("authority"),
+            None,
+            settings,
+            target,
+            1,
+        ));
+        let send = pool.send(Request::new(Body::empty()));
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= 5 * 1024, "the send future grew to {size} bytes");
+    }
+
+    #[test]
+    fn an_http2_request_goes_back_to_http1_form() {
+        let mut req = Request::new(Body::empty());
+        *req.uri_mut() = "https://api.internal:8443/a?b=1".parse().expect("uri");
+        let req = to_origin_form(req);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()[HOST], "api.internal:8443");
     }
 }

@@ -199,7 +199,8 @@ impl Proxy {
         let start = Instant::now();
         let request_id = forward::request_id(req.headers());
         let method = req.method().clone();
-        let grpc = rescue::is_grpc(req.headers());
+        // gRPC runs over HTTP/2 only: an HTTP/1.1 client must not get an error as a 200.
+        let grpc = req.version() == Version::HTTP_2 && rescue::is_grpc(req.headers());
         // In-flight requests finish on the snapshot they started with, whatever a reload swaps in.
         let snapshot = self.snapshot.load_full();
         let (req, arrival) = if snapshot.access_log.enabled() {
@@ -560,7 +561,7 @@ async fn forward(
     let sent = Instant::now();
     let result = match &upgrade {
         None => tokio::time::timeout(timeout, target.pool.send(req)).await,
-        Some(_) => tokio::time::timeout(timeout, target.pool.upgrade(req))
+        Some(_) => tokio::time::timeout(timeout, Box::pin(target.pool.upgrade(req)))
             .await
             .map(|r| r.map(|response| (response, None))),
     };
@@ -575,7 +576,11 @@ async fn forward(
         }
         Ok(Err(SendError::Connect(source))) => {
             target.metrics.count(UpstreamOutcome::ConnectError);
-            upstream.eject(target);
+            // A WebSocket handshake's own connection (HTTP/1.1 only) failing says less about
+            // the target than a pooled one would; a client must not be able to eject it.
+            if upgrade.is_none() {
+                upstream.eject(target);
+            }
             return Err(Rejection::Connect {
                 upstream: upstream.name.clone(),
                 target: target.authority.to_string(),

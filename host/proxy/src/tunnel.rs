@@ -34,26 +34,26 @@ pub(crate) fn spawn(
         };
         let _open = metrics.tunnel();
         let start = Instant::now();
-        let last_read = Arc::new(AtomicU64::new(0));
-        let mut client = Watched::new(TokioIo::new(client), start, last_read.clone());
-        let mut target = Watched::new(TokioIo::new(target), start, last_read.clone());
+        let last_active = Arc::new(AtomicU64::new(0));
+        let mut client = Watched::new(TokioIo::new(client), start, last_active.clone());
+        let mut target = Watched::new(TokioIo::new(target), start, last_active.clone());
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut target) => {
                 if let Err(e) = copied {
                     tracing::debug!(%request_id, error = %e, "upgraded connection failed");
                 }
             }
-            () = idle_for(idle, start, &last_read) => {
+            () = idle_for(idle, start, &last_active) => {
                 tracing::debug!(%request_id, ?idle, "upgraded connection idle, closed");
             }
         }
     });
 }
 
-/// Returns once nothing was read from either side for `idle`.
-async fn idle_for(idle: Duration, start: Instant, last_read: &AtomicU64) {
+/// Returns once nothing was read from or written to either side for `idle`.
+async fn idle_for(idle: Duration, start: Instant, last_active: &AtomicU64) {
     loop {
-        let last = start + Duration::from_millis(last_read.load(Ordering::Relaxed));
+        let last = start + Duration::from_millis(last_active.load(Ordering::Relaxed));
         let deadline = last + idle;
         if Instant::now() >= deadline {
             return;
@@ -62,20 +62,26 @@ async fn idle_for(idle: Duration, start: Instant, last_read: &AtomicU64) {
     }
 }
 
-/// One side of a tunnel, recording when it last delivered bytes.
+/// One side of a tunnel, recording when bytes last moved through it (a slow reader that
+/// keeps taking bytes is activity too).
 struct Watched<T> {
     inner: T,
     start: Instant,
-    last_read: Arc<AtomicU64>,
+    last_active: Arc<AtomicU64>,
 }
 
 impl<T> Watched<T> {
-    fn new(inner: T, start: Instant, last_read: Arc<AtomicU64>) -> Self {
+    fn new(inner: T, start: Instant, last_active: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             start,
-            last_read,
+            last_active,
         }
+    }
+
+    fn active(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -89,8 +95,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let ms = u64::try_from(this.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            this.last_read.store(ms, Ordering::Relaxed);
+            this.active();
         }
         polled
     }
@@ -102,7 +107,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.active();
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

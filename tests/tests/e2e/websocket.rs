@@ -183,3 +183,25 @@ async fn an_idle_websocket_is_closed_after_the_upstream_timeout() {
         "no message, only the end: {ended:?}"
     );
 }
+
+#[tokio::test]
+async fn an_h2c_upgrade_offer_is_served_as_plain_http1() {
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start(&proxy_everything_to(up, ""))
+        .await
+        .expect("start");
+    let response = raw_exchange(
+        gw.http,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("exchange");
+    assert_eq!(raw_status(&response), Some(200), "{response}");
+    assert!(response.contains("\"path\":\"/x\""), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("\"upgrade\""),
+        "the upgrade offer is not forwarded: {response}"
+    );
+}
