@@ -513,14 +513,7 @@ impl Pool {
         if let Some(sender) = self.shared_h2(worker) {
             return self.send_on_h2(worker, sender, true, req).await;
         }
-        let connected = {
-            let _connecting = self.h2_connecting[worker].lock().await;
-            match self.shared_h2(worker) {
-                Some(sender) => Connected::H2(sender),
-                None => Box::pin(self.connect(worker)).await?,
-            }
-        };
-        match connected {
+        match self.reconnect_h2(worker).await? {
             Connected::H2(sender) => self.send_on_h2(worker, sender, false, req).await,
             // `auto`: the target now chose HTTP/1.1.
             Connected::Http1(sender) => self.send_on_http1(worker, sender, req).await,
@@ -571,7 +564,7 @@ impl Pool {
         match sender.try_send_request(req).await {
             Ok(response) => Ok((response, None)),
             Err(mut failed) => match failed.take_message() {
-                Some(unsent) if reused => match Box::pin(self.connect(worker)).await? {
+                Some(unsent) if reused => match self.reconnect_h2(worker).await? {
                     Connected::H2(mut fresh) => fresh
                         .send_request(unsent)
                         .await
@@ -584,6 +577,17 @@ impl Pool {
                 },
                 _ => Err(SendError::Request(failed.into_error())),
             },
+        }
+    }
+
+    /// The worker's HTTP/2 connection after another request replaced a closed one, or a new one:
+    /// one at a time per worker, so requests arriving together (or refused together by a
+    /// closing connection) share one new connection.
+    async fn reconnect_h2(&self, worker: usize) -> Result<Connected, ConnectError> {
+        let _connecting = self.h2_connecting[worker].lock().await;
+        match self.shared_h2(worker) {
+            Some(sender) => Ok(Connected::H2(sender)),
+            None => Box::pin(self.connect(worker)).await,
         }
     }
 
