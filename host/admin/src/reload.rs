@@ -426,6 +426,47 @@ mod tests {
     }
 
     #[test]
+    fn every_certificate_key_and_ca_file_is_watched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let names = [
+            "server.pem",
+            "server.key",
+            "clients-ca.pem",
+            "upstream-ca.pem",
+            "client.pem",
+            "client.key",
+        ];
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        for name in names {
+            let pem = if name.ends_with(".key") {
+                signing_key.serialize_pem()
+            } else {
+                cert.pem()
+            };
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        let config = dir.join("gateway.toml");
+        std::fs::write(
+            &config,
+            "[gateway]\nlisten = []\n\
+             [gateway.tls]\nlisten = [\"127.0.0.1:0\"]\n\
+             certificates = [{ cert = \"server.pem\", key = \"server.key\" }]\n\
+             client_auth = { ca = \"clients-ca.pem\" }\n\
+             [upstreams.u]\ntargets = [\"https://127.0.0.1:8443\"]\n\
+             tls = { ca = \"upstream-ca.pem\", cert = \"client.pem\", key = \"client.key\", server_name = \"localhost\" }\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+        )
+        .unwrap();
+        let loaded = wasmgate_config::load(&config).unwrap();
+        let watched = named_files(&loaded);
+        for name in names {
+            assert!(watched.contains(&dir.join(name)), "{name} in {watched:?}");
+        }
+    }
+
+    #[test]
     fn fingerprint_follows_the_config_and_the_files_it_names() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();

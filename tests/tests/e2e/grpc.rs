@@ -379,3 +379,21 @@ async fn a_call_past_its_grpc_timeout_gets_deadline_exceeded_from_the_gateway() 
     assert_eq!(resp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
     assert!(resp.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn an_http1_request_with_a_grpc_content_type_gets_a_plain_error() {
+    let (up, _reporter) = grpc_upstream().await;
+    let gw = gateway_to(workdir(), up, "").await;
+    // gRPC runs over HTTP/2 only: an HTTP/1.1 client gets the gateway's normal 404, never a 200
+    // it could mistake for success.
+    let resp = client()
+        .post(gw.url("/other.Service/Call"))
+        .header("content-type", "application/grpc")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("grpc-status").is_none());
+}
