@@ -72,15 +72,8 @@ pub(crate) fn server_config(
         Some(auth) => {
             let problem =
                 |message: String| vec![config.diagnostic("gateway.tls.client_auth.ca", message)];
-            let (path, certs) = &auth.ca;
-            let mut roots = RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
-            if added == 0 {
-                return Err(problem(format!(
-                    "no usable CA certificate in {}",
-                    path.display()
-                )));
-            }
+            let (path, _) = &auth.ca;
+            let roots = ca_roots(&auth.ca).map_err(problem)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if auth.required {
                 verifier
@@ -202,17 +195,7 @@ pub(crate) fn client_config(
         .map_err(|e| problem("", format!("tls setup failed: {e}")))?;
     let builder = if tls.verify {
         let roots = match &tls.ca {
-            Some((path, certs)) => {
-                let mut roots = RootCertStore::empty();
-                let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
-                if added == 0 {
-                    return Err(problem(
-                        ".ca",
-                        format!("no usable CA certificate in {}", path.display()),
-                    ));
-                }
-                roots
-            }
+            Some(ca) => ca_roots(ca).map_err(|message| problem(".ca", message))?,
             None => system_roots()
                 .map_err(|why| {
                     problem(
@@ -255,6 +238,18 @@ pub(crate) fn client_config(
         UpstreamProtocol::Http1 | UpstreamProtocol::H2c => vec![b"http/1.1".to_vec()],
     };
     Ok(Some(Arc::new(client)))
+}
+
+/// The trust anchors of a CA file read by the config, or why it has none rustls can use.
+fn ca_roots(
+    (path, certs): &(std::path::PathBuf, Vec<CertificateDer<'static>>),
+) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 {
+        return Err(format!("no usable CA certificate in {}", path.display()));
+    }
+    Ok(roots)
 }
 
 /// The system's root certificates, read once per process (rustls-native-certs: the platform's

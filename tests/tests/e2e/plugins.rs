@@ -37,6 +37,22 @@ fn misbehaving_gateway_toml(up: std::net::SocketAddr, extra: &str) -> String {
     )
 }
 
+/// [`misbehaving_gateway_toml`] on one worker (the plugin's calls and every other request share
+/// its thread), with the plugin's `timeout` set to `timeout`.
+fn one_worker_misbehaving_toml(up: std::net::SocketAddr, extra: &str, timeout: &str) -> String {
+    misbehaving_gateway_toml(up, extra)
+        .replacen(
+            "plugin_cache_dir = \"\"",
+            "plugin_cache_dir = \"\"\n        workers = 1",
+            1,
+        )
+        .replacen(
+            "timeout = \"100ms\"",
+            &format!("timeout = \"{timeout}\""),
+            1,
+        )
+}
+
 #[tokio::test]
 async fn tagger_binds_per_route_config_and_runs_both_phases() {
     let up = echo_upstream("up").await;
@@ -620,13 +636,7 @@ async fn a_looping_plugin_does_not_stall_the_other_requests_of_its_worker() {
     // its 300 ms timeout. A call that did not yield would leave at most the requests already
     // answered before it started.
     let up = echo_upstream("up").await;
-    let toml = misbehaving_gateway_toml(up, "")
-        .replacen(
-            "plugin_cache_dir = \"\"",
-            "plugin_cache_dir = \"\"\n        workers = 1",
-            1,
-        )
-        .replacen("timeout = \"100ms\"", "timeout = \"300ms\"", 1);
+    let toml = one_worker_misbehaving_toml(up, "", "300ms");
     let gw = TestGateway::start_in(plugins_dir(), &toml)
         .await
         .expect("start");
@@ -666,13 +676,7 @@ async fn max_instances_bounds_the_instances_a_worker_may_use_at_once() {
     let up = echo_upstream("up").await;
     // One worker with one instance; the loop holds it for 1.5 s, longer than a request waits
     // for an instance (1 s).
-    let toml = misbehaving_gateway_toml(up, "max_instances = 1")
-        .replacen(
-            "plugin_cache_dir = \"\"",
-            "plugin_cache_dir = \"\"\n        workers = 1",
-            1,
-        )
-        .replacen("timeout = \"100ms\"", "timeout = \"1500ms\"", 1);
+    let toml = one_worker_misbehaving_toml(up, "max_instances = 1", "1500ms");
     let gw = TestGateway::start_in(plugins_dir(), &toml)
         .await
         .expect("start");
