@@ -15,7 +15,8 @@ use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic, Gateway}
 use wasmgate_runtime::Runtime;
 use wasmgate_telemetry::Metrics;
 
-use crate::proxy::{Proxy, Snapshot};
+use crate::proxy::Proxy;
+use crate::snapshot::{PendingRestart, Snapshot};
 use crate::{Services, open_access_log, prepare_with};
 
 /// A handle to a running gateway: reload it, look at what it serves. Cheap to clone.
@@ -28,15 +29,6 @@ pub struct Control {
     pub(crate) reloading: Arc<tokio::sync::Mutex<()>>,
     /// The `[gateway]` settings the gateway started with: what the listeners and workers run.
     pub(crate) started: Arc<Gateway>,
-}
-
-/// Settings of the last reloaded file that differ from the running ones and wait for a restart.
-#[derive(Debug, Clone)]
-pub struct PendingRestart {
-    /// The dotted keys, e.g. `gateway.listen`.
-    pub keys: Vec<&'static str>,
-    /// The file's `[gateway]` table, for the values of those keys.
-    pub file: Gateway,
 }
 
 /// What a successful reload swapped in.

@@ -2,7 +2,7 @@
 //! and the streaming reverse proxy.
 //!
 //! ```text
-//! listener ─▶ proxy ─▶ router ─▶ upstream pool ─▶ service
+//! worker ─▶ listener ─▶ proxy ─▶ session ─▶ router, plugins, upstream pool ─▶ service
 //! ```
 //!
 //! [`Gateway::bind`] opens every listener (so a caller knows the addresses, and a port clash is an
@@ -20,6 +20,8 @@ mod proxy;
 mod record;
 mod rescue;
 mod router;
+mod session;
+mod snapshot;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -39,11 +41,13 @@ use wasmgate_runtime::{Loader, MemoryState, Runtime};
 use wasmgate_telemetry::{AccessLog, Metrics};
 
 pub use body::{Body, BodyError};
-pub use control::{Active, Control, PendingRestart, Reloaded};
+pub use control::{Active, Control, Reloaded};
 pub use router::{Match, Router};
+pub use snapshot::PendingRestart;
 
 use listener::{Listener, Server};
-use proxy::{Proxy, Snapshot};
+use proxy::Proxy;
+use snapshot::Snapshot;
 use worker::Workers;
 
 /// Why the gateway could not start.

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::Gateway as GatewayConfig;
 
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::Proxy;
 use crate::record::Recorded;
+use crate::session::ConnInfo;
 
 /// Connection-level settings shared by every listener.
 #[derive(Debug)]
@@ -86,10 +87,11 @@ impl Listener {
         self.tcp.local_addr()
     }
 
-    /// Accepts on the calling worker until `stop` is cancelled, serving each connection on
-    /// `tracker`.
+    /// Accepts on `worker`, the calling worker, until `stop` is cancelled, serving each
+    /// connection on `tracker`.
     pub(crate) async fn accept_loop(
         self: Arc<Self>,
+        worker: usize,
         server: Arc<Server>,
         stop: CancellationToken,
         tracker: TaskTracker,
@@ -122,7 +124,7 @@ impl Listener {
             let tls = self.tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
             let stop = stop.clone();
             tracker.spawn(async move {
-                serve(server, stream, peer, tls, stop).await;
+                serve(server, stream, (peer, worker), tls, stop).await;
             });
         }
     }
@@ -131,7 +133,7 @@ impl Listener {
 async fn serve(
     server: Arc<Server>,
     stream: TcpStream,
-    peer: SocketAddr,
+    (peer, worker): (SocketAddr, usize),
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
@@ -144,6 +146,7 @@ async fn serve(
                 peer,
                 tls: false,
                 client_subject: None,
+                worker,
             };
             drive(&server, TokioIo::new(stream), info, activity, &stop).await;
         }
@@ -176,6 +179,7 @@ async fn serve(
                 peer,
                 tls: true,
                 client_subject,
+                worker,
             };
             drive(&server, TokioIo::new(stream), info, activity, &stop).await;
         }
@@ -312,7 +316,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let shared = self.shared.clone();
         Box::pin(async move {
             let _in_flight = shared.activity.begin();
-            Ok(shared.proxy.handle(req, shared.info.clone()).await)
+            Ok(shared.proxy.handle(req, &shared.info).await)
         })
     }
 }

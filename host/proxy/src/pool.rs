@@ -31,7 +31,6 @@ use wasmgate_config::UpstreamProtocol;
 use wasmgate_telemetry::TargetMetrics;
 
 use crate::body::Body;
-use crate::worker;
 
 /// How requests reach the targets of one upstream, and how many connections are kept.
 #[derive(Debug, Clone)]
@@ -215,13 +214,14 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form target, with `Host`) to the target and returns its response
-    /// head, with the body's [`Release`] for HTTP/1.1.
+    /// Sends `req` (origin-form target, with `Host`) on `worker`'s connections to the target
+    /// and returns its response head, with the body's [`Release`] for HTTP/1.1.
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
+        worker: usize,
     ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
-        let worker = worker::current() % self.workers.len();
+        let worker = worker % self.workers.len();
         if self.multiplexed() {
             self.send_h2(worker, req).await
         } else {
@@ -624,7 +624,7 @@ mod tests {
             target,
             1,
         ));
-        let send = pool.send(Request::new(Body::empty()));
+        let send = pool.send(Request::new(Body::empty()), 0);
         let size = std::mem::size_of_val(&send);
         assert!(size <= 5 * 1024, "the send future grew to {size} bytes");
     }

@@ -10,7 +10,6 @@
 //! work-stealing scheduler pays for cross-thread queues and wake-ups on every task switch
 //! even with one worker; a worker here wakes only its own thread.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,16 +21,6 @@ use crate::listener::{Listener, Server};
 
 /// Threads each worker may use for blocking work.
 const BLOCKING_THREADS: usize = 8;
-
-thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The index of the worker running the caller, `0` outside workers: selects per-worker state
-/// such as upstream connection pools.
-pub(crate) fn current() -> usize {
-    INDEX.with(Cell::get)
-}
 
 /// Running workers. Dropping this stops them at once (their connections are closed); a graceful
 /// stop cancels `stop` first and waits for the connections.
@@ -72,12 +61,12 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("wasmgate-worker-{index}"))
                 .spawn(move || {
-                    INDEX.with(|i| i.set(index));
                     runtime.block_on(async move {
                         for listener in listeners {
                             // Tracked too: a connection accepted just as the drain finishes is
                             // then still waited for.
                             tracker.spawn(listener.accept_loop(
+                                index,
                                 server.clone(),
                                 stop.clone(),
                                 tracker.clone(),

@@ -1,0 +1,681 @@
+//! One request's way through the gateway, as phases over one value (pingora's `ProxyHttp`
+//! model):
+//!
+//! ```text
+//! Session::new ─▶ route ─▶ request plugins ─▶ upstream ─▶ response plugins ─▶ finish
+//! ```
+//!
+//! Each phase reads and writes the [`Session`] and either hands the request on or ends it with a
+//! response; a [`Rejection`] from any phase becomes the client's answer in [`Session::finish`],
+//! the one place where data-path errors turn into HTTP responses, which also counts and logs
+//! the request once its body has been sent.
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, UPGRADE};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use wasmgate_runtime::{
+    Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView,
+};
+use wasmgate_telemetry::UpstreamOutcome;
+
+use crate::body::Body;
+use crate::forward::{self, REQUEST_ID};
+use crate::pool::SendError;
+use crate::record::{Arrival, Record, Recorded, Trace};
+use crate::rescue::{self, LocalReply, Rejection};
+use crate::router::Match;
+use crate::snapshot::{Action, Prepared, RouteRuntime, Snapshot};
+use crate::tunnel;
+use crate::upstream::Upstream;
+
+/// What a session knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
+    /// The subject of the client's verified certificate (`[gateway.tls] client_auth`).
+    pub(crate) client_subject: Option<Arc<str>>,
+    /// The worker serving the connection: its requests use the worker's upstream connections
+    /// and plugin instances.
+    pub(crate) worker: usize,
+}
+
+/// The context key under which plugins find the verified client certificate's subject.
+pub(crate) const CLIENT_SUBJECT_KEY: &str = "tls.client_subject";
+
+/// A request from its arrival until its response head is handed to the client.
+pub(crate) struct Session<'s> {
+    snapshot: &'s Snapshot,
+    conn: &'s ConnInfo,
+    start: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    /// Whether local replies take gRPC's form (gRPC runs over HTTP/2 only: an HTTP/1.1 client
+    /// must not get an error as a 200).
+    grpc: bool,
+    arrival: Option<Arrival>,
+    trace: Trace,
+    /// The route, once the route phase found it.
+    route: Option<&'s RouteRuntime>,
+    /// How much of the path the route's prefix matched (0 once a plugin rewrote the path).
+    prefix_len: usize,
+    /// The host the client asked for, as a header value: for `Host` on the upstream request when
+    /// the client's target was absolute, and for `X-Forwarded-Host`.
+    host: Option<HeaderValue>,
+}
+
+/// A request phase's way on: the request for the next phase, or the response that ends it.
+type Step<T> = Result<ControlFlow<Response<Body>, T>, Rejection>;
+
+impl<'s> Session<'s> {
+    /// Starts a session for `req` on `snapshot` (in-flight requests finish on the snapshot they
+    /// started with, whatever a reload swaps in), with its body counted when the access log is
+    /// on.
+    pub(crate) fn new(
+        snapshot: &'s Snapshot,
+        conn: &'s ConnInfo,
+        req: Request<Incoming>,
+    ) -> (Self, Request<Body>) {
+        let start = Instant::now();
+        let mut session = Self {
+            snapshot,
+            conn,
+            start,
+            request_id: forward::request_id(req.headers()),
+            method: req.method().clone(),
+            grpc: req.version() == Version::HTTP_2 && rescue::is_grpc(req.headers()),
+            arrival: None,
+            trace: Trace::default(),
+            route: None,
+            prefix_len: 0,
+            host: None,
+        };
+        if !snapshot.access_log.enabled() {
+            return (session, req.map(Body::stream));
+        }
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        session.arrival = Some(Arrival {
+            time: SystemTime::now(),
+            client: conn.peer.ip(),
+            host: log_host(&req),
+            path: req.uri().path().to_owned(),
+            bytes_in: bytes_in.clone(),
+            client_cert: conn.client_subject.clone(),
+        });
+        (session, req.map(|b| Body::counted(b, bytes_in)))
+    }
+
+    /// Runs the phases in order and finishes with what they answered.
+    pub(crate) async fn run(mut self, req: Request<Body>) -> Response<Recorded> {
+        let result = self.phases(req).await;
+        self.finish(result)
+    }
+
+    async fn phases(&mut self, req: Request<Body>) -> Result<Response<Body>, Rejection> {
+        if let ControlFlow::Break(answer) = self.route(&req)? {
+            return Ok(answer);
+        }
+        match self.route.and_then(|r| r.chain.as_deref()) {
+            None => self.upstream(req).await,
+            // Boxed: the plugin calls' futures are large, and every request's future (boxed and
+            // moved by hyper) would otherwise be as large as they are, with or without plugins.
+            Some(chain) => Box::pin(self.with_plugins(chain, req)).await,
+        }
+    }
+
+    /// The request and response phases of the route's plugins around the upstream phase.
+    async fn with_plugins(
+        &mut self,
+        chain: &Chain,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Rejection> {
+        let mut ctx = Context::new();
+        if let Some(subject) = &self.conn.client_subject {
+            ctx.set(CLIENT_SUBJECT_KEY.to_owned(), subject.to_string());
+        }
+        let (ctx, answered) = self.request_plugins(chain, req, ctx).await?;
+        let (view, rest, ran) = match answered {
+            ControlFlow::Break((view, ran)) => (view, None, ran),
+            ControlFlow::Continue(req) => {
+                let response = self.upstream(req).await?;
+                if !chain.has_response_phase() {
+                    return Ok(response);
+                }
+                let (view, rest) = self.response_view(chain, response).await?;
+                (view, rest, chain.len())
+            }
+        };
+        let view = self.response_plugins(chain, view, ctx, ran).await?;
+        let body = match (view.body, rest) {
+            (Some(bytes), _) => Body::full(bytes),
+            (None, Some(rest)) => rest,
+            (None, None) => Body::empty(),
+        };
+        Ok(Response::from_parts(view.parts, body))
+    }
+
+    /// Route phase: checks what every request must satisfy, finds the route and whether the
+    /// request may use it on this connection.
+    fn route(&mut self, req: &Request<Body>) -> Step<()> {
+        let snapshot = self.snapshot;
+        if req.headers().len() > snapshot.max_headers {
+            return Err(Rejection::HeadersTooLarge("too many header fields"));
+        }
+        if has_dot_segment(req.uri().path()) {
+            // `/public/../admin` must not be routed as `/public`; clients normalise such paths
+            // themselves, so only crafted requests carry them.
+            return Err(Rejection::BadRequest("path contains a dot segment"));
+        }
+        let host = request_host(req)?;
+        let routed_host = host.as_ref().map(|(a, _)| a.host().trim_end_matches('.'));
+        let found =
+            snapshot
+                .router
+                .route(routed_host, req.uri().path(), req.method(), req.headers());
+        let (index, prefix_len) = match found {
+            Match::Found { route, prefix_len } => (route, prefix_len),
+            Match::NotFound => return Err(Rejection::NoRoute),
+            Match::MethodNotAllowed { route, methods } => {
+                // Counted and logged under the route that matched all but the method.
+                self.trace.route = Some(route);
+                let allow = methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Rejection::MethodNotAllowed(
+                    HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+                ));
+            }
+        };
+        self.trace.route = Some(index);
+        let route = &snapshot.routes[index];
+        if !route.protocols.allows(self.conn.tls) {
+            let host = host.as_ref().map(|(a, _)| a.host());
+            return match (route.https_redirect, host) {
+                (true, Some(host)) => Ok(ControlFlow::Break(https_redirect(
+                    host,
+                    snapshot.https_port,
+                    req.uri(),
+                ))),
+                _ => Err(Rejection::HttpsRequired {
+                    http1: req.version() < Version::HTTP_2,
+                }),
+            };
+        }
+        self.route = Some(route);
+        self.prefix_len = prefix_len;
+        self.host = host.map(|(_, value)| value);
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Request phase of the plugins: the request to forward, or the answer of the plugin that
+    /// ended it with how many plugins ran before it.
+    async fn request_plugins(
+        &mut self,
+        chain: &Chain,
+        req: Request<Body>,
+        ctx: Context,
+    ) -> Result<(Context, ControlFlow<(ResponseView, usize), Request<Body>>), Rejection> {
+        let (parts, incoming) = req.into_parts();
+        let (body, stream) = if chain.needs_body() {
+            match buffer(incoming, self.max_body(), self.snapshot.body_idle).await? {
+                Buffered::Whole(bytes) => (Some(bytes), None),
+                Buffered::TooLarge(_) => return Err(Rejection::PayloadTooLarge),
+            }
+        } else {
+            (None, Some(incoming))
+        };
+        let view = RequestView {
+            parts,
+            body,
+            body_replaced: false,
+            path_rewritten: false,
+            client: self.conn.peer.ip(),
+            tls: self.conn.tls,
+        };
+        let (view, ctx, outcome, spent) = chain
+            .on_request(view, ctx, &self.request_id, self.conn.worker)
+            .await;
+        self.trace.plugins += spent;
+        let answered = match outcome {
+            RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
+            RequestOutcome::Respond { mut response, ran } => {
+                // A plugin's error answer is a local reply: a gRPC client gets it as a gRPC
+                // error.
+                let status = response.parts.status;
+                if status.is_client_error() || status.is_server_error() {
+                    let message = status
+                        .canonical_reason()
+                        .unwrap_or("error")
+                        .to_ascii_lowercase();
+                    response.parts.extensions.insert(LocalReply { message });
+                }
+                (response, ran)
+            }
+            RequestOutcome::Reject { rejection, ran } => {
+                (rescue::plugin_rejection(rejection, &self.request_id), ran)
+            }
+            RequestOutcome::Continue => {
+                if view.path_rewritten {
+                    // A plugin's rewritten path is the upstream path as written.
+                    self.prefix_len = 0;
+                }
+                let body = match (view.body, stream) {
+                    (Some(bytes), _) => Body::full(bytes),
+                    (None, Some(incoming)) => incoming,
+                    (None, None) => Body::empty(),
+                };
+                return Ok((
+                    ctx,
+                    ControlFlow::Continue(Request::from_parts(view.parts, body)),
+                ));
+            }
+        };
+        Ok((ctx, ControlFlow::Break(answered)))
+    }
+
+    /// The upstream's response as plugins see it: its body read into memory when a plugin
+    /// needs it and it fits, otherwise left to stream (the second value).
+    async fn response_view(
+        &self,
+        chain: &Chain,
+        response: Response<Body>,
+    ) -> Result<(ResponseView, Option<Body>), Rejection> {
+        let (parts, body) = response.into_parts();
+        let (buffered, rest) = if chain.needs_body() {
+            match buffer(body, self.max_body(), self.snapshot.body_idle).await {
+                Ok(Buffered::Whole(bytes)) => (Some(bytes), None),
+                Ok(Buffered::TooLarge(rest)) => (None, Some(rest)),
+                Err(_) => return Err(Rejection::UpstreamBody),
+            }
+        } else {
+            (None, Some(body))
+        };
+        let view = ResponseView {
+            parts,
+            body: buffered,
+            body_replaced: false,
+        };
+        Ok((view, rest))
+    }
+
+    /// Response phase of the first `ran` plugins, in reverse order. A plugin's refusal replaces
+    /// the response, and the plugins before it see the refusal.
+    async fn response_plugins(
+        &mut self,
+        chain: &Chain,
+        mut view: ResponseView,
+        mut ctx: Context,
+        mut ran: usize,
+    ) -> Result<ResponseView, Rejection> {
+        loop {
+            let (result, spent);
+            (view, ctx, result, spent) = chain
+                .on_response(ran, view, ctx, &self.request_id, self.conn.worker)
+                .await;
+            self.trace.plugins += spent;
+            match result.map_err(Rejection::Plugin)? {
+                ResponseOutcome::Done => return Ok(view),
+                ResponseOutcome::Reject {
+                    rejection,
+                    remaining,
+                } => {
+                    view = rescue::plugin_rejection(rejection, &self.request_id);
+                    ran = remaining;
+                }
+            }
+        }
+    }
+
+    /// Upstream phase: the route's own answer, or the upstream's response head with its body
+    /// streaming behind it.
+    async fn upstream(&mut self, req: Request<Body>) -> Result<Response<Body>, Rejection> {
+        let route = self.route.ok_or(Rejection::NoRoute)?;
+        match &route.action {
+            Action::Respond(p) => Ok(respond(p, req.method())),
+            Action::Upstream(upstream) => self.forward(route, upstream, req).await,
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        route: &RouteRuntime,
+        upstream: &Upstream,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let target = upstream.pick();
+        self.trace.target = Some(target.authority.clone());
+        let path_and_query = if route.strip_path && self.prefix_len > 0 {
+            stripped(&parts.uri, self.prefix_len)
+        } else {
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        };
+        let absolute_form = parts.uri.authority().is_some() && parts.version != Version::HTTP_2;
+        // An HTTP/1.1 `Upgrade` (WebSocket): the protocol to switch to goes to the target, and
+        // the client's connection is kept to be joined with the target's after a 101.
+        let upgrade = forward::upgrade_protocol(&parts)
+            .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
+        // Origin-form: the pool adds what HTTP/2 needs (scheme and authority).
+        parts.uri = Uri::from(path_and_query);
+        parts.version = Version::HTTP_11;
+
+        let headers = &mut parts.headers;
+        forward::strip_hop_by_hop(headers);
+        if let Some((protocol, _)) = &upgrade {
+            headers.insert(UPGRADE, protocol.clone());
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's
+        // authority win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the
+        // target's.
+        let client_host = self.host.as_ref();
+        if !route.preserve_host {
+            headers.insert(HOST, upstream_host(&target.authority));
+        } else if absolute_form || !headers.contains_key(HOST) {
+            let value = client_host.cloned().unwrap_or_else(|| {
+                HeaderValue::from_str(target.authority.as_str())
+                    .unwrap_or(HeaderValue::from_static(""))
+            });
+            headers.insert(HOST, value);
+        }
+        forward::add_forwarded(headers, self.conn.peer.ip(), self.conn.tls, client_host);
+        headers.insert(REQUEST_ID, self.request_id.clone());
+
+        // A gRPC call's own deadline, when shorter, bounds the wait as the upstream's `timeout`
+        // does.
+        let timeout = forward::grpc_timeout(&parts.headers)
+            .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
+        let req = Request::from_parts(parts, body);
+        let sent = Instant::now();
+        let worker = self.conn.worker;
+        let result = match &upgrade {
+            None => tokio::time::timeout(timeout, target.pool.send(req, worker)).await,
+            Some(_) => tokio::time::timeout(timeout, Box::pin(target.pool.upgrade(req)))
+                .await
+                .map(|r| r.map(|response| (response, None))),
+        };
+        let (mut response, release) = match result {
+            Err(_) => {
+                target.metrics.count(UpstreamOutcome::Timeout);
+                return Err(Rejection::Timeout {
+                    upstream: upstream.name.clone(),
+                    target: target.authority.to_string(),
+                    timeout,
+                });
+            }
+            Ok(Err(SendError::Connect(source))) => {
+                target.metrics.count(UpstreamOutcome::ConnectError);
+                // A WebSocket handshake's own connection (HTTP/1.1 only) failing says less
+                // about the target than a pooled one would; a client must not be able to eject
+                // it.
+                if upgrade.is_none() {
+                    upstream.eject(target);
+                }
+                return Err(Rejection::Connect {
+                    upstream: upstream.name.clone(),
+                    target: target.authority.to_string(),
+                    source,
+                });
+            }
+            Ok(Err(SendError::Request(source))) => {
+                target.metrics.count(UpstreamOutcome::Error);
+                return Err(Rejection::Upstream {
+                    upstream: upstream.name.clone(),
+                    target: target.authority.to_string(),
+                    source,
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        target.metrics.responded(sent.elapsed());
+        upstream.restore(target);
+        if let Some((_, client)) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let switched = hyper::upgrade::on(&mut response);
+            let request_id = String::from_utf8_lossy(self.request_id.as_bytes()).into_owned();
+            tunnel::spawn(
+                client,
+                switched,
+                upstream.timeout,
+                target.metrics.clone(),
+                request_id,
+            );
+            // The 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
+        let (mut parts, body) = response.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            Body::watched(body, upstream.timeout, release),
+        ))
+    }
+
+    /// Log phase: turns a rejection into its response (the only place on the data path that
+    /// does), stamps the request id, and attaches the record that counts and logs the request
+    /// once the response body has been sent.
+    fn finish(self, result: Result<Response<Body>, Rejection>) -> Response<Recorded> {
+        let response = match result {
+            Ok(response) if self.grpc && response.extensions().get::<LocalReply>().is_some() => {
+                rescue::grpc_local_reply(response, &self.request_id)
+            }
+            Ok(mut response) => {
+                response
+                    .headers_mut()
+                    .insert(REQUEST_ID, self.request_id.clone());
+                if self.method == Method::HEAD {
+                    // A plugin's answer to a HEAD request keeps its headers, not its body.
+                    *response.body_mut() = Body::empty();
+                }
+                response
+            }
+            Err(rejection) if self.grpc => rejection.into_grpc_response(&self.request_id),
+            Err(rejection) => rejection.into_response(&self.request_id, &self.method),
+        };
+        let snapshot = self.snapshot;
+        let route = self
+            .trace
+            .route
+            .map_or(&snapshot.unrouted, |i| &snapshot.route_metrics[i])
+            .clone();
+        let (parts, body) = response.into_parts();
+        let record = Record {
+            start: self.start,
+            method: self.method,
+            status: parts.status.as_u16(),
+            request_id: self.request_id,
+            route,
+            trace: self.trace,
+            arrival: self.arrival,
+            log: snapshot.access_log.clone(),
+        };
+        Response::from_parts(parts, Recorded::new(body, record))
+    }
+
+    fn max_body(&self) -> usize {
+        self.route.map_or(0, |r| r.max_body)
+    }
+}
+
+/// The host the client asked for, as written, for the access log.
+fn log_host<B>(req: &Request<B>) -> Option<String> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_owned()),
+        None => req
+            .headers()
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+    }
+}
+
+/// A body read into memory, or the part read so far chained with the rest when it is larger
+/// than the limit.
+enum Buffered {
+    Whole(Bytes),
+    TooLarge(Body),
+}
+
+/// Reads `body` into memory up to `limit` bytes; a pause longer than `idle` between two reads
+/// ends it with a 408 (a client that trickles its body must not pin the buffer).
+async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered, Rejection> {
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
+        return Ok(Buffered::TooLarge(body));
+    }
+    let mut buf = BytesMut::with_capacity(usize::try_from(hint.lower()).unwrap_or(0));
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(Rejection::BodyTimeout);
+        };
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|_| Rejection::BadRequest("body stream failed"))?;
+        let Ok(data) = frame.into_data() else {
+            // Trailers are not kept by plugins that buffer bodies.
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            buf.extend_from_slice(&data);
+            return Ok(Buffered::TooLarge(Body::prefixed(buf.freeze(), body)));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Buffered::Whole(buf.freeze()))
+}
+
+/// `Host` for `preserve_host = false`: the target's address, without the default port.
+fn upstream_host(target: &Authority) -> HeaderValue {
+    let text = match target.port_u16() {
+        Some(80) => target.host(),
+        _ => target.as_str(),
+    };
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A 308 to the same URL over HTTPS (method and body kept): the request's host, the first TLS
+/// listener's port unless it is 443, the path and query as received.
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = match port {
+        Some(443) | None => format!("https://{host}{path}"),
+        Some(port) => format!("https://{host}:{port}{path}"),
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+/// Whether a path has a `.` or `..` segment, plain or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e`/`%2E`; checked without allocating.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header, parsed for
+/// routing and as the header value to forward (for `Host`, the header's own bytes, not a copy).
+fn request_host<B>(req: &Request<B>) -> Result<Option<(Authority, HeaderValue)>, Rejection> {
+    if let Some(a) = req.uri().authority() {
+        let value = HeaderValue::from_str(a.as_str())
+            .map_err(|_| Rejection::BadRequest("invalid request target"))?;
+        return Ok(Some((a.clone(), value)));
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let Some(host) = hosts.next() else {
+        if req.version() == Version::HTTP_11 {
+            // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+            return Err(Rejection::BadRequest("missing host header"));
+        }
+        return Ok(None);
+    };
+    if hosts.next().is_some() {
+        return Err(Rejection::BadRequest("more than one host header"));
+    }
+    Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes()))
+        .ok()
+        .filter(|a| !a.as_str().contains('@'))
+        .map(|a| Some((a, host.clone())))
+        .ok_or(Rejection::BadRequest("invalid host header"))
+}
+
+/// The path with the route's matched prefix removed (`/users/1?x` less `/users` is `/1?x`).
+fn stripped(uri: &Uri, prefix_len: usize) -> PathAndQuery {
+    let path = uri.path();
+    let rest = path.get(prefix_len..).unwrap_or("");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let text = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+}
+
+fn respond(p: &Prepared, method: &Method) -> Response<Body> {
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::full(p.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = p.status;
+    *response.headers_mut() = p.headers.clone();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_dot_segments_plain_and_encoded() {
+        for bad in ["/a/../b", "/..", "/a/.", "/a/%2E%2e/b", "/%2e/x"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/..b", "/.well-known/x", "/a/b.c"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+}

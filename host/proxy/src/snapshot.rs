@@ -1,0 +1,147 @@
+//! One configuration made ready to serve: router, routes with their plugin chains and answers,
+//! upstreams with their pools, metrics and the access log. A reload builds a new [`Snapshot`]
+//! and swaps it in whole; none is ever edited.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use wasmgate_config::{Config, Gateway, Protocols, RouteAction};
+use wasmgate_runtime::{Chain, Runtime};
+use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics};
+
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// Everything one configuration needs to serve requests; replaced whole, never edited.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) router: Router,
+    pub(crate) routes: Vec<RouteRuntime>,
+    pub(crate) max_headers: usize,
+    pub(crate) body_idle: Duration,
+    /// Metrics of each route, by index, and of requests no route matched.
+    pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
+    pub(crate) unrouted: Arc<RouteMetrics>,
+    pub(crate) access_log: Arc<AccessLog>,
+    /// The configuration this snapshot serves, for the admin API.
+    pub(crate) config: Arc<Config>,
+    /// Keeps the plugin engine and every binding alive as long as the snapshot serves.
+    pub(crate) runtime: Option<Runtime>,
+    /// When this snapshot started serving.
+    pub(crate) loaded_at: SystemTime,
+    /// What its file asked for that waits for a restart.
+    pub(crate) pending_restart: Option<PendingRestart>,
+    /// The port of the first TLS listener, for redirects to HTTPS.
+    pub(crate) https_port: Option<u16>,
+}
+
+/// A route as the data path uses it.
+#[derive(Debug)]
+pub(crate) struct RouteRuntime {
+    pub(crate) action: Action,
+    pub(crate) strip_path: bool,
+    pub(crate) protocols: Protocols,
+    pub(crate) https_redirect: bool,
+    pub(crate) preserve_host: bool,
+    pub(crate) max_body: usize,
+    pub(crate) chain: Option<Arc<Chain>>,
+}
+
+/// What a route does with a request once its plugins let it through.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Upstream(Arc<Upstream>),
+    Respond(Prepared),
+}
+
+/// A `respond` route's answer, built once.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Snapshot {
+    /// `clients` holds the TLS configuration of each of `config`'s upstreams, in order.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        runtime: Option<Runtime>,
+        clients: &[Option<Arc<rustls::ClientConfig>>],
+        metrics: &Metrics,
+        access_log: Arc<AccessLog>,
+    ) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let client = clients.get(i).and_then(Option::as_ref);
+                Arc::new(Upstream::new(u, client, config.gateway.workers, metrics))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RouteRuntime {
+                strip_path: r.strip_path,
+                protocols: r.protocols,
+                https_redirect: r.https_redirect,
+                preserve_host: r.preserve_host,
+                max_body: r.max_body,
+                chain: runtime.as_ref().and_then(|rt| rt.chain(i)).cloned(),
+                action: match &r.action {
+                    RouteAction::Upstream(i) => Action::Upstream(upstreams[*i].clone()),
+                    RouteAction::Respond(respond) => {
+                        let mut headers: HeaderMap = respond.headers.iter().cloned().collect();
+                        if !respond.body.is_empty() && !headers.contains_key(CONTENT_TYPE) {
+                            headers.insert(
+                                CONTENT_TYPE,
+                                HeaderValue::from_static("text/plain; charset=utf-8"),
+                            );
+                        }
+                        if !matches!(respond.status.as_u16(), 204 | 304) {
+                            headers.insert(CONTENT_LENGTH, HeaderValue::from(respond.body.len()));
+                        }
+                        Action::Respond(Prepared {
+                            status: respond.status,
+                            headers,
+                            body: Bytes::from(respond.body.clone()),
+                        })
+                    }
+                },
+            })
+            .collect();
+        Self {
+            router: Router::new(&config.routes),
+            routes,
+            max_headers: config.gateway.max_headers,
+            body_idle: config.gateway.header_read_timeout,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| Arc::new(metrics.route(&r.name)))
+                .collect(),
+            unrouted: Arc::new(metrics.route("")),
+            access_log,
+            runtime,
+            loaded_at: SystemTime::now(),
+            pending_restart: None,
+            https_port: None,
+            config,
+        }
+    }
+}
+
+/// Settings of the last reloaded file that differ from the running ones and wait for a restart.
+#[derive(Debug, Clone)]
+pub struct PendingRestart {
+    /// The dotted keys, e.g. `gateway.listen`.
+    pub keys: Vec<&'static str>,
+    /// The file's `[gateway]` table, for the values of those keys.
+    pub file: Gateway,
+}
