@@ -221,7 +221,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
     stop_stale(&dir);
 
     let running_as_root = running_as_root()?;
-    let (wrk, nginx) = ensure_wrk_and_nginx(running_as_root)?;
+    let (wrk, nginx) = ensure_wrk_and_nginx()?;
     let oha = ensure_oha(&dir.join("tools"));
     let wasmgate = build()?;
     let tools = Tools {
@@ -363,7 +363,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // tools and builds
 
-fn running_as_root() -> Result<bool> {
+pub(crate) fn running_as_root() -> Result<bool> {
     let output = Command::new("id")
         .arg("-u")
         .output()
@@ -378,7 +378,7 @@ fn running_as_root() -> Result<bool> {
 
 /// `program` on `PATH`, or in the sbin directories (nginx lives in /usr/sbin, which a non-root
 /// `PATH` may lack).
-fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -387,27 +387,13 @@ fn find_program(program: &str) -> Option<PathBuf> {
 }
 
 /// Installs `wrk` and `nginx` with apt-get when they are missing (with sudo unless root).
-fn ensure_wrk_and_nginx(root: bool) -> Result<(PathBuf, PathBuf)> {
+fn ensure_wrk_and_nginx() -> Result<(PathBuf, PathBuf)> {
     let missing: Vec<&str> = ["wrk", "nginx"]
         .into_iter()
         .filter(|program| find_program(program).is_none())
         .collect();
     if !missing.is_empty() {
-        println!("==> installing {} with apt-get", missing.join(" and "));
-        let apt = |args: &[&str]| {
-            let mut command = if root {
-                Command::new("apt-get")
-            } else {
-                let mut sudo = Command::new("sudo");
-                sudo.arg("apt-get");
-                sudo
-            };
-            command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-            command
-        };
-        run_step(&mut apt(&["update", "-qq"]))?;
-        let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
-        run_step(install.args(&missing))?;
+        crate::apt_install(&missing)?;
     }
     let find = |program: &str| {
         find_program(program).with_context(|| format!("`{program}` is not installed"))
@@ -474,6 +460,7 @@ fn ensure_oha(tools_dir: &Path) -> Option<PathBuf> {
 /// The release gateway and the three plugins of `wasmgate-3-plugins`; the gateway's path.
 fn build() -> Result<PathBuf> {
     ensure_wasm_target()?;
+    super::ensure_make()?;
     let target = target_dir()?;
     build_plugins(&target)?;
     run_step(cargo().args(["build", "--release", "-p", "wasmgate"]))?;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -30,15 +30,15 @@ use crate::session::ConnInfo;
 pub(crate) struct Server {
     pub(crate) proxy: Arc<Proxy>,
     connections: Gauge,
-    http: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Server {
     pub(crate) fn new(proxy: Arc<Proxy>, config: &GatewayConfig, connections: Gauge) -> Self {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        let mut h1 = http.http1();
+        let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_size.max(8192))
@@ -48,8 +48,8 @@ impl Server {
             h1.max_headers(config.max_headers);
         }
         let h2c = &config.http2;
-        http.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(h2c.max_concurrent_streams)
             .max_pending_accept_reset_streams(h2c.max_pending_reset_streams)
             .max_local_error_reset_streams(h2c.max_local_reset_streams)
@@ -59,7 +59,8 @@ impl Server {
         Self {
             proxy,
             connections,
-            http,
+            http1: h1,
+            http2: h2,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
         }
@@ -148,47 +149,95 @@ async fn serve(
                 client_subject: None,
                 worker,
             };
-            drive(&server, TokioIo::new(stream), info, activity, &stop).await;
+            let Some(h2) =
+                before_http(&server, &stop, peer, "first bytes", speaks_h2c(&stream)).await
+            else {
+                return;
+            };
+            serve_http(&server, TokioIo::new(stream), h2, info, activity, &stop).await;
         }
         Some(acceptor) => {
-            // A client gets as long for its handshake as for a request's header section.
-            let handshake =
-                tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream));
-            let stream = tokio::select! {
-                () = stop.cancelled() => return,
-                r = handshake => match r {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "tls handshake timed out");
-                        return;
-                    }
-                },
+            let handshake = acceptor.accept(stream);
+            let Some(stream) = before_http(&server, &stop, peer, "tls handshake", handshake).await
+            else {
+                return;
             };
             // Set only when a client certificate was asked for and verified.
-            let client_subject = stream
-                .get_ref()
-                .1
+            let session = stream.get_ref().1;
+            let client_subject = session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| crate::tls::client_subject(leaf));
+            // Over TLS, HTTP/2 is chosen by ALPN only (RFC 9113 §3.3: no prior knowledge).
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let info = ConnInfo {
                 peer,
                 tls: true,
                 client_subject,
                 worker,
             };
-            drive(&server, TokioIo::new(stream), info, activity, &stop).await;
+            serve_http(&server, TokioIo::new(stream), h2, info, activity, &stop).await;
         }
     }
 }
 
-async fn drive<I>(
+/// Runs what comes before HTTP on a new connection (`step`: the TLS handshake, the protocol
+/// sniff) within `header_read_timeout`, as long as a request's header section gets; `None` when
+/// it failed, timed out or the gateway is stopping.
+async fn before_http<T>(
+    server: &Server,
+    stop: &CancellationToken,
+    peer: SocketAddr,
+    step: &str,
+    future: impl Future<Output = std::io::Result<T>>,
+) -> Option<T> {
+    let result = tokio::select! {
+        () = stop.cancelled() => return None,
+        r = tokio::time::timeout(server.header_read_timeout, future) => r,
+    };
+    match result {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "{step} failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "{step} timed out");
+            None
+        }
+    }
+}
+
+/// HTTP/2's connection preface, which a cleartext client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext client opens with HTTP/2's preface. Read with `peek`, so hyper gets the
+/// stream untouched: a rewinding wrapper (hyper-util's `auto` server) would make every read go
+/// through it and make HTTP/1's 8 KiB read buffer grow to 16 KiB on the first request; and no
+/// HTTP buffer exists before the client has sent something.
+async fn speaks_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            // Closed (hyper sees it and ends the connection) or not the preface: HTTP/1.
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface: `peek` returns at once while any byte is waiting, so wait a
+        // little for the rest (clients send the 24 bytes in one segment; this is the rare case).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Serves HTTP/2 or HTTP/1.1 (with upgrades) on `io` until it closes, the client stays idle
+/// past `idle_timeout`, or `stop` asks for a drain.
+async fn serve_http<I>(
     server: &Arc<Server>,
     io: I,
+    h2: bool,
     info: ConnInfo,
     activity: Arc<Activity>,
     stop: &CancellationToken,
@@ -203,18 +252,62 @@ async fn drive<I>(
             activity: activity.clone(),
         }),
     };
-    // With upgrades: a WebSocket handshake's 101 hands the socket over to the tunnel.
-    let conn = server.http.serve_connection_with_upgrades(io, service);
+    let result = if h2 {
+        let conn = server.http2.serve_connection(io, service);
+        drive(conn, server, &activity, stop).await
+    } else {
+        // With upgrades: a WebSocket handshake's 101 hands the socket over to the tunnel.
+        let conn = server.http1.serve_connection(io, service).with_upgrades();
+        drive(conn, server, &activity, stop).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection closed with error");
+    }
+}
+
+/// A connection hyper serves, which can be asked to finish its requests and close.
+trait Served: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Served for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Served for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+async fn drive(
+    conn: impl Served,
+    server: &Server,
+    activity: &Activity,
+    stop: &CancellationToken,
+) -> hyper::Result<()> {
     tokio::pin!(conn);
     let mut draining = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection closed with error");
-                }
-                return;
-            }
+            result = conn.as_mut() => return result,
             () = stop.cancelled(), if !draining => {
                 // In-flight requests finish; HTTP/1.1 closes after them, HTTP/2 sends GOAWAY.
                 conn.as_mut().graceful_shutdown();

@@ -569,6 +569,60 @@ async fn slow_header_senders_are_cut_off_and_idle_connections_closed() {
 }
 
 #[tokio::test]
+async fn an_h2c_preface_split_across_segments_is_still_http2_and_a_silent_client_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        header_read_timeout = "300ms"
+        [[routes]]
+        name = "all"
+        respond = { body = "ok" }
+        "#,
+    )
+    .await
+    .expect("start");
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tcp.write_all(&preface[..10]).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    tcp.write_all(&preface[10..]).await.expect("write");
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("write");
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .expect("server answers in time")
+        .expect("read");
+    assert_eq!(
+        head[3], 4,
+        "the server's first frame is SETTINGS, not HTTP/1: {head:?}"
+    );
+
+    // A client that connects and never sends a byte is closed after header_read_timeout.
+    let mut silent = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
 async fn streams_chunked_uploads_and_downloads() {
     use futures_util::StreamExt;
     let up = echo_upstream("up").await;
