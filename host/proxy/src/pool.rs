@@ -107,9 +107,13 @@ struct Idle {
 /// Why no response came from the target.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
-    /// No connection could be made: nothing was sent.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
+    /// No connection could be made: nothing was sent, and the request comes back (`None` only
+    /// for an `Upgrade`, whose request is not kept).
+    #[error("{source}")]
+    Connect {
+        source: ConnectError,
+        unsent: Option<Box<Request<Body>>>,
+    },
     /// The connection failed while the request was sent or before the response head arrived.
     #[error("{}", Causes(.0))]
     Request(#[source] hyper::Error),
@@ -142,6 +146,23 @@ pub(crate) enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+}
+
+impl From<ConnectError> for SendError {
+    fn from(source: ConnectError) -> Self {
+        Self::Connect {
+            source,
+            unsent: None,
+        }
+    }
+}
+
+/// A connection failure with the request it did not send.
+fn unsent(source: ConnectError, req: Request<Body>) -> SendError {
+    SendError::Connect {
+        source,
+        unsent: Some(Box::new(req)),
+    }
 }
 
 /// A request rewritten for HTTP/2 (absolute URI, no `Host`) back in HTTP/1.1's form.
@@ -284,12 +305,13 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.kept(worker).await {
                 Some(sender) => (sender, true),
-                None => match Box::pin(self.connect(worker)).await? {
-                    Connected::Http1(sender) => (sender, false),
+                None => match Box::pin(self.connect(worker)).await {
+                    Ok(Connected::Http1(sender)) => (sender, false),
                     // `auto`: the target chose HTTP/2.
-                    Connected::H2(sender) => {
+                    Ok(Connected::H2(sender)) => {
                         return self.send_on_h2(worker, sender, false, req).await;
                     }
+                    Err(source) => return Err(unsent(source, req)),
                 },
             };
             match sender.try_send_request(req).await {
@@ -513,10 +535,11 @@ impl Pool {
         if let Some(sender) = self.shared_h2(worker) {
             return self.send_on_h2(worker, sender, true, req).await;
         }
-        match self.reconnect_h2(worker).await? {
-            Connected::H2(sender) => self.send_on_h2(worker, sender, false, req).await,
+        match self.reconnect_h2(worker).await {
+            Ok(Connected::H2(sender)) => self.send_on_h2(worker, sender, false, req).await,
             // `auto`: the target now chose HTTP/1.1.
-            Connected::Http1(sender) => self.send_on_http1(worker, sender, req).await,
+            Ok(Connected::Http1(sender)) => self.send_on_http1(worker, sender, req).await,
+            Err(source) => Err(unsent(source, req)),
         }
     }
 
@@ -564,16 +587,16 @@ impl Pool {
         match sender.try_send_request(req).await {
             Ok(response) => Ok((response, None)),
             Err(mut failed) => match failed.take_message() {
-                Some(unsent) if reused => match self.reconnect_h2(worker).await? {
-                    Connected::H2(mut fresh) => fresh
-                        .send_request(unsent)
+                Some(req) if reused => match self.reconnect_h2(worker).await {
+                    Ok(Connected::H2(mut fresh)) => fresh
+                        .send_request(req)
                         .await
                         .map(|r| (r, None))
                         .map_err(SendError::Request),
-                    Connected::Http1(fresh) => {
-                        self.send_on_http1(worker, fresh, to_origin_form(unsent))
-                            .await
+                    Ok(Connected::Http1(fresh)) => {
+                        self.send_on_http1(worker, fresh, to_origin_form(req)).await
                     }
+                    Err(source) => Err(unsent(source, to_origin_form(req))),
                 },
                 _ => Err(SendError::Request(failed.into_error())),
             },

@@ -37,7 +37,7 @@ use crate::rescue::{self, LocalReply, Rejection};
 use crate::router::Match;
 use crate::snapshot::{Action, Prepared, RouteRuntime, Snapshot};
 use crate::tunnel;
-use crate::upstream::Upstream;
+use crate::upstream::{Target, Upstream};
 
 /// What a session knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -349,6 +349,11 @@ impl<'s> Session<'s> {
         }
     }
 
+    /// Sends the request to one of the upstream's targets. A request that a target did not
+    /// take is sent once more to another target: one whose connection could not be made
+    /// (nothing was sent), and an idempotent one without a body whose connection failed before
+    /// any response arrived (a target that just died, a reset), as nginx's default
+    /// `proxy_next_upstream error` does. The upstream's `timeout` bounds both tries together.
     async fn forward(
         &mut self,
         route: &RouteRuntime,
@@ -356,8 +361,6 @@ impl<'s> Session<'s> {
         req: Request<Body>,
     ) -> Result<Response<Body>, Rejection> {
         let (mut parts, body) = req.into_parts();
-        let target = upstream.pick();
-        self.trace.target = Some(target.authority.clone());
         let path_and_query = if route.strip_path && self.prefix_len > 0 {
             stripped(&parts.uri, self.prefix_len)
         } else {
@@ -384,16 +387,13 @@ impl<'s> Session<'s> {
         }
         // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's
         // authority win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the
-        // target's.
+        // target's (set per target below).
         let client_host = self.host.as_ref();
-        if !route.preserve_host {
-            headers.insert(HOST, upstream_host(&target.authority));
-        } else if absolute_form || !headers.contains_key(HOST) {
-            let value = client_host.cloned().unwrap_or_else(|| {
-                HeaderValue::from_str(target.authority.as_str())
-                    .unwrap_or(HeaderValue::from_static(""))
-            });
-            headers.insert(HOST, value);
+        if route.preserve_host
+            && (absolute_form || !headers.contains_key(HOST))
+            && let Some(host) = client_host
+        {
+            headers.insert(HOST, host.clone());
         }
         forward::add_forwarded(headers, self.conn.peer.ip(), self.conn.tls, client_host);
         headers.insert(REQUEST_ID, self.request_id.clone());
@@ -402,72 +402,112 @@ impl<'s> Session<'s> {
         // does.
         let timeout = forward::grpc_timeout(&parts.headers)
             .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
-        let req = Request::from_parts(parts, body);
-        let sent = Instant::now();
-        let worker = self.conn.worker;
-        let result = match &upgrade {
-            None => tokio::time::timeout(timeout, target.pool.send(req, worker)).await,
-            Some(_) => tokio::time::timeout(timeout, Box::pin(target.pool.upgrade(req)))
-                .await
-                .map(|r| r.map(|response| (response, None))),
-        };
-        let (mut response, release) = match result {
-            Err(_) => {
-                target.metrics.count(UpstreamOutcome::Timeout);
-                return Err(Rejection::Timeout {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    timeout,
-                });
-            }
-            Ok(Err(SendError::Connect(source))) => {
-                target.metrics.count(UpstreamOutcome::ConnectError);
-                // A WebSocket handshake's own connection (HTTP/1.1 only) failing says less
-                // about the target than a pooled one would; a client must not be able to eject
-                // it.
-                if upgrade.is_none() {
-                    upstream.eject(target);
-                }
-                return Err(Rejection::Connect {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    source,
-                });
-            }
-            Ok(Err(SendError::Request(source))) => {
-                target.metrics.count(UpstreamOutcome::Error);
-                return Err(Rejection::Upstream {
-                    upstream: upstream.name.clone(),
-                    target: target.authority.to_string(),
-                    source,
-                });
-            }
-            Ok(Ok(response)) => response,
-        };
-        target.metrics.responded(sent.elapsed());
-        upstream.restore(target);
-        if let Some((_, client)) = upgrade
-            && response.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            let switched = hyper::upgrade::on(&mut response);
-            let request_id = String::from_utf8_lossy(self.request_id.as_bytes()).into_owned();
-            tunnel::spawn(
-                client,
-                switched,
-                upstream.timeout,
-                target.metrics.clone(),
-                request_id,
-            );
-            // The 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
-            let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, Body::empty()));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut target = upstream.pick();
+        if let Some((_, client)) = upgrade {
+            set_target_host(&mut parts.headers, route, target);
+            self.trace.target = Some(target.authority.clone());
+            let req = Request::from_parts(parts, body);
+            let sent = Instant::now();
+            let response =
+                match tokio::time::timeout_at(deadline, Box::pin(target.pool.upgrade(req))).await {
+                    Ok(Ok(response)) => response,
+                    // A WebSocket handshake's own connection (HTTP/1.1 only) failing says less
+                    // about the target than a pooled one would; a client must not be able to
+                    // eject it.
+                    Ok(Err(failed)) => {
+                        count_failure(target, &failed);
+                        return Err(rejection(upstream, target, failed));
+                    }
+                    Err(_) => return Err(timed_out(upstream, target, timeout)),
+                };
+            target.metrics.responded(sent.elapsed());
+            return Ok(self.switch(upstream, target, response, client));
         }
-        let (mut parts, body) = response.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            Body::watched(body, upstream.timeout, release),
-        ))
+        // What a second try needs when the first one's request is gone (sent on a connection
+        // that then failed): kept only when a repeat is harmless and another target exists.
+        let mut replay =
+            (parts.method.is_idempotent() && body.is_end_stream() && upstream.targets.len() > 1)
+                .then(|| replayable(&parts));
+        let mut req = Request::from_parts(parts, body);
+        let mut tries_left = 1;
+        loop {
+            set_target_host(req.headers_mut(), route, target);
+            self.trace.target = Some(target.authority.clone());
+            let sent = Instant::now();
+            let worker = self.conn.worker;
+            let mut failed =
+                match tokio::time::timeout_at(deadline, target.pool.send(req, worker)).await {
+                    Ok(Ok((response, release))) => {
+                        target.metrics.responded(sent.elapsed());
+                        upstream.restore(target);
+                        let (mut parts, body) = response.into_parts();
+                        forward::strip_hop_by_hop(&mut parts.headers);
+                        return Ok(Response::from_parts(
+                            parts,
+                            Body::watched(body, upstream.timeout, release),
+                        ));
+                    }
+                    Ok(Err(failed)) => failed,
+                    Err(_) => return Err(timed_out(upstream, target, timeout)),
+                };
+            count_failure(target, &failed);
+            if matches!(failed, SendError::Connect { .. }) {
+                upstream.eject(target);
+            }
+            let again = match &mut failed {
+                _ if tries_left == 0 => None,
+                SendError::Connect { unsent, .. } => unsent.take().map(|req| *req),
+                SendError::Request(e) if lost_before_response(e) => replay
+                    .take()
+                    .map(|head| Request::from_parts(head, Body::empty())),
+                SendError::Request(_) => None,
+            };
+            let Some((again, next)) = again.zip(upstream.pick_other(target)) else {
+                return Err(rejection(upstream, target, failed));
+            };
+            tracing::debug!(
+                request_id = ?self.request_id,
+                upstream = %upstream.name,
+                target = %target.authority,
+                error = %failed,
+                next = %next.authority,
+                "retrying on another target"
+            );
+            target.metrics.retried();
+            tries_left -= 1;
+            req = again;
+            target = next;
+        }
+    }
+
+    /// Joins the client's connection with the target's after the target switched protocols
+    /// (a 101), or hands back its refusal.
+    fn switch(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        mut response: Response<Incoming>,
+        client: OnUpgrade,
+    ) -> Response<Body> {
+        upstream.restore(target);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = response.into_parts();
+            forward::strip_hop_by_hop(&mut parts.headers);
+            return Response::from_parts(parts, Body::watched(body, upstream.timeout, None));
+        }
+        let switched = hyper::upgrade::on(&mut response);
+        let request_id = String::from_utf8_lossy(self.request_id.as_bytes()).into_owned();
+        tunnel::spawn(
+            client,
+            switched,
+            upstream.timeout,
+            target.metrics.clone(),
+            request_id,
+        );
+        // The 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Body::empty())
     }
 
     /// Log phase: turns a rejection into its response (the only place on the data path that
@@ -514,6 +554,67 @@ impl<'s> Session<'s> {
     fn max_body(&self) -> usize {
         self.route.map_or(0, |r| r.max_body)
     }
+}
+
+fn timed_out(upstream: &Upstream, target: &Target, timeout: Duration) -> Rejection {
+    target.metrics.count(UpstreamOutcome::Timeout);
+    Rejection::Timeout {
+        upstream: upstream.name.clone(),
+        target: target.authority.to_string(),
+        timeout,
+    }
+}
+
+fn rejection(upstream: &Upstream, target: &Target, failed: SendError) -> Rejection {
+    let (upstream, target) = (upstream.name.clone(), target.authority.to_string());
+    match failed {
+        SendError::Connect { source, .. } => Rejection::Connect {
+            upstream,
+            target,
+            source,
+        },
+        SendError::Request(source) => Rejection::Upstream {
+            upstream,
+            target,
+            source,
+        },
+    }
+}
+
+fn count_failure(target: &Target, failed: &SendError) {
+    target.metrics.count(match failed {
+        SendError::Connect { .. } => UpstreamOutcome::ConnectError,
+        SendError::Request(_) => UpstreamOutcome::Error,
+    });
+}
+
+/// `Host` for the target when the route does not preserve the client's (and the client's was
+/// missing, as in HTTP/1.0 without one: the target's then).
+fn set_target_host(headers: &mut http::HeaderMap, route: &RouteRuntime, target: &Target) {
+    if !route.preserve_host {
+        headers.insert(HOST, upstream_host(&target.authority));
+    } else if !headers.contains_key(HOST) {
+        let value = HeaderValue::from_str(target.authority.as_str())
+            .unwrap_or(HeaderValue::from_static(""));
+        headers.insert(HOST, value);
+    }
+}
+
+/// A copy of a bodiless request's head, to send again.
+fn replayable(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy.into_parts().0
+}
+
+/// Whether a connection failed before the response head arrived in a way that says nothing
+/// about the request itself: closed, reset or refused. A malformed response, or a request the
+/// client side could not send, is not repeated.
+fn lost_before_response(e: &hyper::Error) -> bool {
+    !(e.is_parse() || e.is_parse_status() || e.is_user())
 }
 
 /// The host the client asked for, as written, for the access log.

@@ -115,6 +115,30 @@ impl Upstream {
         first
     }
 
+    /// Another target than `failed`, for a retry: the next one in weighted order that is not
+    /// ejected, or when every other one is, one of them all the same; `None` with one target.
+    pub(crate) fn pick_other(&self, failed: &Target) -> Option<&Target> {
+        if self.targets.len() < 2 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let len = self.schedule.len();
+        let now = self.now_ms();
+        let mut fallback = None;
+        for step in 0..len {
+            let t = &self.targets[self.schedule[(start + step) % len] as usize];
+            if std::ptr::eq(t, failed) {
+                continue;
+            }
+            let until = t.ejected_until.load(Ordering::Relaxed);
+            if until == 0 || until <= now {
+                return Some(t);
+            }
+            fallback.get_or_insert(t);
+        }
+        fallback
+    }
+
     /// Records that `target` could not be connected to.
     pub(crate) fn eject(&self, target: &Target) {
         let until = self.now_ms() + u64::try_from(EJECTION.as_millis()).unwrap_or(u64::MAX);

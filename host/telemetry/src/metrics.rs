@@ -99,6 +99,7 @@ pub struct Metrics {
     upstream_connections: Family<TargetLabels, Counter>,
     tunnels: Family<TargetLabels, Counter>,
     tunnels_open: Family<TargetLabels, Gauge>,
+    upstream_retries: Family<TargetLabels, Counter>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -155,6 +156,12 @@ impl Metrics {
             "upstream_connections",
             "Connections opened to upstream targets (a request reusing a kept-alive or multiplexed connection opens none), by upstream and target",
             upstream_connections.clone(),
+        );
+        let upstream_retries = Family::default();
+        registry.register(
+            "upstream_retries",
+            "Requests a target failed (no connection, or an idempotent request's connection lost before the response) that were sent again to another target, by upstream and the target that failed",
+            upstream_retries.clone(),
         );
         let tunnels = Family::default();
         registry.register(
@@ -226,6 +233,7 @@ impl Metrics {
             upstream_connections,
             tunnels,
             tunnels_open,
+            upstream_retries,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -272,12 +280,14 @@ impl Metrics {
         let connections = self.upstream_connections.get_or_create_owned(&labels);
         let tunnels = self.tunnels.get_or_create_owned(&labels);
         let tunnels_open = self.tunnels_open.get_or_create_owned(&labels);
+        let retries = self.upstream_retries.get_or_create_owned(&labels);
         TargetMetrics {
             outcomes,
             duration,
             connections,
             tunnels,
             tunnels_open,
+            retries,
         }
     }
 
@@ -437,9 +447,15 @@ pub struct TargetMetrics {
     connections: Counter,
     tunnels: Counter,
     tunnels_open: Gauge,
+    retries: Counter,
 }
 
 impl TargetMetrics {
+    /// Counts a request this target failed that was sent again to another target.
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
     /// Counts a connection opened to the target.
     pub fn connected(&self) {
         self.connections.inc();

@@ -20,6 +20,7 @@ mod process;
 mod proxy;
 mod quickstart;
 mod rate_limit;
+mod retries;
 mod transform;
 mod upstream_pool;
 mod upstream_tls;
