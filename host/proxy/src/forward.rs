@@ -79,6 +79,17 @@ pub(crate) fn upgrade_protocol(parts: &http::request::Parts) -> Option<HeaderVal
     }
 }
 
+/// Whether the request opens a WebSocket over HTTP/2: an extended CONNECT with `:protocol`
+/// `websocket` (RFC 8441).
+pub(crate) fn is_h2_websocket(parts: &http::request::Parts) -> bool {
+    parts.version == http::Version::HTTP_2
+        && parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_ref().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// A gRPC call's deadline from its `grpc-timeout` header (up to 8 digits and a unit: `H`, `M`,
 /// `S`, `m`, `u`, `n`); `None` when absent or malformed (the call then has the upstream's
 /// `timeout` only).

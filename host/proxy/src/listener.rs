@@ -49,6 +49,8 @@ impl Server {
         }
         let h2c = &config.http2;
         let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // RFC 8441: WebSocket over HTTP/2, by extended CONNECT.
+        h2.enable_connect_protocol();
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(h2c.max_concurrent_streams)
             .max_pending_accept_reset_streams(h2c.max_pending_reset_streams)

@@ -52,6 +52,10 @@ pub(crate) enum Rejection {
         target: String,
         source: hyper::Error,
     },
+    #[error(
+        "upstream {upstream} target {target}: answered the websocket handshake with a wrong sec-websocket-accept"
+    )]
+    WebSocketAccept { upstream: String, target: String },
     #[error("upstream {upstream} target {target}: no response within {timeout:?}")]
     Timeout {
         upstream: String,
@@ -108,7 +112,7 @@ impl Rejection {
                 "https_required",
                 "this route is served over https only",
             ),
-            Self::Connect { .. } | Self::Upstream { .. } => (
+            Self::Connect { .. } | Self::Upstream { .. } | Self::WebSocketAccept { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "upstream unavailable",

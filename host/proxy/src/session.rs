@@ -17,7 +17,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -73,6 +76,14 @@ pub(crate) struct Session<'s> {
     /// The host the client asked for, as a header value: for `Host` on the upstream request when
     /// the client's target was absolute, and for `X-Forwarded-Host`.
     host: Option<HeaderValue>,
+}
+
+/// How a client's WebSocket handshake reached the gateway.
+enum Switch {
+    /// HTTP/1.1 `Upgrade`, with the protocol asked for.
+    Http1(HeaderValue),
+    /// HTTP/2 extended CONNECT, sent on as HTTP/1.1 with this `Sec-WebSocket-Key`.
+    H2WebSocket { key: String },
 }
 
 /// A request phase's way on: the request for the next phase, or the response that ends it.
@@ -371,19 +382,42 @@ impl<'s> Session<'s> {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
         };
         let absolute_form = parts.uri.authority().is_some() && parts.version != Version::HTTP_2;
-        // An HTTP/1.1 `Upgrade` (WebSocket): the protocol to switch to goes to the target, and
-        // the client's connection is kept to be joined with the target's after a 101.
-        let upgrade = forward::upgrade_protocol(&parts)
-            .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
+        // A WebSocket: an HTTP/1.1 `Upgrade`, or over HTTP/2 an extended CONNECT (RFC 8441),
+        // which goes to the target as HTTP/1.1's handshake with a key of the gateway's own. The
+        // client's side is kept to be joined with the target's after its 101.
+        let upgrade = if let Some(protocol) = forward::upgrade_protocol(&parts) {
+            Some(Switch::Http1(protocol))
+        } else if forward::is_h2_websocket(&parts) {
+            parts.method = Method::GET;
+            Some(Switch::H2WebSocket {
+                key: tungstenite::handshake::client::generate_key(),
+            })
+        } else {
+            None
+        }
+        .and_then(|switch| Some((switch, parts.extensions.remove::<OnUpgrade>()?)));
         // Origin-form: the pool adds what HTTP/2 needs (scheme and authority).
         parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
         forward::strip_hop_by_hop(headers);
-        if let Some((protocol, _)) = &upgrade {
-            headers.insert(UPGRADE, protocol.clone());
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        match &upgrade {
+            Some((Switch::Http1(protocol), _)) => {
+                headers.insert(UPGRADE, protocol.clone());
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            Some((Switch::H2WebSocket { key }, _)) => {
+                headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Ok(key) = HeaderValue::from_str(key) {
+                    headers.insert(SEC_WEBSOCKET_KEY, key);
+                }
+                headers
+                    .entry(SEC_WEBSOCKET_VERSION)
+                    .or_insert(HeaderValue::from_static("13"));
+            }
+            None => {}
         }
         // The host the client asked for: RFC 9112 §3.2.2 makes an absolute-form target's
         // authority win over Host; HTTP/2 sends it as :authority. Without either (HTTP/1.0), the
@@ -404,7 +438,7 @@ impl<'s> Session<'s> {
             .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
         let deadline = tokio::time::Instant::now() + timeout;
         let mut target = upstream.pick();
-        if let Some((_, client)) = upgrade {
+        if let Some((switch, client)) = upgrade {
             set_target_host(&mut parts.headers, route, target);
             self.trace.target = Some(target.authority.clone());
             let req = Request::from_parts(parts, body);
@@ -422,7 +456,7 @@ impl<'s> Session<'s> {
                     Err(_) => return Err(timed_out(upstream, target, timeout)),
                 };
             target.metrics.responded(sent.elapsed());
-            return Ok(self.switch(upstream, target, response, client));
+            return self.switch(upstream, target, response, switch, client);
         }
         // What a second try needs when the first one's request is gone (sent on a connection
         // that then failed): kept only when a repeat is harmless and another target exists.
@@ -482,19 +516,33 @@ impl<'s> Session<'s> {
     }
 
     /// Joins the client's connection with the target's after the target switched protocols
-    /// (a 101), or hands back its refusal.
+    /// (a 101; to an HTTP/2 client, which has no 101, a 200), or hands back its refusal.
     fn switch(
         &self,
         upstream: &Upstream,
         target: &Target,
         mut response: Response<Incoming>,
+        switch: Switch,
         client: OnUpgrade,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Rejection> {
         upstream.restore(target);
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
             forward::strip_hop_by_hop(&mut parts.headers);
-            return Response::from_parts(parts, Body::watched(body, upstream.timeout, None));
+            return Ok(Response::from_parts(
+                parts,
+                Body::watched(body, upstream.timeout, None),
+            ));
+        }
+        if let Switch::H2WebSocket { key } = &switch {
+            let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let accept = response.headers().get(SEC_WEBSOCKET_ACCEPT);
+            if accept.is_none_or(|a| a.as_bytes() != expected.as_bytes()) {
+                return Err(Rejection::WebSocketAccept {
+                    upstream: upstream.name.clone(),
+                    target: target.authority.to_string(),
+                });
+            }
         }
         let switched = hyper::upgrade::on(&mut response);
         let request_id = String::from_utf8_lossy(self.request_id.as_bytes()).into_owned();
@@ -505,9 +553,16 @@ impl<'s> Session<'s> {
             target.metrics.clone(),
             request_id,
         );
-        // The 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
-        let (parts, _) = response.into_parts();
-        Response::from_parts(parts, Body::empty())
+        let (mut parts, _) = response.into_parts();
+        if let Switch::H2WebSocket { .. } = switch {
+            // RFC 8441 §5: a 2xx accepts the CONNECT; the handshake's HTTP/1.1 fields (and the
+            // accept key, which answers the gateway's key, not the client's) stay behind.
+            parts.status = StatusCode::OK;
+            forward::strip_hop_by_hop(&mut parts.headers);
+            parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        }
+        // A 101 keeps `Upgrade` and `Connection: upgrade`: they are what it says.
+        Ok(Response::from_parts(parts, Body::empty()))
     }
 
     /// Log phase: turns a rejection into its response (the only place on the data path that

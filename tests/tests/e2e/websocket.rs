@@ -1,6 +1,6 @@
 //! WebSocket through the gateway with a real server and client (tokio-tungstenite): the
-//! HTTP/1.1 upgrade passes, messages flow both ways, plugins guard the handshake, idle tunnels
-//! close, and tunnels are counted.
+//! HTTP/1.1 upgrade and HTTP/2's extended CONNECT (RFC 8441) pass, messages flow both ways,
+//! plugins guard the handshake, idle tunnels close, and tunnels are counted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -204,4 +204,110 @@ async fn an_h2c_upgrade_offer_is_served_as_plain_http1() {
         !response.to_ascii_lowercase().contains("\"upgrade\""),
         "the upgrade offer is not forwarded: {response}"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_reaches_an_http1_websocket_server() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (up, mut handshakes) = websocket_upstream().await;
+    let gw = gateway(workdir(), up, "").await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    // hyper refuses an extended CONNECT until the server's SETTINGS allow it (RFC 8441 §3).
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat/h2", gw.http))
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let mut response = sender
+        .send_request(request)
+        .await
+        .expect("extended CONNECT");
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert!(
+        !response.headers().contains_key("sec-websocket-accept"),
+        "the accept key answered the gateway's key, not the client's"
+    );
+    let seen = handshakes
+        .recv()
+        .await
+        .expect("the upstream saw an HTTP/1.1 handshake");
+    assert_eq!(seen, "/chat/h2 127.0.0.1");
+
+    let stream = hyper::upgrade::on(&mut response)
+        .await
+        .expect("the stream becomes the WebSocket");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(stream),
+        Role::Client,
+        None,
+    )
+    .await;
+    for word in ["over", "h2"] {
+        ws.send(Message::text(word)).await.expect("send");
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(reply, Message::text(format!("echo:{word}")));
+    }
+    assert_eq!(
+        gw.metric("wasmgate_upgraded_connections_total{upstream=\"ws\""),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_http2_websocket_whose_target_answers_with_a_wrong_accept_key_gets_502() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            if read_request_head(&mut s).await {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                          connection: upgrade\r\nsec-websocket-accept: not-the-answer\r\n\r\n",
+                    )
+                    .await;
+            }
+        }
+    });
+    let gw = gateway(workdir(), up, "").await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", gw.http))
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 502);
 }
