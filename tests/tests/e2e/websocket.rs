@@ -206,14 +206,10 @@ async fn an_h2c_upgrade_offer_is_served_as_plain_http1() {
     );
 }
 
-#[tokio::test]
-async fn a_websocket_over_http2_reaches_an_http1_websocket_server() {
+/// Opens a WebSocket at `path` over h2c by extended CONNECT (RFC 8441) and returns the answer.
+async fn h2_websocket(gw: &TestGateway, path: &str) -> http::Response<hyper::body::Incoming> {
     use http_body_util::Empty;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tokio_tungstenite::tungstenite::protocol::Role;
-
-    let (up, mut handshakes) = websocket_upstream().await;
-    let gw = gateway(workdir(), up, "").await;
     let tcp = tokio::net::TcpStream::connect(gw.http)
         .await
         .expect("connect");
@@ -225,15 +221,25 @@ async fn a_websocket_over_http2_reaches_an_http1_websocket_server() {
     // hyper refuses an extended CONNECT until the server's SETTINGS allow it (RFC 8441 §3).
     let request = http::Request::builder()
         .method(http::Method::CONNECT)
-        .uri(format!("http://{}/chat/h2", gw.http))
+        .uri(format!("http://{}{path}", gw.http))
         .header("sec-websocket-version", "13")
         .extension(hyper::ext::Protocol::from_static("websocket"))
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
-    let mut response = sender
+    sender
         .send_request(request)
         .await
-        .expect("extended CONNECT");
+        .expect("extended CONNECT")
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_reaches_an_http1_websocket_server() {
+    use hyper_util::rt::TokioIo;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (up, mut handshakes) = websocket_upstream().await;
+    let gw = gateway(workdir(), up, "").await;
+    let mut response = h2_websocket(&gw, "/chat/h2").await;
     assert_eq!(response.status(), 200, "{response:?}");
     assert!(response.headers().contains_key("x-request-id"));
     assert!(
@@ -272,8 +278,6 @@ async fn a_websocket_over_http2_reaches_an_http1_websocket_server() {
 
 #[tokio::test]
 async fn an_http2_websocket_whose_target_answers_with_a_wrong_accept_key_gets_502() {
-    use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -293,21 +297,6 @@ async fn an_http2_websocket_whose_target_answers_with_a_wrong_accept_key_gets_50
         }
     });
     let gw = gateway(workdir(), up, "").await;
-    let tcp = tokio::net::TcpStream::connect(gw.http)
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("http://{}/chat", gw.http))
-        .header("sec-websocket-version", "13")
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
+    let response = h2_websocket(&gw, "/chat").await;
     assert_eq!(response.status(), 502);
 }
