@@ -54,6 +54,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "timeout",
     "pool_idle_timeout",
     "pool_max_idle",
+    "balance",
+    "hash_on",
 ];
 const TARGET_KEYS: &[&str] = &["address", "weight"];
 const UPSTREAM_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name", "verify"];
@@ -779,6 +781,7 @@ impl<'r> Reader<'r> {
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
             protocol: UpstreamProtocol::Auto,
+            balance: Balance::RoundRobin,
             tls: None,
         };
         match t.get("targets") {
@@ -821,6 +824,7 @@ impl<'r> Reader<'r> {
         {
             u.pool_max_idle = n as usize;
         }
+        self.balance(&t, &mut u);
         if let Some(v) = t.get("tls") {
             u.tls = self.upstream_tls(v, &t.key("tls"));
             if !u.targets.iter().any(|target| target.tls) {
@@ -881,6 +885,65 @@ impl<'r> Reader<'r> {
             }
         }
         Some(u)
+    }
+
+    fn balance(&mut self, t: &Table<'_, '_>, u: &mut Upstream) {
+        if let Some(v) = t.get("balance")
+            && let Some(s) = self.string(v, &t.key("balance"))
+        {
+            u.balance = match s {
+                "round_robin" => Balance::RoundRobin,
+                "least_request" => Balance::LeastRequest,
+                "random" => Balance::Random,
+                "hash" => Balance::Hash(HashOn::Ip),
+                other => {
+                    let message = format!(
+                        "invalid balance {other:?} (expected \"round_robin\", \"least_request\", \"random\" or \"hash\")"
+                    );
+                    self.err(&v.span(), &t.key("balance"), message);
+                    return;
+                }
+            };
+        }
+        let Some(v) = t.get("hash_on") else { return };
+        let key = t.key("hash_on");
+        let Some(s) = self.string(v, &key) else {
+            return;
+        };
+        if !matches!(u.balance, Balance::Hash(_)) {
+            self.err(
+                &v.span(),
+                &key,
+                "applies to balance = \"hash\" only; add it, or remove `hash_on`",
+            );
+            return;
+        }
+        let on = match s.split_once(':') {
+            None if s == "ip" => HashOn::Ip,
+            None if s == "path" => HashOn::Path,
+            Some(("header", name)) => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => HashOn::Header(name),
+                Err(_) => {
+                    let message = format!("invalid header name {name:?} in {s:?}");
+                    self.err(&v.span(), &key, message);
+                    return;
+                }
+            },
+            Some(("cookie", name)) if is_token(name) => HashOn::Cookie(name.to_owned()),
+            Some(("cookie", name)) => {
+                let message = format!("invalid cookie name {name:?} in {s:?}");
+                self.err(&v.span(), &key, message);
+                return;
+            }
+            _ => {
+                let message = format!(
+                    "invalid hash_on {s:?} (expected \"ip\", \"path\", \"header:NAME\" or \"cookie:NAME\")"
+                );
+                self.err(&v.span(), &key, message);
+                return;
+            }
+        };
+        u.balance = Balance::Hash(on);
     }
 
     fn upstream_tls(&mut self, v: &Value<'_>, path: &str) -> Option<UpstreamTls> {
@@ -1496,4 +1559,11 @@ impl<'r> Reader<'r> {
             headers,
         })
     }
+}
+
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2), as cookie names are (RFC 6265 §4.1.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -198,10 +198,57 @@ pub struct Upstream {
     pub pool_max_idle: usize,
     /// `protocol`: how requests are sent to the targets. Default `"auto"`.
     pub protocol: UpstreamProtocol,
+    /// `balance` (with `hash_on`): how each request's target is chosen. Default
+    /// `"round_robin"`.
+    pub balance: Balance,
     /// `tls`: how `https://` targets are verified and what the gateway presents to them.
     /// `None` when the table is absent (then: system roots, SNI from the target's host, no
     /// client certificate).
     pub tls: Option<UpstreamTls>,
+}
+
+/// `balance` of an upstream: how each request's target is chosen. Every algorithm honours the
+/// targets' weights and skips ejected targets while another one is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// `"round_robin"`: smooth weighted round-robin, as nginx.
+    #[default]
+    RoundRobin,
+    /// `"least_request"`: of two targets drawn at random by weight, the one with fewer requests
+    /// in flight for its weight (power of two choices).
+    LeastRequest,
+    /// `"random"`: a target drawn at random by weight.
+    Random,
+    /// `"hash"`: consistent hashing of the request's `hash_on` key over a ring of the targets,
+    /// so a key keeps its target, and adding or removing a target moves only the keys it takes
+    /// or had.
+    Hash(HashOn),
+}
+
+/// `hash_on` of an upstream with `balance = "hash"`: what identifies a request's key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashOn {
+    /// `"ip"`: the client's address (the default).
+    #[default]
+    Ip,
+    /// `"path"`: the request's path, without the query.
+    Path,
+    /// `"header:NAME"`: the value of a request header.
+    Header(HeaderName),
+    /// `"cookie:NAME"`: the value of a request cookie.
+    Cookie(String),
+}
+
+impl Balance {
+    /// The value as written in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastRequest => "least_request",
+            Self::Random => "random",
+            Self::Hash(_) => "hash",
+        }
+    }
 }
 
 /// `protocol` of an upstream.

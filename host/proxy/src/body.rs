@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -42,7 +42,26 @@ enum Kind {
         idle: Duration,
         timer: Option<Pin<Box<Sleep>>>,
         release: Option<Release>,
+        active: Option<Active>,
     },
+}
+
+/// Counts one request in flight to a target (for `balance = "least_request"`) until dropped:
+/// when its response body ended or was abandoned, or when it failed before one.
+#[derive(Debug)]
+pub(crate) struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    pub(crate) fn begin(in_flight: &Arc<AtomicUsize>) -> Self {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a body stopped early.
@@ -100,14 +119,21 @@ impl Body {
     }
 
     /// A body streamed from an upstream that fails if no frame arrives for `idle`, and gives
-    /// its connection back with `release` once read to the end.
-    pub(crate) fn watched(incoming: Incoming, idle: Duration, release: Option<Release>) -> Self {
+    /// its connection back with `release`, and ends its request's `active` count, once read to
+    /// the end.
+    pub(crate) fn watched(
+        incoming: Incoming,
+        idle: Duration,
+        release: Option<Release>,
+        active: Option<Active>,
+    ) -> Self {
         let mut body = Self {
             kind: Kind::Watched {
                 inner: incoming,
                 idle,
                 timer: None,
                 release,
+                active,
             },
         };
         body.release_if_ended();
@@ -116,11 +142,18 @@ impl Body {
 
     /// Gives an upstream connection back as soon as its body has nothing more to read.
     fn release_if_ended(&mut self) {
-        if let Kind::Watched { inner, release, .. } = &mut self.kind
+        if let Kind::Watched {
+            inner,
+            release,
+            active,
+            ..
+        } = &mut self.kind
             && http_body::Body::is_end_stream(inner)
-            && let Some(release) = release.take()
         {
-            release.release();
+            if let Some(release) = release.take() {
+                release.release();
+            }
+            active.take();
         }
     }
 }
@@ -162,6 +195,7 @@ impl http_body::Body for Body {
                 idle,
                 timer,
                 release,
+                active,
             } => {
                 if let Poll::Ready(frame) = Pin::new(&mut *inner).poll_frame(cx) {
                     // Re-armed lazily: a body that never waits never allocates a timer.
@@ -174,11 +208,15 @@ impl http_body::Body for Body {
                         Some(Err(_)) => {
                             // A failed body leaves its connection unusable.
                             release.take();
+                            active.take();
                             false
                         }
                     };
-                    if ended && let Some(release) = release.take() {
-                        release.release();
+                    if ended {
+                        if let Some(release) = release.take() {
+                            release.release();
+                        }
+                        active.take();
                     }
                     return Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)));
                 }

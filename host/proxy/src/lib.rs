@@ -11,6 +11,7 @@
 //! pools), and when its shutdown future resolves, drains in-flight requests for the configured
 //! grace period.
 
+mod balancer;
 mod body;
 mod control;
 mod forward;

@@ -372,6 +372,8 @@ impl<'s> Session<'s> {
         req: Request<Body>,
     ) -> Result<Response<Body>, Rejection> {
         let (mut parts, body) = req.into_parts();
+        // Chosen on the request as the client sent it (and the plugins left it).
+        let mut target = upstream.pick(&parts, self.conn.peer.ip());
         let path_and_query = if route.strip_path && self.prefix_len > 0 {
             stripped(&parts.uri, self.prefix_len)
         } else {
@@ -437,7 +439,6 @@ impl<'s> Session<'s> {
         let timeout = forward::grpc_timeout(&parts.headers)
             .map_or(upstream.timeout, |deadline| deadline.min(upstream.timeout));
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut target = upstream.pick();
         if let Some((switch, client)) = upgrade {
             set_target_host(&mut parts.headers, route, target);
             self.trace.target = Some(target.authority.clone());
@@ -470,6 +471,7 @@ impl<'s> Session<'s> {
             self.trace.target = Some(target.authority.clone());
             let sent = Instant::now();
             let worker = self.conn.worker;
+            let active = target.begin();
             let mut failed =
                 match tokio::time::timeout_at(deadline, target.pool.send(req, worker)).await {
                     Ok(Ok((response, release))) => {
@@ -479,7 +481,7 @@ impl<'s> Session<'s> {
                         forward::strip_hop_by_hop(&mut parts.headers);
                         return Ok(Response::from_parts(
                             parts,
-                            Body::watched(body, upstream.timeout, release),
+                            Body::watched(body, upstream.timeout, release, Some(active)),
                         ));
                     }
                     Ok(Err(failed)) => failed,
@@ -531,7 +533,7 @@ impl<'s> Session<'s> {
             forward::strip_hop_by_hop(&mut parts.headers);
             return Ok(Response::from_parts(
                 parts,
-                Body::watched(body, upstream.timeout, None),
+                Body::watched(body, upstream.timeout, None, None),
             ));
         }
         if let Switch::H2WebSocket { key } = &switch {

@@ -1,17 +1,21 @@
-//! Upstreams: weighted round-robin over targets, each with its connection pool, passive
+//! Upstreams: targets chosen by the upstream's `balance`, each with its connection pool, passive
 //! ejection.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
+use wasmgate_config::Balance;
 use wasmgate_telemetry::{Metrics, TargetMetrics};
 
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use crate::balancer::{self, Ring, gcd};
+use crate::body::Active;
 use crate::pool::{Pool, Settings, Tls};
 
 /// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
@@ -22,7 +26,11 @@ const EJECTION: Duration = Duration::from_secs(10);
 pub(crate) struct Upstream {
     pub(crate) name: String,
     pub(crate) targets: Vec<Target>,
-    /// Smooth weighted round-robin order, computed once: indices into `targets`.
+    strategy: Strategy,
+    /// Each target's weight, by index.
+    weights: Box<[u32]>,
+    /// Smooth weighted round-robin order, computed once: indices into `targets`. Also the
+    /// order of retries, and of `hash` requests without a key.
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
     pub(crate) timeout: Duration,
@@ -37,6 +45,27 @@ pub(crate) struct Target {
     pub(crate) pool: Arc<Pool>,
     /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
+    /// Requests sent to the target whose response has not ended yet.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Target {
+    /// Counts a request to this target in flight until the returned guard is dropped.
+    pub(crate) fn begin(&self) -> Active {
+        Active::begin(&self.in_flight)
+    }
+}
+
+/// The algorithm of `balance`, with what it precomputes.
+#[derive(Debug)]
+enum Strategy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Hash {
+        on: wasmgate_config::HashOn,
+        ring: Ring,
+    },
 }
 
 impl Upstream {
@@ -81,10 +110,26 @@ impl Upstream {
                         )),
                         metrics,
                         ejected_until: AtomicU64::new(0),
+                        in_flight: Arc::new(AtomicUsize::new(0)),
                     }
                 })
                 .collect(),
+            strategy: match &config.balance {
+                Balance::RoundRobin => Strategy::RoundRobin,
+                Balance::LeastRequest => Strategy::LeastRequest,
+                Balance::Random => Strategy::Random,
+                Balance::Hash(on) => Strategy::Hash {
+                    on: on.clone(),
+                    ring: Ring::new(
+                        config
+                            .targets
+                            .iter()
+                            .map(|t| (t.address.as_str(), t.weight)),
+                    ),
+                },
+            },
             schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
+            weights: weights.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
             timeout: config.timeout,
             epoch: Instant::now(),
@@ -95,8 +140,43 @@ impl Upstream {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The next target in weighted round-robin order, skipping ejected targets while any is healthy.
-    pub(crate) fn pick(&self) -> &Target {
+    fn healthy(&self, target: &Target, now: u64) -> bool {
+        let until = target.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now
+    }
+
+    /// The target for a request, by the upstream's `balance`, skipping ejected targets while
+    /// any is healthy (when none is, trying one beats refusing all traffic).
+    pub(crate) fn pick(&self, req: &http::request::Parts, client: IpAddr) -> &Target {
+        match &self.strategy {
+            Strategy::RoundRobin => self.round_robin(),
+            Strategy::Random => {
+                let now = self.now_ms();
+                let mut rng = rand::rng();
+                let healthy = |i: usize| self.healthy(&self.targets[i], now);
+                let index = balancer::weighted_random(&self.weights, healthy, &mut rng)
+                    .or_else(|| balancer::weighted_random(&self.weights, |_| true, &mut rng))
+                    .unwrap_or(0);
+                &self.targets[index]
+            }
+            Strategy::LeastRequest => self.least_request(),
+            Strategy::Hash { on, ring } => match balancer::request_key(on, req, client) {
+                Some(key) => {
+                    let now = self.now_ms();
+                    let mut owners = ring.walk(key);
+                    let first = owners.next().unwrap_or(0);
+                    let index = std::iter::once(first)
+                        .chain(owners)
+                        .find(|&i| self.healthy(&self.targets[i], now))
+                        .unwrap_or(first);
+                    &self.targets[index]
+                }
+                None => self.round_robin(),
+            },
+        }
+    }
+
+    fn round_robin(&self) -> &Target {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let len = self.schedule.len();
         let first = &self.targets[self.schedule[start % len] as usize];
@@ -106,13 +186,35 @@ impl Upstream {
         let now = self.now_ms();
         for step in 0..len {
             let t = &self.targets[self.schedule[(start + step) % len] as usize];
-            let until = t.ejected_until.load(Ordering::Relaxed);
-            if until == 0 || until <= now {
+            if self.healthy(t, now) {
                 return t;
             }
         }
-        // Every target is ejected: trying one beats refusing all traffic.
         first
+    }
+
+    /// Power of two choices: two different targets drawn by weight, the less loaded one.
+    fn least_request(&self) -> &Target {
+        let now = self.now_ms();
+        let mut rng = rand::rng();
+        let healthy = |i: usize| self.healthy(&self.targets[i], now);
+        let any_healthy = (0..self.targets.len()).any(healthy);
+        let usable = |i: usize| !any_healthy || healthy(i);
+        let Some(a) = balancer::weighted_random(&self.weights, usable, &mut rng) else {
+            return &self.targets[0];
+        };
+        let Some(b) = balancer::weighted_random(&self.weights, |i| i != a && usable(i), &mut rng)
+        else {
+            return &self.targets[a];
+        };
+        let load = |i: usize| {
+            (
+                i,
+                self.targets[i].in_flight.load(Ordering::Relaxed),
+                self.weights[i],
+            )
+        };
+        &self.targets[balancer::less_loaded(load(a), load(b))]
     }
 
     /// Another target than `failed`, for a retry: the next one in weighted order that is not
@@ -130,8 +232,7 @@ impl Upstream {
             if std::ptr::eq(t, failed) {
                 continue;
             }
-            let until = t.ejected_until.load(Ordering::Relaxed);
-            if until == 0 || until <= now {
+            if self.healthy(t, now) {
                 return Some(t);
             }
             fallback.get_or_insert(t);
@@ -202,10 +303,6 @@ pub(crate) fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
         schedule.push(0);
     }
     schedule
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! wasmtime, hyper and the harness again, which cost minutes of CI per file. Run one area with
 //! `cargo test -p wasmgate-tests --test e2e -- jwt::`.
 
+mod balance;
 mod basic_auth;
 mod chain;
 mod client_tls;

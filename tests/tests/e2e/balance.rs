@@ -1,0 +1,166 @@
+//! `balance`: consistent hashing keeps a key on its target, least_request avoids a busy target,
+//! random follows the weights — over real upstreams.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wasmgate_tests::*;
+
+fn upstream_with(targets: &[String], balance: &str) -> String {
+    format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        [upstreams.pool]
+        targets = [{}]
+        {balance}
+        [[routes]]
+        name = "all"
+        upstream = "pool"
+        "#,
+        targets.join(", ")
+    )
+}
+
+async fn echo_targets(names: &[&str]) -> Vec<String> {
+    let mut targets = Vec::new();
+    for name in names {
+        targets.push(format!("\"{}\"", echo_upstream(name).await));
+    }
+    targets
+}
+
+async fn served_by(resp: reqwest::Response) -> String {
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-echo-server"]
+        .to_str()
+        .expect("name")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn hash_on_a_header_keeps_each_key_on_one_target() {
+    let targets = echo_targets(&["a", "b", "c"]).await;
+    let gw = TestGateway::start(&upstream_with(
+        &targets,
+        r#"balance = "hash"
+        hash_on = "header:x-user""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let user = format!("user-{user}");
+            let resp = c
+                .get(gw.url("/"))
+                .header("x-user", &user)
+                .send()
+                .await
+                .expect("send");
+            let server = served_by(resp).await;
+            let first = owner.entry(user.clone()).or_insert_with(|| server.clone());
+            assert_eq!(*first, server, "{user} moved in round {round}");
+        }
+    }
+    let used: HashSet<&String> = owner.values().collect();
+    assert!(used.len() >= 2, "20 keys all on one target: {owner:?}");
+}
+
+#[tokio::test]
+async fn hash_on_a_cookie_sticks_and_requests_without_it_are_spread() {
+    let targets = echo_targets(&["a", "b"]).await;
+    let gw = TestGateway::start(&upstream_with(
+        &targets,
+        r#"balance = "hash"
+        hash_on = "cookie:session""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let resp = c
+            .get(gw.url("/"))
+            .header("cookie", "theme=dark; session=s-42")
+            .send()
+            .await
+            .expect("send");
+        seen.insert(served_by(resp).await);
+    }
+    assert_eq!(seen.len(), 1, "one session, one target: {seen:?}");
+    // Without the cookie: round-robin.
+    let mut spread = HashSet::new();
+    for _ in 0..4 {
+        spread.insert(served_by(c.get(gw.url("/")).send().await.expect("send")).await);
+    }
+    assert_eq!(spread.len(), 2, "{spread:?}");
+}
+
+#[tokio::test]
+async fn least_request_sends_new_requests_away_from_a_busy_target() {
+    let (busy, mut arrived) = holding_upstream(Duration::from_secs(3)).await;
+    let idle: SocketAddr = echo_upstream("idle").await;
+    let gw = TestGateway::start(&upstream_with(
+        &[format!("\"{busy}\""), format!("\"{idle}\"")],
+        r#"balance = "least_request""#,
+    ))
+    .await
+    .expect("start");
+    // With nothing in flight either target may get a request: send until one is held.
+    let mut held = Vec::new();
+    loop {
+        let c = client();
+        let url = gw.url("/held");
+        let mut request = tokio::spawn(async move { c.get(url).send().await });
+        tokio::select! {
+            _ = arrived.recv() => { held.push(request); break; }
+            done = &mut request => {
+                assert_eq!(done.expect("task").expect("send").status(), 200);
+            }
+        }
+    }
+    // The busy target has one request in flight and the idle one none: every new request
+    // goes to the idle one.
+    let c = client();
+    for _ in 0..10 {
+        let server = served_by(c.get(gw.url("/")).send().await.expect("send")).await;
+        assert_eq!(server, "idle");
+    }
+    assert!(
+        arrived.try_recv().is_err(),
+        "the busy target got another request"
+    );
+    for request in held {
+        request.abort();
+    }
+}
+
+#[tokio::test]
+async fn random_follows_the_weights() {
+    let a = echo_upstream("a").await;
+    let b = echo_upstream("b").await;
+    let gw = TestGateway::start(&upstream_with(
+        &[
+            format!("\"{a}\""),
+            format!("{{ address = \"{b}\", weight = 3 }}"),
+        ],
+        r#"balance = "random""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let mut to_b = 0;
+    for _ in 0..400 {
+        if served_by(c.get(gw.url("/")).send().await.expect("send")).await == "b" {
+            to_b += 1;
+        }
+    }
+    // Expected 300, standard deviation 8.7: the bounds are seven of them away.
+    assert!(
+        (240..=360).contains(&to_b),
+        "{to_b} of 400 to the weight-3 target"
+    );
+}
