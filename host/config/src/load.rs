@@ -56,6 +56,14 @@ const UPSTREAM_KEYS: &[&str] = &[
     "pool_max_idle",
     "balance",
     "hash_on",
+    "outlier_detection",
+];
+const OUTLIER_KEYS: &[&str] = &[
+    "consecutive_errors",
+    "consecutive_5xx",
+    "base_ejection",
+    "max_ejection",
+    "max_ejection_percent",
 ];
 const TARGET_KEYS: &[&str] = &["address", "weight"];
 const UPSTREAM_TLS_KEYS: &[&str] = &["ca", "cert", "key", "server_name", "verify"];
@@ -782,6 +790,7 @@ impl<'r> Reader<'r> {
             pool_max_idle: 256,
             protocol: UpstreamProtocol::Auto,
             balance: Balance::RoundRobin,
+            outlier_detection: OutlierDetection::default(),
             tls: None,
         };
         match t.get("targets") {
@@ -825,6 +834,9 @@ impl<'r> Reader<'r> {
             u.pool_max_idle = n as usize;
         }
         self.balance(&t, &mut u);
+        if let Some(v) = t.get("outlier_detection") {
+            self.outlier_detection(v, &t.key("outlier_detection"), &mut u.outlier_detection);
+        }
         if let Some(v) = t.get("tls") {
             u.tls = self.upstream_tls(v, &t.key("tls"));
             if !u.targets.iter().any(|target| target.tls) {
@@ -944,6 +956,46 @@ impl<'r> Reader<'r> {
             }
         };
         u.balance = Balance::Hash(on);
+    }
+
+    fn outlier_detection(&mut self, v: &Value<'_>, path: &str, o: &mut OutlierDetection) {
+        let Some(t) = self.table(v, path, OUTLIER_KEYS) else {
+            return;
+        };
+        for (name, field) in [
+            ("consecutive_errors", &mut o.consecutive_errors),
+            ("consecutive_5xx", &mut o.consecutive_5xx),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(n) = self.integer(v, &t.key(name), 0, 1000)
+            {
+                *field = n as u32;
+            }
+        }
+        if let Some(v) = t.get("max_ejection_percent")
+            && let Some(n) = self.integer(v, &t.key("max_ejection_percent"), 0, 100)
+        {
+            o.max_ejection_percent = n as u32;
+        }
+        for (name, field) in [
+            ("base_ejection", &mut o.base_ejection),
+            ("max_ejection", &mut o.max_ejection),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(d) = self.timeout(v, &t.key(name))
+            {
+                *field = d;
+            }
+        }
+        if o.max_ejection < o.base_ejection
+            && let Some(v) = t.get("max_ejection").or(t.get("base_ejection"))
+        {
+            let message = format!(
+                "max_ejection ({:?}) is shorter than base_ejection ({:?})",
+                o.max_ejection, o.base_ejection
+            );
+            self.err(&v.span(), &t.key("max_ejection"), message);
+        }
     }
 
     fn upstream_tls(&mut self, v: &Value<'_>, path: &str) -> Option<UpstreamTls> {

@@ -201,6 +201,8 @@ pub struct Upstream {
     /// `balance` (with `hash_on`): how each request's target is chosen. Default
     /// `"round_robin"`.
     pub balance: Balance,
+    /// `outlier_detection`: when a failing target is ejected, and for how long.
+    pub outlier_detection: OutlierDetection,
     /// `tls`: how `https://` targets are verified and what the gateway presents to them.
     /// `None` when the table is absent (then: system roots, SNI from the target's host, no
     /// client certificate).
@@ -223,6 +225,37 @@ pub enum Balance {
     /// so a key keeps its target, and adding or removing a target moves only the keys it takes
     /// or had.
     Hash(HashOn),
+}
+
+/// `outlier_detection` of an upstream: a target that fails several requests in a row is
+/// skipped for a while (Envoy's outlier detection, nginx's `max_fails`/`fail_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `consecutive_errors`: connect failures and timeouts in a row that eject the target
+    /// (0: never). Default 1, as nginx's `max_fails`.
+    pub consecutive_errors: u32,
+    /// `consecutive_5xx`: 5xx responses in a row that eject the target (0: never). Default 5.
+    pub consecutive_5xx: u32,
+    /// `base_ejection`: how long the first ejection lasts; each further ejection of the same
+    /// target lasts one `base_ejection` longer. Default 10 s.
+    pub base_ejection: Duration,
+    /// `max_ejection`: the longest an ejection lasts. Default 300 s.
+    pub max_ejection: Duration,
+    /// `max_ejection_percent`: the most targets, in percent, ejected at once (at least one).
+    /// Default 50.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: 1,
+            consecutive_5xx: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 /// `hash_on` of an upstream with `balance = "hash"`: what identifies a request's key.

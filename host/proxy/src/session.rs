@@ -40,7 +40,7 @@ use crate::rescue::{self, LocalReply, Rejection};
 use crate::router::Match;
 use crate::snapshot::{Action, Prepared, RouteRuntime, Snapshot};
 use crate::tunnel;
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{Failure, Target, Upstream};
 
 /// What a session knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -476,7 +476,11 @@ impl<'s> Session<'s> {
                 match tokio::time::timeout_at(deadline, target.pool.send(req, worker)).await {
                     Ok(Ok((response, release))) => {
                         target.metrics.responded(sent.elapsed());
-                        upstream.restore(target);
+                        if response.status().is_server_error() {
+                            upstream.failed(target, Failure::ServerError);
+                        } else {
+                            upstream.succeeded(target);
+                        }
                         let (mut parts, body) = response.into_parts();
                         forward::strip_hop_by_hop(&mut parts.headers);
                         return Ok(Response::from_parts(
@@ -485,11 +489,14 @@ impl<'s> Session<'s> {
                         ));
                     }
                     Ok(Err(failed)) => failed,
-                    Err(_) => return Err(timed_out(upstream, target, timeout)),
+                    Err(_) => {
+                        upstream.failed(target, Failure::Error);
+                        return Err(timed_out(upstream, target, timeout));
+                    }
                 };
             count_failure(target, &failed);
             if matches!(failed, SendError::Connect { .. }) {
-                upstream.eject(target);
+                upstream.failed(target, Failure::Error);
             }
             let again = match &mut failed {
                 _ if tries_left == 0 => None,
@@ -527,7 +534,7 @@ impl<'s> Session<'s> {
         switch: Switch,
         client: OnUpgrade,
     ) -> Result<Response<Body>, Rejection> {
-        upstream.restore(target);
+        upstream.succeeded(target);
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
             forward::strip_hop_by_hop(&mut parts.headers);

@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use wasmgate_config::Balance;
+use wasmgate_config::{Balance, OutlierDetection};
 use wasmgate_telemetry::{Metrics, TargetMetrics};
 
 use rustls_pki_types::ServerName;
@@ -17,9 +17,6 @@ use tokio_rustls::TlsConnector;
 use crate::balancer::{self, Ring, gcd};
 use crate::body::Active;
 use crate::pool::{Pool, Settings, Tls};
-
-/// How long a target that refused or timed out a connection is skipped (nginx's `fail_timeout`).
-const EJECTION: Duration = Duration::from_secs(10);
 
 /// One `[upstreams.NAME]`, ready to take requests.
 #[derive(Debug)]
@@ -34,6 +31,7 @@ pub(crate) struct Upstream {
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
     pub(crate) timeout: Duration,
+    outlier: OutlierDetection,
     epoch: Instant,
 }
 
@@ -45,6 +43,14 @@ pub(crate) struct Target {
     pub(crate) pool: Arc<Pool>,
     /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
+    /// When its last ejection ended or ends, in the same milliseconds.
+    last_ejection_end: AtomicU64,
+    /// Connect failures and timeouts in a row.
+    errors_in_row: AtomicU32,
+    /// 5xx responses in a row.
+    server_errors_in_row: AtomicU32,
+    /// Ejections in a row: each lasts one `base_ejection` longer than the one before.
+    ejections: AtomicU32,
     /// Requests sent to the target whose response has not ended yet.
     in_flight: Arc<AtomicUsize>,
 }
@@ -110,6 +116,10 @@ impl Upstream {
                         )),
                         metrics,
                         ejected_until: AtomicU64::new(0),
+                        last_ejection_end: AtomicU64::new(0),
+                        errors_in_row: AtomicU32::new(0),
+                        server_errors_in_row: AtomicU32::new(0),
+                        ejections: AtomicU32::new(0),
                         in_flight: Arc::new(AtomicUsize::new(0)),
                     }
                 })
@@ -132,6 +142,7 @@ impl Upstream {
             weights: weights.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
             timeout: config.timeout,
+            outlier: config.outlier_detection.clone(),
             epoch: Instant::now(),
         }
     }
@@ -240,17 +251,114 @@ impl Upstream {
         fallback
     }
 
-    /// Records that `target` could not be connected to.
-    pub(crate) fn eject(&self, target: &Target) {
-        let until = self.now_ms() + u64::try_from(EJECTION.as_millis()).unwrap_or(u64::MAX);
-        target.ejected_until.store(until.max(1), Ordering::Relaxed);
+    /// Counts a failure of `target`, and ejects it when it has failed that way
+    /// `outlier_detection` times in a row.
+    pub(crate) fn failed(&self, target: &Target, failure: Failure) {
+        let (in_row, other, threshold) = match failure {
+            Failure::Error => (
+                &target.errors_in_row,
+                &target.server_errors_in_row,
+                self.outlier.consecutive_errors,
+            ),
+            Failure::ServerError => (
+                &target.server_errors_in_row,
+                &target.errors_in_row,
+                self.outlier.consecutive_5xx,
+            ),
+        };
+        clear(other);
+        if threshold == 0 || in_row.fetch_add(1, Ordering::Relaxed) + 1 < threshold {
+            return;
+        }
+        self.eject(target, failure);
     }
 
-    /// Records that `target` answered.
-    pub(crate) fn restore(&self, target: &Target) {
+    /// Skips `target` for `base_ejection` times its ejections in a row (at most `max_ejection`),
+    /// unless that would eject more than `max_ejection_percent` of the targets (at least one may
+    /// always be).
+    fn eject(&self, target: &Target, failure: Failure) {
+        let now = self.now_ms();
+        if !self.healthy(target, now) {
+            return;
+        }
+        let ejected = self
+            .targets
+            .iter()
+            .filter(|t| !self.healthy(t, now))
+            .count();
+        let allowed =
+            (self.targets.len() * self.outlier.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            tracing::debug!(
+                upstream = %self.name,
+                target = %target.authority,
+                ejected,
+                "not ejected: max_ejection_percent of the targets are ejected already"
+            );
+            return;
+        }
+        let times = target.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = self
+            .outlier
+            .base_ejection
+            .saturating_mul(times)
+            .min(self.outlier.max_ejection);
+        let until = now + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        target.ejected_until.store(until.max(1), Ordering::Relaxed);
+        target.last_ejection_end.store(until, Ordering::Relaxed);
+        clear(&target.errors_in_row);
+        clear(&target.server_errors_in_row);
+        target.metrics.ejected();
+        tracing::warn!(
+            upstream = %self.name,
+            target = %target.authority,
+            ?duration,
+            reason = failure.as_str(),
+            "target ejected"
+        );
+    }
+
+    /// Records that `target` answered without a server error: its failure counts start over,
+    /// an ejection ends, and once it has served for a `base_ejection` since its last ejection
+    /// ended, the next ejection is a first one again.
+    pub(crate) fn succeeded(&self, target: &Target) {
+        clear(&target.errors_in_row);
+        clear(&target.server_errors_in_row);
         if target.ejected_until.load(Ordering::Relaxed) != 0 {
             target.ejected_until.store(0, Ordering::Relaxed);
         }
+        if target.ejections.load(Ordering::Relaxed) != 0 {
+            let base = u64::try_from(self.outlier.base_ejection.as_millis()).unwrap_or(u64::MAX);
+            let last = target.last_ejection_end.load(Ordering::Relaxed);
+            if self.now_ms() >= last.saturating_add(base) {
+                target.ejections.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What counts against a target for `outlier_detection`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Failure {
+    /// No connection could be made, or no response came within the timeout.
+    Error,
+    /// A 5xx response.
+    ServerError,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "consecutive_errors",
+            Self::ServerError => "consecutive_5xx",
+        }
+    }
+}
+
+/// Zeroes a counter without writing (and so sharing its cache line) when it is zero already.
+fn clear(counter: &AtomicU32) {
+    if counter.load(Ordering::Relaxed) != 0 {
+        counter.store(0, Ordering::Relaxed);
     }
 }
 

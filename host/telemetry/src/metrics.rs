@@ -100,6 +100,7 @@ pub struct Metrics {
     tunnels: Family<TargetLabels, Counter>,
     tunnels_open: Family<TargetLabels, Gauge>,
     upstream_retries: Family<TargetLabels, Counter>,
+    upstream_ejections: Family<TargetLabels, Counter>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -162,6 +163,12 @@ impl Metrics {
             "upstream_retries",
             "Requests a target failed (no connection, or an idempotent request's connection lost before the response) that were sent again to another target, by upstream and the target that failed",
             upstream_retries.clone(),
+        );
+        let upstream_ejections = Family::default();
+        registry.register(
+            "upstream_ejections",
+            "Times a target was ejected by outlier detection (connect failures, timeouts or 5xx responses in a row), by upstream and target",
+            upstream_ejections.clone(),
         );
         let tunnels = Family::default();
         registry.register(
@@ -234,6 +241,7 @@ impl Metrics {
             tunnels,
             tunnels_open,
             upstream_retries,
+            upstream_ejections,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -281,6 +289,7 @@ impl Metrics {
         let tunnels = self.tunnels.get_or_create_owned(&labels);
         let tunnels_open = self.tunnels_open.get_or_create_owned(&labels);
         let retries = self.upstream_retries.get_or_create_owned(&labels);
+        let ejections = self.upstream_ejections.get_or_create_owned(&labels);
         TargetMetrics {
             outcomes,
             duration,
@@ -288,6 +297,7 @@ impl Metrics {
             tunnels,
             tunnels_open,
             retries,
+            ejections,
         }
     }
 
@@ -448,9 +458,15 @@ pub struct TargetMetrics {
     tunnels: Counter,
     tunnels_open: Gauge,
     retries: Counter,
+    ejections: Counter,
 }
 
 impl TargetMetrics {
+    /// Counts an ejection of the target by outlier detection.
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
     /// Counts a request this target failed that was sent again to another target.
     pub fn retried(&self) {
         self.retries.inc();

@@ -11,6 +11,7 @@ mod chain;
 mod client_tls;
 mod config_errors;
 mod cors;
+mod ejection;
 mod grpc;
 mod ip_restriction;
 mod jwt;

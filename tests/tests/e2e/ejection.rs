@@ -1,0 +1,147 @@
+//! `outlier_detection`: targets failing in a row are ejected for a time that grows with each
+//! ejection, never more than `max_ejection_percent` of them, against real upstreams.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use wasmgate_tests::*;
+
+/// A target that answers every request with a 500 (and closes the connection).
+async fn failing_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request_head(&mut s).await {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\
+                              x-echo-server: failing\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn pool_of(targets: &[SocketAddr], outlier: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        [upstreams.pool]
+        targets = [{}]
+        outlier_detection = {{ {outlier} }}
+        [[routes]]
+        name = "all"
+        upstream = "pool"
+        "#,
+        targets.join(", ")
+    )
+}
+
+async fn status(c: &reqwest::Client, gw: &TestGateway) -> u16 {
+    c.get(gw.url("/"))
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn server_errors_in_a_row_eject_a_target_while_the_other_serves() {
+    let failing = failing_upstream().await;
+    let healthy = echo_upstream("healthy").await;
+    let gw = TestGateway::start(&pool_of(&[failing, healthy], "consecutive_5xx = 3"))
+        .await
+        .expect("start");
+    let c = client();
+    // Round-robin: the failing target answers every other request, 500 each time, until its
+    // third in a row ejects it.
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(status(&c, &gw).await);
+    }
+    assert_eq!(first.iter().filter(|&&s| s == 500).count(), 3, "{first:?}");
+    for _ in 0..10 {
+        assert_eq!(
+            status(&c, &gw).await,
+            200,
+            "the ejected target got a request"
+        );
+    }
+    let ejections =
+        format!("wasmgate_upstream_ejections_total{{upstream=\"pool\",target=\"{failing}\"}}");
+    assert_eq!(gw.metric(&ejections), 1);
+}
+
+#[tokio::test]
+async fn each_ejection_in_a_row_lasts_one_base_ejection_longer() {
+    let failing = failing_upstream().await;
+    let healthy = echo_upstream("healthy").await;
+    let gw = TestGateway::start(&pool_of(
+        &[failing, healthy],
+        r#"consecutive_5xx = 1, base_ejection = "300ms", max_ejection = "10s""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    // The time from one 500 (which ejects) to the next (the target back in rotation).
+    async fn until_next_failure(c: &reqwest::Client, gw: &TestGateway) -> Duration {
+        let started = Instant::now();
+        loop {
+            if status(c, gw).await == 500 {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "never back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    until_next_failure(&c, &gw).await;
+    let first = until_next_failure(&c, &gw).await;
+    let second = until_next_failure(&c, &gw).await;
+    assert!(
+        first >= Duration::from_millis(280) && first < Duration::from_millis(580),
+        "first ejection {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(580) && second < Duration::from_millis(1200),
+        "second ejection {second:?}"
+    );
+    let ejections =
+        format!("wasmgate_upstream_ejections_total{{upstream=\"pool\",target=\"{failing}\"}}");
+    assert_eq!(gw.metric(&ejections), 3);
+}
+
+#[tokio::test]
+async fn no_more_than_max_ejection_percent_of_the_targets_are_ejected() {
+    let (a, b) = (failing_upstream().await, failing_upstream().await);
+    let gw = TestGateway::start(&pool_of(
+        &[a, b],
+        "consecutive_5xx = 1, max_ejection_percent = 50",
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    for _ in 0..6 {
+        assert_eq!(status(&c, &gw).await, 500);
+    }
+    let ejected = |t: SocketAddr| {
+        gw.metric(&format!(
+            "wasmgate_upstream_ejections_total{{upstream=\"pool\",target=\"{t}\"}}"
+        ))
+    };
+    assert_eq!(
+        ejected(a) + ejected(b),
+        1,
+        "one of two targets at most (50 %)"
+    );
+}
