@@ -63,6 +63,18 @@ pub fn proxy_everything_to(up: SocketAddr, gateway_extra: &str) -> String {
     )
 }
 
+/// A config with one plain listener, the upstream `pool` of `targets` (each a TOML value: an
+/// address string or a `{ address, weight }` table) with `upstream_keys` added to its table, and
+/// a route `all` forwarding everything to it.
+pub fn pool_config(targets: &[String], upstream_keys: &str) -> String {
+    format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [upstreams.pool]\ntargets = [{}]\n{upstream_keys}\n\
+         [[routes]]\nname = \"all\"\nupstream = \"pool\"\n",
+        targets.join(", ")
+    )
+}
+
 /// A gateway running inside the test process.
 #[derive(Debug)]
 pub struct TestGateway {
@@ -89,13 +101,32 @@ impl TestGateway {
         Self::start_in(workdir(), toml).await
     }
 
-    async fn start_at(path: &Path, toml: &str) -> anyhow::Result<Self> {
+    /// Rewrites the gateway's config file with `toml` and reloads it, as the file watcher or
+    /// the admin API would.
+    pub async fn reload(&self, toml: &str) -> anyhow::Result<wasmgate_proxy::Reloaded> {
+        let dir = self
+            ._dir
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no config folder"))?;
+        let config = Self::write_config(&dir.path().join("gateway.toml"), toml)?;
+        self.control.reload(config).await.map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("{}", lines.join("\n"))
+        })
+    }
+
+    fn write_config(path: &Path, toml: &str) -> anyhow::Result<wasmgate_config::Config> {
         std::fs::write(path, toml)?;
         let mut config = wasmgate_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         if !toml.contains("access_log") {
             // Lines on the test's stdout would only clutter its output.
             config.gateway.access_log = wasmgate_config::AccessLog::Off;
         }
+        Ok(config)
+    }
+
+    async fn start_at(path: &Path, toml: &str) -> anyhow::Result<Self> {
+        let config = Self::write_config(path, toml)?;
         let gateway = wasmgate_proxy::Gateway::bind(config).await?;
         let addrs = gateway.local_addrs();
         let http = addrs

@@ -107,6 +107,7 @@ impl Control {
             &prepared.upstream_tls,
             &self.services.metrics,
             access_log,
+            Some(&old),
         );
         snapshot.https_port = old.https_port;
         snapshot.pending_restart = (!restart_needed.is_empty()).then_some(PendingRestart {

@@ -241,6 +241,7 @@ impl Gateway {
             &upstream_tls,
             &services.metrics,
             access_log,
+            None,
         );
         snapshot.https_port = listeners
             .iter()

@@ -20,6 +20,8 @@ use crate::upstream::Upstream;
 pub(crate) struct Snapshot {
     pub(crate) router: Router,
     pub(crate) routes: Vec<RouteRuntime>,
+    /// Every upstream, in config order (routes hold their own).
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub(crate) max_headers: usize,
     pub(crate) body_idle: Duration,
     /// Metrics of each route, by index, and of requests no route matched.
@@ -66,13 +68,15 @@ pub(crate) struct Prepared {
 }
 
 impl Snapshot {
-    /// `clients` holds the TLS configuration of each of `config`'s upstreams, in order.
+    /// `clients` holds the TLS configuration of each of `config`'s upstreams, in order;
+    /// `previous` is the snapshot this one replaces, whose upstreams' health carries over.
     pub(crate) fn new(
         config: Arc<Config>,
         runtime: Option<Runtime>,
         clients: &[Option<Arc<rustls::ClientConfig>>],
         metrics: &Metrics,
         access_log: Arc<AccessLog>,
+        previous: Option<&Snapshot>,
     ) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
@@ -80,7 +84,16 @@ impl Snapshot {
             .enumerate()
             .map(|(i, u)| {
                 let client = clients.get(i).and_then(Option::as_ref);
-                Arc::new(Upstream::new(u, client, config.gateway.workers, metrics))
+                let before = previous
+                    .and_then(|p| p.upstreams.iter().find(|old| old.name == u.name))
+                    .map(Arc::as_ref);
+                Arc::new(Upstream::new(
+                    u,
+                    client,
+                    config.gateway.workers,
+                    metrics,
+                    before,
+                ))
             })
             .collect();
         let routes = config
@@ -119,6 +132,7 @@ impl Snapshot {
         Self {
             router: Router::new(&config.routes),
             routes,
+            upstreams,
             max_headers: config.gateway.max_headers,
             body_idle: config.gateway.header_read_timeout,
             route_metrics: config

@@ -2,8 +2,8 @@
 //! ejection.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -32,7 +32,9 @@ pub(crate) struct Upstream {
     cursor: AtomicUsize,
     pub(crate) timeout: Duration,
     outlier: OutlierDetection,
-    epoch: Instant,
+    /// The `targets` entries this upstream was built from: a reload that keeps them (and
+    /// `outlier_detection`) keeps the targets' health.
+    defined: Vec<wasmgate_config::Target>,
 }
 
 #[derive(Debug)]
@@ -41,9 +43,19 @@ pub(crate) struct Target {
     pub(crate) metrics: TargetMetrics,
     /// The target's connections, per worker.
     pub(crate) pool: Arc<Pool>,
-    /// Milliseconds since the pool's epoch until which this target is skipped; 0 when healthy.
+    /// Shared with the same target of the snapshot before when a reload kept the upstream's
+    /// targets: an ejected target stays ejected across reloads.
+    health: Arc<Health>,
+    /// Requests sent to the target whose response has not ended yet (shared likewise).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// What outlier detection knows of a target. Times are milliseconds since [`epoch`].
+#[derive(Debug, Default)]
+struct Health {
+    /// Until when the target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
-    /// When its last ejection ended or ends, in the same milliseconds.
+    /// When its last ejection ended or ends.
     last_ejection_end: AtomicU64,
     /// Connect failures and timeouts in a row.
     errors_in_row: AtomicU32,
@@ -51,8 +63,12 @@ pub(crate) struct Target {
     server_errors_in_row: AtomicU32,
     /// Ejections in a row: each lasts one `base_ejection` longer than the one before.
     ejections: AtomicU32,
-    /// Requests sent to the target whose response has not ended yet.
-    in_flight: Arc<AtomicUsize>,
+}
+
+/// The process's clock origin for [`Health`] times, shared by every snapshot.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Target {
@@ -77,12 +93,17 @@ enum Strategy {
 impl Upstream {
     /// `client` is the TLS configuration for its `https://` targets (see
     /// [`client_config`](crate::tls::client_config)).
+    /// `previous` is the upstream of the same name in the snapshot being replaced, if any: its
+    /// targets' health is kept when the targets and `outlier_detection` are unchanged.
     pub(crate) fn new(
         config: &wasmgate_config::Upstream,
         client: Option<&Arc<rustls::ClientConfig>>,
         workers: usize,
         metrics: &Metrics,
+        previous: Option<&Upstream>,
     ) -> Self {
+        let kept = previous
+            .filter(|p| p.defined == config.targets && p.outlier == config.outlier_detection);
         let settings = Settings {
             protocol: config.protocol,
             connect_timeout: config.connect_timeout,
@@ -95,7 +116,8 @@ impl Upstream {
             targets: config
                 .targets
                 .iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(i, t)| {
                     let metrics = metrics.target(&config.name, t.address.as_str());
                     let tls = match client {
                         Some(client) if t.tls => Some(Tls {
@@ -115,12 +137,9 @@ impl Upstream {
                             workers,
                         )),
                         metrics,
-                        ejected_until: AtomicU64::new(0),
-                        last_ejection_end: AtomicU64::new(0),
-                        errors_in_row: AtomicU32::new(0),
-                        server_errors_in_row: AtomicU32::new(0),
-                        ejections: AtomicU32::new(0),
-                        in_flight: Arc::new(AtomicUsize::new(0)),
+                        health: kept.map_or_else(Arc::default, |p| p.targets[i].health.clone()),
+                        in_flight: kept
+                            .map_or_else(Arc::default, |p| p.targets[i].in_flight.clone()),
                     }
                 })
                 .collect(),
@@ -143,16 +162,16 @@ impl Upstream {
             cursor: AtomicUsize::new(0),
             timeout: config.timeout,
             outlier: config.outlier_detection.clone(),
-            epoch: Instant::now(),
+            defined: config.targets.clone(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn healthy(&self, target: &Target, now: u64) -> bool {
-        let until = target.ejected_until.load(Ordering::Relaxed);
+        let until = target.health.ejected_until.load(Ordering::Relaxed);
         until == 0 || until <= now
     }
 
@@ -191,7 +210,7 @@ impl Upstream {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let len = self.schedule.len();
         let first = &self.targets[self.schedule[start % len] as usize];
-        if first.ejected_until.load(Ordering::Relaxed) == 0 {
+        if first.health.ejected_until.load(Ordering::Relaxed) == 0 {
             return first;
         }
         let now = self.now_ms();
@@ -256,13 +275,13 @@ impl Upstream {
     pub(crate) fn failed(&self, target: &Target, failure: Failure) {
         let (in_row, other, threshold) = match failure {
             Failure::Error => (
-                &target.errors_in_row,
-                &target.server_errors_in_row,
+                &target.health.errors_in_row,
+                &target.health.server_errors_in_row,
                 self.outlier.consecutive_errors,
             ),
             Failure::ServerError => (
-                &target.server_errors_in_row,
-                &target.errors_in_row,
+                &target.health.server_errors_in_row,
+                &target.health.errors_in_row,
                 self.outlier.consecutive_5xx,
             ),
         };
@@ -297,17 +316,23 @@ impl Upstream {
             );
             return;
         }
-        let times = target.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let times = target.health.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = self
             .outlier
             .base_ejection
             .saturating_mul(times)
             .min(self.outlier.max_ejection);
         let until = now + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        target.ejected_until.store(until.max(1), Ordering::Relaxed);
-        target.last_ejection_end.store(until, Ordering::Relaxed);
-        clear(&target.errors_in_row);
-        clear(&target.server_errors_in_row);
+        target
+            .health
+            .ejected_until
+            .store(until.max(1), Ordering::Relaxed);
+        target
+            .health
+            .last_ejection_end
+            .store(until, Ordering::Relaxed);
+        clear(&target.health.errors_in_row);
+        clear(&target.health.server_errors_in_row);
         target.metrics.ejected();
         tracing::warn!(
             upstream = %self.name,
@@ -322,16 +347,16 @@ impl Upstream {
     /// an ejection ends, and once it has served for a `base_ejection` since its last ejection
     /// ended, the next ejection is a first one again.
     pub(crate) fn succeeded(&self, target: &Target) {
-        clear(&target.errors_in_row);
-        clear(&target.server_errors_in_row);
-        if target.ejected_until.load(Ordering::Relaxed) != 0 {
-            target.ejected_until.store(0, Ordering::Relaxed);
+        clear(&target.health.errors_in_row);
+        clear(&target.health.server_errors_in_row);
+        if target.health.ejected_until.load(Ordering::Relaxed) != 0 {
+            target.health.ejected_until.store(0, Ordering::Relaxed);
         }
-        if target.ejections.load(Ordering::Relaxed) != 0 {
+        if target.health.ejections.load(Ordering::Relaxed) != 0 {
             let base = u64::try_from(self.outlier.base_ejection.as_millis()).unwrap_or(u64::MAX);
-            let last = target.last_ejection_end.load(Ordering::Relaxed);
+            let last = target.health.last_ejection_end.load(Ordering::Relaxed);
             if self.now_ms() >= last.saturating_add(base) {
-                target.ejections.store(0, Ordering::Relaxed);
+                target.health.ejections.store(0, Ordering::Relaxed);
             }
         }
     }

@@ -7,22 +7,6 @@ use std::time::Duration;
 
 use wasmgate_tests::*;
 
-fn upstream_with(targets: &[String], balance: &str) -> String {
-    format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        [upstreams.pool]
-        targets = [{}]
-        {balance}
-        [[routes]]
-        name = "all"
-        upstream = "pool"
-        "#,
-        targets.join(", ")
-    )
-}
-
 async fn echo_targets(names: &[&str]) -> Vec<String> {
     let mut targets = Vec::new();
     for name in names {
@@ -42,7 +26,7 @@ async fn served_by(resp: reqwest::Response) -> String {
 #[tokio::test]
 async fn hash_on_a_header_keeps_each_key_on_one_target() {
     let targets = echo_targets(&["a", "b", "c"]).await;
-    let gw = TestGateway::start(&upstream_with(
+    let gw = TestGateway::start(&pool_config(
         &targets,
         r#"balance = "hash"
         hash_on = "header:x-user""#,
@@ -72,7 +56,7 @@ async fn hash_on_a_header_keeps_each_key_on_one_target() {
 #[tokio::test]
 async fn hash_on_a_cookie_sticks_and_requests_without_it_are_spread() {
     let targets = echo_targets(&["a", "b"]).await;
-    let gw = TestGateway::start(&upstream_with(
+    let gw = TestGateway::start(&pool_config(
         &targets,
         r#"balance = "hash"
         hash_on = "cookie:session""#,
@@ -103,7 +87,7 @@ async fn hash_on_a_cookie_sticks_and_requests_without_it_are_spread() {
 async fn least_request_sends_new_requests_away_from_a_busy_target() {
     let (busy, mut arrived) = holding_upstream(Duration::from_secs(3)).await;
     let idle: SocketAddr = echo_upstream("idle").await;
-    let gw = TestGateway::start(&upstream_with(
+    let gw = TestGateway::start(&pool_config(
         &[format!("\"{busy}\""), format!("\"{idle}\"")],
         r#"balance = "least_request""#,
     ))
@@ -142,7 +126,7 @@ async fn least_request_sends_new_requests_away_from_a_busy_target() {
 async fn random_follows_the_weights() {
     let a = echo_upstream("a").await;
     let b = echo_upstream("b").await;
-    let gw = TestGateway::start(&upstream_with(
+    let gw = TestGateway::start(&pool_config(
         &[
             format!("\"{a}\""),
             format!("{{ address = \"{b}\", weight = 3 }}"),

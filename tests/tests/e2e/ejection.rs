@@ -32,19 +32,7 @@ async fn failing_upstream() -> SocketAddr {
 
 fn pool_of(targets: &[SocketAddr], outlier: &str) -> String {
     let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    format!(
-        r#"
-        [gateway]
-        listen = ["127.0.0.1:0"]
-        [upstreams.pool]
-        targets = [{}]
-        outlier_detection = {{ {outlier} }}
-        [[routes]]
-        name = "all"
-        upstream = "pool"
-        "#,
-        targets.join(", ")
-    )
+    pool_config(&targets, &format!("outlier_detection = {{ {outlier} }}"))
 }
 
 async fn status(c: &reqwest::Client, gw: &TestGateway) -> u16 {
@@ -143,5 +131,61 @@ async fn no_more_than_max_ejection_percent_of_the_targets_are_ejected() {
         ejected(a) + ejected(b),
         1,
         "one of two targets at most (50 %)"
+    );
+}
+
+#[tokio::test]
+async fn an_ejection_survives_a_reload_that_keeps_the_targets_and_not_one_that_changes_them() {
+    let dead = closed_port();
+    let alive = echo_upstream("alive").await;
+    let config = |extra: &str| {
+        format!(
+            "{}{extra}",
+            pool_of(
+                &[dead, alive],
+                r#"base_ejection = "1m", max_ejection = "1m""#
+            )
+        )
+    };
+    let gw = TestGateway::start(&config("")).await.expect("start");
+    let c = client();
+    let refused = format!(
+        "wasmgate_upstream_requests_total{{upstream=\"pool\",target=\"{dead}\",outcome=\"connect_error\"}}"
+    );
+    // The first request is refused by the dead target (and retried on the live one): ejected.
+    assert_eq!(status(&c, &gw).await, 200);
+    assert_eq!(gw.metric(&refused), 1);
+
+    // A reload that changes a route but not the upstream's targets: still ejected.
+    gw.reload(&config(
+        "[[routes]]\nname = \"hello\"\npaths = [\"/hello\"]\nrespond = { body = \"hi\" }\n",
+    ))
+    .await
+    .expect("reload");
+    for _ in 0..6 {
+        assert_eq!(status(&c, &gw).await, 200);
+    }
+    assert_eq!(
+        gw.metric(&refused),
+        1,
+        "the dead target was tried again after the reload"
+    );
+
+    // A reload that changes the targets (a weight): their health starts over.
+    let reweighted = pool_config(
+        &[
+            format!("\"{dead}\""),
+            format!("{{ address = \"{alive}\", weight = 2 }}"),
+        ],
+        r#"outlier_detection = { base_ejection = "1m", max_ejection = "1m" }"#,
+    );
+    gw.reload(&reweighted).await.expect("reload");
+    for _ in 0..3 {
+        assert_eq!(status(&c, &gw).await, 200);
+    }
+    assert_eq!(
+        gw.metric(&refused),
+        2,
+        "the dead target was not tried after the change"
     );
 }
