@@ -153,6 +153,9 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET | &Method::HEAD, "/config") => {
             json_response(StatusCode::OK, &control.inspect(config))
         }
+        (&Method::GET | &Method::HEAD, "/upstreams") => {
+            json_response(StatusCode::OK, &upstreams(&control.upstreams()))
+        }
         (&Method::POST, "/reload") => {
             let file = state.reloader.path().display().to_string();
             match state.reloader.reload("admin API").await {
@@ -172,9 +175,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 ),
             }
         }
-        (_, "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config") => {
-            method_not_allowed("GET, HEAD")
-        }
+        (
+            _,
+            "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config" | "/upstreams",
+        ) => method_not_allowed("GET, HEAD"),
         (_, "/reload") => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -274,6 +278,32 @@ fn routes(active: Active<'_>) -> Value {
             .map(|r| route_json(active.config, r))
             .collect::<Vec<_>>(),
     })
+}
+
+fn upstreams(states: &[wasmgate_proxy::UpstreamState]) -> Value {
+    let upstreams: Vec<Value> = states
+        .iter()
+        .map(|u| {
+            let targets: Vec<Value> = u
+                .targets
+                .iter()
+                .map(|t| {
+                    json!({
+                        "address": t.address,
+                        "weight": t.weight,
+                        "health": if t.ejected_for.is_some() { "ejected" } else { "healthy" },
+                        "ejected_for_ms": t.ejected_for.map(|d| d.as_millis()),
+                        "ejections_in_row": t.ejections_in_row,
+                        "errors_in_row": t.errors_in_row,
+                        "server_errors_in_row": t.server_errors_in_row,
+                        "in_flight": t.in_flight,
+                    })
+                })
+                .collect();
+            json!({"name": u.name, "balance": u.balance, "targets": targets})
+        })
+        .collect();
+    json!({ "upstreams": upstreams })
 }
 
 fn plugins(active: Active<'_>) -> Value {

@@ -118,6 +118,12 @@ impl Control {
         Ok(reloaded)
     }
 
+    /// The state of every upstream of the configuration being served, in config order.
+    pub fn upstreams(&self) -> Vec<crate::UpstreamState> {
+        let snapshot = self.proxy.snapshot.load();
+        snapshot.upstreams.iter().map(|u| u.state()).collect()
+    }
+
     /// Calls `f` with the configuration being served.
     pub fn inspect<R>(&self, f: impl FnOnce(Active<'_>) -> R) -> R {
         let snapshot = self.proxy.snapshot.load();

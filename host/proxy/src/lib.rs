@@ -78,6 +78,36 @@ pub struct BoundAddr {
     pub tls: bool,
 }
 
+/// One upstream's targets as the data path sees them now (the admin API's `GET /upstreams`).
+#[derive(Debug, Clone)]
+pub struct UpstreamState {
+    /// The upstream's name.
+    pub name: String,
+    /// Its `balance`, as written in the config.
+    pub balance: &'static str,
+    /// Its targets, in config order.
+    pub targets: Vec<TargetState>,
+}
+
+/// One target of an [`UpstreamState`].
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    /// The address as written (`https://` kept).
+    pub address: String,
+    /// Its `weight`.
+    pub weight: u32,
+    /// How much longer it is ejected; `None` when it takes requests.
+    pub ejected_for: Option<Duration>,
+    /// Its ejections in a row (the next one lasts one `base_ejection` longer).
+    pub ejections_in_row: u32,
+    /// Connect failures and timeouts in a row since its last success.
+    pub errors_in_row: u32,
+    /// 5xx responses in a row since its last success.
+    pub server_errors_in_row: u32,
+    /// Requests sent to it whose response has not ended.
+    pub in_flight: usize,
+}
+
 /// What outlives configuration reloads: the plugin loader (engine, compiled plugins, shared state)
 /// and the metrics.
 #[derive(Debug, Clone)]

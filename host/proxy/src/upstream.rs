@@ -35,6 +35,7 @@ pub(crate) struct Upstream {
     /// The `targets` entries this upstream was built from: a reload that keeps them (and
     /// `outlier_detection`) keeps the targets' health.
     defined: Vec<wasmgate_config::Target>,
+    balance: &'static str,
 }
 
 #[derive(Debug)]
@@ -163,6 +164,7 @@ impl Upstream {
             timeout: config.timeout,
             outlier: config.outlier_detection.clone(),
             defined: config.targets.clone(),
+            balance: config.balance.as_str(),
         }
     }
 
@@ -268,6 +270,36 @@ impl Upstream {
             fallback.get_or_insert(t);
         }
         fallback
+    }
+
+    /// What the upstream's targets look like now, for the admin API.
+    pub(crate) fn state(&self) -> crate::UpstreamState {
+        let now = self.now_ms();
+        crate::UpstreamState {
+            name: self.name.clone(),
+            balance: self.balance,
+            targets: self
+                .targets
+                .iter()
+                .zip(&self.defined)
+                .map(|(t, defined)| {
+                    let until = t.health.ejected_until.load(Ordering::Relaxed);
+                    crate::TargetState {
+                        address: if defined.tls {
+                            format!("https://{}", defined.address)
+                        } else {
+                            defined.address.to_string()
+                        },
+                        weight: defined.weight,
+                        ejected_for: (until > now).then(|| Duration::from_millis(until - now)),
+                        ejections_in_row: t.health.ejections.load(Ordering::Relaxed),
+                        errors_in_row: t.health.errors_in_row.load(Ordering::Relaxed),
+                        server_errors_in_row: t.health.server_errors_in_row.load(Ordering::Relaxed),
+                        in_flight: t.in_flight.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// Counts a failure of `target`, and ejects it when it has failed that way

@@ -803,3 +803,41 @@ async fn the_access_log_has_one_json_line_per_request() {
         "{lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_lists_each_upstream_target_with_its_health() {
+    let dead = closed_port();
+    let alive = echo_upstream("alive").await;
+    let run = start(
+        &format!(
+            "{}[upstreams.pool]\ntargets = [\"{dead}\", {{ address = \"{alive}\", weight = 2 }}]\n\
+             balance = \"least_request\"\n\
+             [[routes]]\nname = \"all\"\nupstream = \"pool\"\n",
+            gateway_section("")
+        ),
+        |_| {},
+    );
+    let before = admin_json(run.admin, "/upstreams").await;
+    assert_eq!(before["upstreams"][0]["name"], "pool");
+    assert_eq!(before["upstreams"][0]["balance"], "least_request");
+    assert_eq!(before["upstreams"][0]["targets"][0]["health"], "healthy");
+    // Requests until the dead target is drawn once: refused, retried, ejected.
+    for _ in 0..40 {
+        assert_eq!(get(format!("http://{}/x", run.http)).await.0, 200);
+        let now = admin_json(run.admin, "/upstreams").await;
+        if now["upstreams"][0]["targets"][0]["health"] == "ejected" {
+            let dead_target = &now["upstreams"][0]["targets"][0];
+            assert_eq!(dead_target["address"], dead.to_string());
+            assert_eq!(dead_target["ejections_in_row"], 1);
+            let left = dead_target["ejected_for_ms"].as_u64().expect("ms");
+            assert!(left > 0 && left <= 10_000, "{left}");
+            let alive_target = &now["upstreams"][0]["targets"][1];
+            assert_eq!(alive_target["health"], "healthy");
+            assert_eq!(alive_target["weight"], 2);
+            assert_eq!(alive_target["in_flight"], 0);
+            assert!(alive_target["ejected_for_ms"].is_null());
+            return;
+        }
+    }
+    panic!("the dead target was never drawn in 40 requests");
+}
