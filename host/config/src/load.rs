@@ -57,6 +57,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "balance",
     "hash_on",
     "outlier_detection",
+    "max_requests",
 ];
 const OUTLIER_KEYS: &[&str] = &[
     "consecutive_errors",
@@ -791,6 +792,7 @@ impl<'r> Reader<'r> {
             protocol: UpstreamProtocol::Auto,
             balance: Balance::RoundRobin,
             outlier_detection: OutlierDetection::default(),
+            max_requests: 0,
             tls: None,
         };
         match t.get("targets") {
@@ -834,6 +836,11 @@ impl<'r> Reader<'r> {
             u.pool_max_idle = n as usize;
         }
         self.balance(&t, &mut u);
+        if let Some(v) = t.get("max_requests")
+            && let Some(n) = self.integer(v, &t.key("max_requests"), 0, 1_000_000)
+        {
+            u.max_requests = n as u32;
+        }
         if let Some(v) = t.get("outlier_detection") {
             self.outlier_detection(v, &t.key("outlier_detection"), &mut u.outlier_detection);
         }

@@ -203,6 +203,9 @@ pub struct Upstream {
     pub balance: Balance,
     /// `outlier_detection`: when a failing target is ejected, and for how long.
     pub outlier_detection: OutlierDetection,
+    /// `max_requests`: the most requests in flight to the upstream across the gateway; beyond,
+    /// requests get a fast 503 (circuit breaking). 0, the default: no limit.
+    pub max_requests: u32,
     /// `tls`: how `https://` targets are verified and what the gateway presents to them.
     /// `None` when the table is absent (then: system roots, SNI from the target's host, no
     /// client certificate).

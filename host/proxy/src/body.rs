@@ -46,22 +46,34 @@ enum Kind {
     },
 }
 
-/// Counts one request in flight to a target (for `balance = "least_request"`) until dropped:
-/// when its response body ended or was abandoned, or when it failed before one.
+/// Counts one request in a counter of requests in flight until dropped.
 #[derive(Debug)]
-pub(crate) struct Active(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>);
 
-impl Active {
-    pub(crate) fn begin(in_flight: &Arc<AtomicUsize>) -> Self {
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(in_flight.clone())
+impl InFlight {
+    pub(crate) fn begin(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
     }
 }
 
-impl Drop for Active {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A request in flight to a target (for `balance = "least_request"`) and, when the upstream
+/// has `max_requests`, to its upstream: until its response body ended or was abandoned, or it
+/// failed before one.
+#[derive(Debug)]
+#[expect(
+    dead_code,
+    reason = "the fields are held for their Drop: the counts end with the body"
+)]
+pub(crate) struct Active {
+    pub(crate) target: InFlight,
+    pub(crate) upstream: Option<InFlight>,
 }
 
 /// Why a body stopped early.

@@ -56,6 +56,8 @@ pub(crate) enum Rejection {
         "upstream {upstream} target {target}: answered the websocket handshake with a wrong sec-websocket-accept"
     )]
     WebSocketAccept { upstream: String, target: String },
+    #[error("upstream {upstream}: {max} requests in flight already (max_requests)")]
+    Overloaded { upstream: String, max: usize },
     #[error("upstream {upstream} target {target}: no response within {timeout:?}")]
     Timeout {
         upstream: String,
@@ -116,6 +118,11 @@ impl Rejection {
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "upstream unavailable",
+            ),
+            Self::Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_overloaded",
+                "upstream overloaded",
             ),
             Self::Timeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -32,7 +32,7 @@ use wasmgate_runtime::{
 };
 use wasmgate_telemetry::UpstreamOutcome;
 
-use crate::body::Body;
+use crate::body::{Active, Body};
 use crate::forward::{self, REQUEST_ID};
 use crate::pool::SendError;
 use crate::record::{Arrival, Record, Recorded, Trace};
@@ -371,6 +371,11 @@ impl<'s> Session<'s> {
         upstream: &Upstream,
         req: Request<Body>,
     ) -> Result<Response<Body>, Rejection> {
+        // Circuit breaking: beyond `max_requests` in flight, a fast 503 rather than a queue.
+        let mut admitted = upstream.admit().map_err(|max| Rejection::Overloaded {
+            upstream: upstream.name.clone(),
+            max,
+        })?;
         let (mut parts, body) = req.into_parts();
         // Chosen on the request as the client sent it (and the plugins left it).
         let mut target = upstream.pick(&parts, self.conn.peer.ip());
@@ -485,7 +490,15 @@ impl<'s> Session<'s> {
                         forward::strip_hop_by_hop(&mut parts.headers);
                         return Ok(Response::from_parts(
                             parts,
-                            Body::watched(body, upstream.timeout, release, Some(active)),
+                            Body::watched(
+                                body,
+                                upstream.timeout,
+                                release,
+                                Some(Active {
+                                    target: active,
+                                    upstream: admitted.take(),
+                                }),
+                            ),
                         ));
                     }
                     Ok(Err(failed)) => failed,

@@ -15,7 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use crate::balancer::{self, Ring, gcd};
-use crate::body::Active;
+use crate::body::InFlight;
 use crate::pool::{Pool, Settings, Tls};
 
 /// One `[upstreams.NAME]`, ready to take requests.
@@ -36,6 +36,10 @@ pub(crate) struct Upstream {
     /// `outlier_detection`) keeps the targets' health.
     defined: Vec<wasmgate_config::Target>,
     balance: &'static str,
+    /// `max_requests` (0: none), and the requests in flight it limits.
+    max_requests: usize,
+    in_flight: Arc<AtomicUsize>,
+    overflows: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]
@@ -74,8 +78,8 @@ fn epoch() -> Instant {
 
 impl Target {
     /// Counts a request to this target in flight until the returned guard is dropped.
-    pub(crate) fn begin(&self) -> Active {
-        Active::begin(&self.in_flight)
+    pub(crate) fn begin(&self) -> InFlight {
+        InFlight::begin(&self.in_flight)
     }
 }
 
@@ -165,6 +169,9 @@ impl Upstream {
             outlier: config.outlier_detection.clone(),
             defined: config.targets.clone(),
             balance: config.balance.as_str(),
+            max_requests: config.max_requests as usize,
+            in_flight: kept.map_or_else(Arc::default, |p| p.in_flight.clone()),
+            overflows: metrics.upstream_overflows(&config.name),
         }
     }
 
@@ -270,6 +277,20 @@ impl Upstream {
             fallback.get_or_insert(t);
         }
         fallback
+    }
+
+    /// Counts a request in flight to the upstream, or refuses it when `max_requests` are
+    /// already (`Err`, counted); `None` when the upstream has no limit.
+    pub(crate) fn admit(&self) -> Result<Option<InFlight>, usize> {
+        if self.max_requests == 0 {
+            return Ok(None);
+        }
+        let admitted = InFlight::begin(&self.in_flight);
+        if self.in_flight.load(Ordering::Relaxed) > self.max_requests {
+            self.overflows.inc();
+            return Err(self.max_requests);
+        }
+        Ok(Some(admitted))
     }
 
     /// What the upstream's targets look like now, for the admin API.

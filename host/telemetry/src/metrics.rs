@@ -56,6 +56,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOnlyLabels {
+    upstream: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     upstream: Arc<String>,
     target: Arc<String>,
@@ -101,6 +106,7 @@ pub struct Metrics {
     tunnels_open: Family<TargetLabels, Gauge>,
     upstream_retries: Family<TargetLabels, Counter>,
     upstream_ejections: Family<TargetLabels, Counter>,
+    upstream_overflows: Family<UpstreamOnlyLabels, Counter>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -169,6 +175,12 @@ impl Metrics {
             "upstream_ejections",
             "Times a target was ejected by outlier detection (connect failures, timeouts or 5xx responses in a row), by upstream and target",
             upstream_ejections.clone(),
+        );
+        let upstream_overflows = Family::default();
+        registry.register(
+            "upstream_overflows",
+            "Requests answered 503 at once because the upstream had max_requests in flight (circuit breaking), by upstream",
+            upstream_overflows.clone(),
         );
         let tunnels = Family::default();
         registry.register(
@@ -242,6 +254,7 @@ impl Metrics {
             tunnels_open,
             upstream_retries,
             upstream_ejections,
+            upstream_overflows,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -270,6 +283,14 @@ impl Metrics {
             requests: self.requests.clone(),
             route,
         }
+    }
+
+    /// Counts requests refused because upstream `upstream` had `max_requests` in flight.
+    pub fn upstream_overflows(&self, upstream: &str) -> Counter {
+        self.upstream_overflows
+            .get_or_create_owned(&UpstreamOnlyLabels {
+                upstream: Arc::new(upstream.to_owned()),
+            })
     }
 
     /// The handles of one target of upstream `upstream`.

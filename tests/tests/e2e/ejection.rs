@@ -189,3 +189,39 @@ async fn an_ejection_survives_a_reload_that_keeps_the_targets_and_not_one_that_c
         "the dead target was not tried after the change"
     );
 }
+
+#[tokio::test]
+async fn beyond_max_requests_in_flight_requests_get_a_fast_503() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(2)).await;
+    let gw = TestGateway::start(&pool_config(&[format!("\"{slow}\"")], "max_requests = 2"))
+        .await
+        .expect("start");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (c, url) = (client(), gw.url("/slow"));
+        held.push(tokio::spawn(async move { c.get(url).send().await }));
+        arrived.recv().await.expect("a request reached the target");
+    }
+    let started = Instant::now();
+    let resp = client().get(gw.url("/third")).send().await.expect("send");
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(1), "not fast");
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "upstream_overloaded", "{body}");
+    assert!(
+        arrived.try_recv().is_err(),
+        "the third request reached the target"
+    );
+    assert_eq!(
+        gw.metric("wasmgate_upstream_overflows_total{upstream=\"pool\"}"),
+        1
+    );
+    // The two held requests finish normally, and the limit frees up with them.
+    for request in held {
+        let resp = request.await.expect("task").expect("send");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await;
+    }
+    let resp = client().get(gw.url("/after")).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+}
