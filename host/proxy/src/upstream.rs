@@ -202,13 +202,14 @@ impl Upstream {
             Strategy::Hash { on, ring } => match balancer::request_key(on, req, client) {
                 Some(key) => {
                     let now = self.now_ms();
+                    let healthy = |i: usize| self.healthy(&self.targets[i], now);
                     let mut owners = ring.walk(key);
                     let first = owners.next().unwrap_or(0);
-                    let index = std::iter::once(first)
-                        .chain(owners)
-                        .find(|&i| self.healthy(&self.targets[i], now))
-                        .unwrap_or(first);
-                    &self.targets[index]
+                    // With every target ejected, the walk would visit the whole ring in vain.
+                    if healthy(first) || !(0..self.targets.len()).any(healthy) {
+                        return &self.targets[first];
+                    }
+                    &self.targets[owners.find(|&i| healthy(i)).unwrap_or(first)]
                 }
                 None => self.round_robin(),
             },

@@ -148,3 +148,54 @@ async fn random_follows_the_weights() {
         "{to_b} of 400 to the weight-3 target"
     );
 }
+
+#[tokio::test]
+async fn keys_of_an_ejected_target_stick_to_the_next_one_on_the_ring() {
+    let dead = closed_port();
+    let mut targets = vec![format!("\"{dead}\"")];
+    targets.extend(echo_targets(&["a", "b"]).await);
+    let gw = TestGateway::start(&pool_config(
+        &targets,
+        r#"balance = "hash"
+        hash_on = "header:x-user""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let ask = |user: String| {
+        let (c, url) = (c.clone(), gw.url("/"));
+        async move {
+            let resp = c
+                .get(url)
+                .header("x-user", user)
+                .send()
+                .await
+                .expect("send");
+            served_by(resp).await
+        }
+    };
+    // The first round finds the dead target (refused, retried elsewhere, ejected).
+    for user in 0..30 {
+        ask(format!("user-{user}")).await;
+    }
+    let refused = format!(
+        "wasmgate_upstream_requests_total{{upstream=\"pool\",target=\"{dead}\",outcome=\"connect_error\"}}"
+    );
+    assert_eq!(
+        gw.metric(&refused),
+        1,
+        "30 keys and none on a third of the ring?"
+    );
+    // From then on every key, including the dead target's, keeps one live target.
+    let mut owner = std::collections::HashMap::new();
+    for _ in 0..2 {
+        for user in 0..30 {
+            let server = ask(format!("user-{user}")).await;
+            let first = owner.entry(user).or_insert_with(|| server.clone());
+            assert_eq!(
+                *first, server,
+                "user-{user} moved while the dead target is ejected"
+            );
+        }
+    }
+}
