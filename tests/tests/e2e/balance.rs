@@ -15,6 +15,14 @@ async fn echo_targets(names: &[&str]) -> Vec<String> {
     targets
 }
 
+/// A gateway whose upstream `pool` of `targets` hashes on the `x-user` header.
+async fn hashing_on_x_user(targets: &[String]) -> TestGateway {
+    let keys = "balance = \"hash\"\nhash_on = \"header:x-user\"";
+    TestGateway::start(&pool_config(targets, keys))
+        .await
+        .expect("start")
+}
+
 async fn served_by(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), 200);
     resp.headers()["x-echo-server"]
@@ -26,13 +34,7 @@ async fn served_by(resp: reqwest::Response) -> String {
 #[tokio::test]
 async fn hash_on_a_header_keeps_each_key_on_one_target() {
     let targets = echo_targets(&["a", "b", "c"]).await;
-    let gw = TestGateway::start(&pool_config(
-        &targets,
-        r#"balance = "hash"
-        hash_on = "header:x-user""#,
-    ))
-    .await
-    .expect("start");
+    let gw = hashing_on_x_user(&targets).await;
     let c = client();
     let mut owner: HashMap<String, String> = HashMap::new();
     for round in 0..3 {
@@ -154,13 +156,7 @@ async fn keys_of_an_ejected_target_stick_to_the_next_one_on_the_ring() {
     let dead = closed_port();
     let mut targets = vec![format!("\"{dead}\"")];
     targets.extend(echo_targets(&["a", "b"]).await);
-    let gw = TestGateway::start(&pool_config(
-        &targets,
-        r#"balance = "hash"
-        hash_on = "header:x-user""#,
-    ))
-    .await
-    .expect("start");
+    let gw = hashing_on_x_user(&targets).await;
     let c = client();
     let ask = |user: String| {
         let (c, url) = (c.clone(), gw.url("/"));
