@@ -249,6 +249,26 @@ mod tests {
     }
 
     #[test]
+    fn path_keys_ignore_the_query_and_ip_keys_follow_the_address() {
+        let parts = |uri: &str| {
+            http::Request::builder()
+                .uri(uri)
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0
+        };
+        let client = IpAddr::from([10, 0, 0, 7]);
+        let path = |uri| request_key(&HashOn::Path, &parts(uri), client);
+        assert_eq!(path("/a/b?x=1"), path("/a/b?y=2"));
+        assert_ne!(path("/a/b"), path("/a/c"));
+        let ip = |client| request_key(&HashOn::Ip, &parts("/"), client);
+        assert_eq!(ip(client), ip(client));
+        assert_ne!(ip(client), ip(IpAddr::from([10, 0, 0, 8])));
+        assert!(ip(client).is_some());
+    }
+
+    #[test]
     fn cookie_keys_come_from_any_cookie_header() {
         let req = http::Request::builder()
             .header("cookie", "a=1; session=abc")

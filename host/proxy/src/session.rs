@@ -665,15 +665,11 @@ fn count_failure(target: &Target, failed: &SendError) {
     });
 }
 
-/// `Host` for the target when the route does not preserve the client's (and the client's was
-/// missing, as in HTTP/1.0 without one: the target's then).
+/// `Host` for the target when the route does not preserve the client's, or the client sent none
+/// (HTTP/1.0).
 fn set_target_host(headers: &mut http::HeaderMap, route: &RouteRuntime, target: &Target) {
-    if !route.preserve_host {
-        headers.insert(HOST, upstream_host(&target.authority));
-    } else if !headers.contains_key(HOST) {
-        let value = HeaderValue::from_str(target.authority.as_str())
-            .unwrap_or(HeaderValue::from_static(""));
-        headers.insert(HOST, value);
+    if !route.preserve_host || !headers.contains_key(HOST) {
+        headers.insert(HOST, target.host.clone());
     }
 }
 
@@ -737,15 +733,6 @@ async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered
         buf.extend_from_slice(&data);
     }
     Ok(Buffered::Whole(buf.freeze()))
-}
-
-/// `Host` for `preserve_host = false`: the target's address, without the default port.
-fn upstream_host(target: &Authority) -> HeaderValue {
-    let text = match target.port_u16() {
-        Some(80) => target.host(),
-        _ => target.as_str(),
-    };
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// A 308 to the same URL over HTTPS (method and body kept): the request's host, the first TLS

@@ -45,6 +45,8 @@ pub(crate) struct Upstream {
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) authority: Authority,
+    /// `Host` naming the target (its address without the scheme's default port), built once.
+    pub(crate) host: http::HeaderValue,
     pub(crate) metrics: TargetMetrics,
     /// The target's connections, per worker.
     pub(crate) pool: Arc<Pool>,
@@ -133,6 +135,7 @@ impl Upstream {
                         _ => None,
                     };
                     Target {
+                        host: host_header(t),
                         authority: t.address.clone(),
                         pool: Arc::new(Pool::new(
                             t.address.clone(),
@@ -441,6 +444,18 @@ fn clear(counter: &AtomicU32) {
     }
 }
 
+/// `Host` for a target: its address, without `:80` for `http` and `:443` for `https`.
+fn host_header(target: &wasmgate_config::Target) -> http::HeaderValue {
+    let default_port = if target.tls { 443 } else { 80 };
+    let address = &target.address;
+    let text = if address.port_u16() == Some(default_port) {
+        address.host()
+    } else {
+        address.as_str()
+    };
+    http::HeaderValue::from_str(text).unwrap_or(http::HeaderValue::from_static(""))
+}
+
 /// `client` offering only HTTP/1.1 by ALPN, for `Upgrade` requests.
 fn http1_only(client: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
     let mut client = (**client).clone();
@@ -496,6 +511,23 @@ pub(crate) fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn host_leaves_out_the_scheme_s_default_port_only() {
+        let target = |address: &str, tls| wasmgate_config::Target {
+            address: address.parse().expect("authority"),
+            tls,
+            weight: 1,
+        };
+        assert_eq!(host_header(&target("api:80", false)), "api");
+        assert_eq!(host_header(&target("api:443", false)), "api:443");
+        assert_eq!(host_header(&target("api:443", true)), "api");
+        assert_eq!(host_header(&target("api:80", true)), "api:80");
+        assert_eq!(
+            host_header(&target("10.0.0.1:8080", false)),
+            "10.0.0.1:8080"
+        );
+    }
 
     #[test]
     fn schedule_interleaves_like_nginx() {

@@ -225,3 +225,50 @@ async fn beyond_max_requests_in_flight_requests_get_a_fast_503() {
     let resp = client().get(gw.url("/after")).send().await.expect("send");
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn a_response_timeout_ejects_the_target_and_no_ejection_exceeds_max_ejection() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(5)).await;
+    let healthy = echo_upstream("healthy").await;
+    let targets = [format!("\"{slow}\""), format!("\"{healthy}\"")];
+    let gw = TestGateway::start(&pool_config(
+        &targets,
+        "timeout = \"200ms\"\n\
+         outlier_detection = { base_ejection = \"600ms\", max_ejection = \"1s\" }",
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    // From one timeout (504, which ejects the slow target) to the next, less the 200 ms the
+    // next one waited: how long the slow target was out.
+    async fn until_timeout(c: &reqwest::Client, gw: &TestGateway) -> Duration {
+        let started = Instant::now();
+        loop {
+            let answer = status(c, gw).await;
+            if answer == 504 {
+                return started.elapsed().saturating_sub(Duration::from_millis(200));
+            }
+            assert_eq!(answer, 200, "only the slow target fails");
+            assert!(started.elapsed() < Duration::from_secs(5), "never back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    until_timeout(&c, &gw).await;
+    let first = until_timeout(&c, &gw).await;
+    let second = until_timeout(&c, &gw).await;
+    assert!(
+        first >= Duration::from_millis(550) && first < Duration::from_millis(850),
+        "first ejection {first:?}"
+    );
+    // Uncapped it would be 1.2 s.
+    assert!(
+        second >= Duration::from_millis(900) && second < Duration::from_millis(1150),
+        "second ejection {second:?}, max_ejection is 1 s"
+    );
+    for _ in 0..3 {
+        arrived
+            .recv()
+            .await
+            .expect("each timeout was the slow target's");
+    }
+}
