@@ -44,6 +44,21 @@ async fn status(c: &reqwest::Client, gw: &TestGateway) -> u16 {
         .as_u16()
 }
 
+/// How long until a request gets `failing` again (the failing target is back in rotation);
+/// every other answer must be the healthy target's 200.
+async fn until_status(c: &reqwest::Client, gw: &TestGateway, failing: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = status(c, gw).await;
+        if answer == failing {
+            return started.elapsed();
+        }
+        assert_eq!(answer, 200, "only the failing target fails");
+        assert!(started.elapsed() < Duration::from_secs(5), "never back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn server_errors_in_a_row_eject_a_target_while_the_other_serves() {
     let failing = failing_upstream().await;
@@ -82,20 +97,9 @@ async fn each_ejection_in_a_row_lasts_one_base_ejection_longer() {
     .await
     .expect("start");
     let c = client();
-    // The time from one 500 (which ejects) to the next (the target back in rotation).
-    async fn until_next_failure(c: &reqwest::Client, gw: &TestGateway) -> Duration {
-        let started = Instant::now();
-        loop {
-            if status(c, gw).await == 500 {
-                return started.elapsed();
-            }
-            assert!(started.elapsed() < Duration::from_secs(5), "never back");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    until_next_failure(&c, &gw).await;
-    let first = until_next_failure(&c, &gw).await;
-    let second = until_next_failure(&c, &gw).await;
+    until_status(&c, &gw, 500).await;
+    let first = until_status(&c, &gw, 500).await;
+    let second = until_status(&c, &gw, 500).await;
     assert!(
         first >= Duration::from_millis(280) && first < Duration::from_millis(580),
         "first ejection {first:?}"
@@ -239,23 +243,11 @@ async fn a_response_timeout_ejects_the_target_and_no_ejection_exceeds_max_ejecti
     .await
     .expect("start");
     let c = client();
-    // From one timeout (504, which ejects the slow target) to the next, less the 200 ms the
-    // next one waited: how long the slow target was out.
-    async fn until_timeout(c: &reqwest::Client, gw: &TestGateway) -> Duration {
-        let started = Instant::now();
-        loop {
-            let answer = status(c, gw).await;
-            if answer == 504 {
-                return started.elapsed().saturating_sub(Duration::from_millis(200));
-            }
-            assert_eq!(answer, 200, "only the slow target fails");
-            assert!(started.elapsed() < Duration::from_secs(5), "never back");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    until_timeout(&c, &gw).await;
-    let first = until_timeout(&c, &gw).await;
-    let second = until_timeout(&c, &gw).await;
+    // A timeout's 504 arrives 200 ms after the request was sent to the slow target.
+    let wait = Duration::from_millis(200);
+    until_status(&c, &gw, 504).await;
+    let first = until_status(&c, &gw, 504).await.saturating_sub(wait);
+    let second = until_status(&c, &gw, 504).await.saturating_sub(wait);
     assert!(
         first >= Duration::from_millis(550) && first < Duration::from_millis(850),
         "first ejection {first:?}"
