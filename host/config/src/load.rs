@@ -58,6 +58,29 @@ const UPSTREAM_KEYS: &[&str] = &[
     "hash_on",
     "outlier_detection",
     "max_requests",
+    "health_check",
+    "retries",
+];
+const HEALTH_CHECK_KEYS: &[&str] = &[
+    "type",
+    "path",
+    "host",
+    "statuses",
+    "interval",
+    "timeout",
+    "healthy",
+    "unhealthy",
+];
+const RETRIES_KEYS: &[&str] = &[
+    "attempts",
+    "statuses",
+    "methods",
+    "max_body",
+    "per_try_timeout",
+    "backoff",
+    "max_backoff",
+    "budget_percent",
+    "min_retry_concurrency",
 ];
 const OUTLIER_KEYS: &[&str] = &[
     "consecutive_errors",
@@ -793,6 +816,8 @@ impl<'r> Reader<'r> {
             balance: Balance::RoundRobin,
             outlier_detection: OutlierDetection::default(),
             max_requests: 0,
+            health_check: None,
+            retries: Retries::default(),
             tls: None,
         };
         match t.get("targets") {
@@ -843,6 +868,12 @@ impl<'r> Reader<'r> {
         }
         if let Some(v) = t.get("outlier_detection") {
             self.outlier_detection(v, &t.key("outlier_detection"), &mut u.outlier_detection);
+        }
+        if let Some(v) = t.get("health_check") {
+            u.health_check = self.health_check(v, &t.key("health_check"));
+        }
+        if let Some(v) = t.get("retries") {
+            self.retries(v, &t.key("retries"), &mut u.retries);
         }
         if let Some(v) = t.get("tls") {
             u.tls = self.upstream_tls(v, &t.key("tls"));
@@ -1002,6 +1033,177 @@ impl<'r> Reader<'r> {
                 o.max_ejection, o.base_ejection
             );
             self.err(&v.span(), &t.key("max_ejection"), message);
+        }
+    }
+
+    fn health_check(&mut self, v: &Value<'_>, path: &str) -> Option<HealthCheck> {
+        let t = self.table(v, path, HEALTH_CHECK_KEYS)?;
+        let mut check = HealthCheck {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy: 2,
+            unhealthy: 3,
+        };
+        let http = match t.get("type") {
+            None => true,
+            Some(v) => match self.string(v, &t.key("type")) {
+                Some("tcp") => false,
+                Some("http") | None => true,
+                Some(other) => {
+                    let message = format!("invalid type {other:?} (expected \"http\" or \"tcp\")");
+                    self.err(&v.span(), &t.key("type"), message);
+                    true
+                }
+            },
+        };
+        if http {
+            let mut path = http::uri::PathAndQuery::from_static("/");
+            if let Some(v) = t.get("path")
+                && let Some(s) = self.string(v, &t.key("path"))
+            {
+                match s.parse::<http::uri::PathAndQuery>() {
+                    Ok(p) if s.starts_with('/') => path = p,
+                    _ => {
+                        let message = format!("invalid path {s:?} (expected e.g. \"/health\")");
+                        self.err(&v.span(), &t.key("path"), message);
+                    }
+                }
+            }
+            let mut host = None;
+            if let Some(v) = t.get("host")
+                && let Some(s) = self.string(v, &t.key("host"))
+            {
+                match s.parse::<http::uri::Authority>() {
+                    Ok(_) => host = HeaderValue::from_str(s).ok(),
+                    Err(_) => {
+                        let message =
+                            format!("invalid host {s:?} (expected e.g. \"api.internal\")");
+                        self.err(&v.span(), &t.key("host"), message);
+                    }
+                }
+            }
+            let statuses = t
+                .get("statuses")
+                .and_then(|v| self.statuses(v, &t.key("statuses")));
+            check.probe = Probe::Http {
+                path,
+                host,
+                statuses,
+            };
+        } else {
+            for key in ["path", "host", "statuses"] {
+                if let Some(v) = t.get(key) {
+                    self.err(
+                        &v.span(),
+                        &t.key(key),
+                        "applies to type = \"http\" only; remove it for a tcp check",
+                    );
+                }
+            }
+        }
+        for (name, field) in [
+            ("interval", &mut check.interval),
+            ("timeout", &mut check.timeout),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(d) = self.timeout(v, &t.key(name))
+            {
+                *field = d;
+            }
+        }
+        for (name, field) in [
+            ("healthy", &mut check.healthy),
+            ("unhealthy", &mut check.unhealthy),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(n) = self.integer(v, &t.key(name), 1, 100)
+            {
+                *field = n as u32;
+            }
+        }
+        Some(check)
+    }
+
+    /// A non-empty array of HTTP status codes.
+    fn statuses(&mut self, v: &Value<'_>, key: &str) -> Option<Vec<u16>> {
+        let items = self.array(v, key)?;
+        if items.is_empty() {
+            self.err(&v.span(), key, "at least one status is needed");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(n) = self.integer(item, &format!("{key}[{i}]"), 100, 599) {
+                out.push(n as u16);
+            }
+        }
+        Some(out)
+    }
+
+    fn retries(&mut self, v: &Value<'_>, path: &str, r: &mut Retries) {
+        let Some(t) = self.table(v, path, RETRIES_KEYS) else {
+            return;
+        };
+        if let Some(v) = t.get("attempts")
+            && let Some(n) = self.integer(v, &t.key("attempts"), 0, 10)
+        {
+            r.attempts = n as u32;
+        }
+        if let Some(v) = t.get("statuses")
+            && let Some(statuses) = self.statuses(v, &t.key("statuses"))
+        {
+            r.statuses = statuses;
+        }
+        if let Some(v) = t.get("methods")
+            && let Some(s) = self.string(v, &t.key("methods"))
+        {
+            match s {
+                "idempotent" => r.all_methods = false,
+                "all" => r.all_methods = true,
+                other => {
+                    let message =
+                        format!("invalid methods {other:?} (expected \"idempotent\" or \"all\")");
+                    self.err(&v.span(), &t.key("methods"), message);
+                }
+            }
+        }
+        if let Some(v) = t.get("max_body")
+            && let Some(n) = self.size(v, &t.key("max_body"), 0, 64 << 20)
+        {
+            r.max_body = n;
+        }
+        if let Some(v) = t.get("per_try_timeout") {
+            r.per_try_timeout = self.timeout(v, &t.key("per_try_timeout"));
+        }
+        for (name, field) in [
+            ("backoff", &mut r.backoff),
+            ("max_backoff", &mut r.max_backoff),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(d) = self.duration(v, &t.key(name))
+            {
+                *field = d;
+            }
+        }
+        if r.max_backoff < r.backoff
+            && let Some(v) = t.get("max_backoff").or(t.get("backoff"))
+        {
+            let message = format!(
+                "max_backoff ({:?}) is shorter than backoff ({:?})",
+                r.max_backoff, r.backoff
+            );
+            self.err(&v.span(), &t.key("max_backoff"), message);
+        }
+        if let Some(v) = t.get("budget_percent")
+            && let Some(n) = self.integer(v, &t.key("budget_percent"), 1, 100)
+        {
+            r.budget_percent = n as u32;
+        }
+        if let Some(v) = t.get("min_retry_concurrency")
+            && let Some(n) = self.integer(v, &t.key("min_retry_concurrency"), 0, 10_000)
+        {
+            r.min_retry_concurrency = n as u32;
         }
     }
 

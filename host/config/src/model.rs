@@ -206,6 +206,11 @@ pub struct Upstream {
     /// `max_requests`: the most requests in flight to the upstream across the gateway; beyond,
     /// requests get a fast 503 (circuit breaking). 0, the default: no limit.
     pub max_requests: u32,
+    /// `health_check`: probes each target on an interval, and takes traffic away from a target
+    /// that fails them until it passes again. `None` (the default): no active checks.
+    pub health_check: Option<HealthCheck>,
+    /// `retries`: when a request that failed is sent again.
+    pub retries: Retries,
     /// `tls`: how `https://` targets are verified and what the gateway presents to them.
     /// `None` when the table is absent (then: system roots, SNI from the target's host, no
     /// client certificate).
@@ -257,6 +262,90 @@ impl Default for OutlierDetection {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
+        }
+    }
+}
+
+/// `health_check` of an upstream: one checker for the whole gateway probes every target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `type` (`"http"`, the default, or `"tcp"`) with what the probe asks for.
+    pub probe: Probe,
+    /// `interval`: the time between two probes of a target. Default 5 s.
+    pub interval: Duration,
+    /// `timeout`: how long a probe may take (connecting included) before it fails. Default 1 s.
+    pub timeout: Duration,
+    /// `healthy`: passed probes in a row that bring an unhealthy target back. Default 2.
+    pub healthy: u32,
+    /// `unhealthy`: failed probes in a row that take a target out. Default 3.
+    pub unhealthy: u32,
+}
+
+/// What a health check probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `type = "http"`: `GET path` on a connection of the checker's own, in the upstream's
+    /// `protocol`; passes when the response status is one of `statuses` (`None`: any 2xx).
+    Http {
+        /// `path`: the path and query asked for. Default `"/"`.
+        path: http::uri::PathAndQuery,
+        /// `host`: the `Host` sent. Default: the target's address.
+        host: Option<http::HeaderValue>,
+        /// `statuses`: the response statuses that pass. Default: any 2xx.
+        statuses: Option<Vec<u16>>,
+    },
+    /// `type = "tcp"`: passes when a TCP connection to the target opens.
+    Tcp,
+}
+
+/// `retries` of an upstream: which failed requests are sent again, and how often.
+///
+/// Whatever the settings, a request is only sent again when that is safe: when the connection
+/// failed before anything was sent, or, for `methods`, when its body (up to `max_body`) can
+/// be sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retries {
+    /// `attempts`: the most retries of one request (0: none at all). Default 1.
+    pub attempts: u32,
+    /// `statuses`: response statuses that are retried (e.g. 502, 503, 504). Default none.
+    pub statuses: Vec<u16>,
+    /// `methods`: `"idempotent"` (the default: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or
+    /// `"all"`: the requests retried once they were sent (a connection that failed before
+    /// sending is retried whatever the method).
+    pub all_methods: bool,
+    /// `max_body`: the largest request body kept to be sent again; a request with a larger
+    /// body is not retried once sent. Default 64 KiB.
+    pub max_body: u64,
+    /// `per_try_timeout`: how long each try waits for the response head; beyond, the try
+    /// counts as a failure and is retried (`None`, the default: only the upstream's `timeout`,
+    /// which always bounds all tries together).
+    pub per_try_timeout: Option<Duration>,
+    /// `backoff`: the base of the jittered exponential wait before a retry to a target that
+    /// already failed the request, or after a retried status or timeout. Default 25 ms.
+    pub backoff: Duration,
+    /// `max_backoff`: the longest such wait; a `Retry-After` longer than it is not waited for
+    /// (the response goes to the client). Default 250 ms.
+    pub max_backoff: Duration,
+    /// `budget_percent`: retries in flight may be at most this share of the upstream's
+    /// requests in flight, so retries cannot multiply an outage. Default 20.
+    pub budget_percent: u32,
+    /// `min_retry_concurrency`: retries in flight always allowed whatever the budget says.
+    /// Default 3.
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            statuses: Vec::new(),
+            all_methods: false,
+            max_body: 64 * 1024,
+            per_try_timeout: None,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(250),
+            budget_percent: 20,
+            min_retry_concurrency: 3,
         }
     }
 }
