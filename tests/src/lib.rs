@@ -149,6 +149,24 @@ impl TestGateway {
         })
     }
 
+    /// Every upstream's targets as `GET /upstreams` on the admin listener shows them.
+    pub fn upstreams(&self) -> Vec<wasmgate_proxy::UpstreamState> {
+        self.control.upstreams()
+    }
+
+    /// The state of target `address` of upstream `upstream`; panics when there is none.
+    pub fn target(&self, upstream: &str, address: SocketAddr) -> wasmgate_proxy::TargetState {
+        self.upstreams()
+            .into_iter()
+            .find(|u| u.name == upstream)
+            .and_then(|u| {
+                u.targets
+                    .into_iter()
+                    .find(|t| t.address == address.to_string())
+            })
+            .unwrap_or_else(|| panic!("no target {address} in upstream {upstream}"))
+    }
+
     /// The gateway's metrics, as `/metrics` on the admin listener shows them.
     pub fn metrics(&self) -> String {
         self.control.metrics().encode()
@@ -574,4 +592,148 @@ pub async fn tls_echo_upstream(
         }
     });
     addr
+}
+
+/// An upstream that can be killed (its listener and every connection closed at once, as a
+/// crashed process's) and started again on the same port. It answers `GET /health` with the
+/// status [`set_health`](Self::set_health) chose (200 at first), counting those probes, and
+/// every other request with `200`, an `x-echo-server` header and its name as the body.
+#[derive(Debug)]
+pub struct KillableUpstream {
+    /// Where it listens, across restarts.
+    pub addr: SocketAddr,
+    name: Arc<str>,
+    health: Arc<std::sync::atomic::AtomicU16>,
+    probes: Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl KillableUpstream {
+    /// Starts it on an ephemeral port.
+    pub async fn start(name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut up = Self {
+            addr: listener.local_addr().expect("addr"),
+            name: name.into(),
+            health: Arc::new(200.into()),
+            probes: Arc::default(),
+            task: None,
+        };
+        up.serve(listener);
+        up
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (name, health, probes) = (self.name.clone(), self.health.clone(), self.probes.clone());
+        self.task = Some(tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (name, health, probes) = (name.clone(), health.clone(), probes.clone());
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (name, health, probes) = (name.clone(), health.clone(), probes.clone());
+                        async move {
+                            use std::sync::atomic::Ordering;
+                            let mut response = if req.uri().path() == "/health" {
+                                probes.fetch_add(1, Ordering::SeqCst);
+                                let mut r = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                *r.status_mut() =
+                                    http::StatusCode::from_u16(health.load(Ordering::SeqCst))
+                                        .unwrap_or(http::StatusCode::OK);
+                                r
+                            } else {
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                                    name.to_string(),
+                                )))
+                            };
+                            response.headers_mut().insert(
+                                "x-echo-server",
+                                http::HeaderValue::from_str(&name).expect("name"),
+                            );
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                connections.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    /// Closes its listener and every connection, at once.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind the same port again");
+        self.serve(listener);
+    }
+
+    /// The status its `/health` answers with from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The health probes it has answered.
+    pub fn probes(&self) -> usize {
+        self.probes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for KillableUpstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An upstream that answers every request with `response` (raw HTTP/1.1 bytes; it should say
+/// `connection: close`), counting the requests it got.
+pub async fn fixed_upstream(
+    response: &'static [u8],
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = counted.clone();
+            tokio::spawn(async move {
+                if read_request_head(&mut s).await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = s.write_all(response).await;
+                }
+            });
+        }
+    });
+    (addr, count)
 }

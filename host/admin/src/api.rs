@@ -291,7 +291,12 @@ fn upstreams(states: &[wasmgate_proxy::UpstreamState]) -> Value {
                     json!({
                         "address": t.address,
                         "weight": t.weight,
-                        "health": if t.ejected_for.is_some() { "ejected" } else { "healthy" },
+                        "health": match (t.check, t.ejected_for) {
+                            (Some(false), _) => "unhealthy",
+                            (_, Some(_)) => "ejected",
+                            _ => "healthy",
+                        },
+                        "check": t.check.map(|passing| if passing { "passing" } else { "failing" }),
                         "ejected_for_ms": t.ejected_for.map(|d| d.as_millis()),
                         "ejections_in_row": t.ejections_in_row,
                         "errors_in_row": t.errors_in_row,

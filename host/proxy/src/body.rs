@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::pool::Release;
+use crate::retry::Playback;
 
 /// A request or response body.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ enum Kind {
         inner: Incoming,
         count: Arc<AtomicU64>,
     },
+    /// A request body played from a recording, so a retry can send it again.
+    Played(Playback),
     /// Bytes already read, then the rest of the stream.
     Prefixed {
         head: Option<Bytes>,
@@ -120,6 +123,13 @@ impl Body {
         }
     }
 
+    /// A body played from a [`Tape`](crate::retry::Tape).
+    pub(crate) fn played(playback: Playback) -> Self {
+        Self {
+            kind: Kind::Played(playback),
+        }
+    }
+
     /// `head`, then whatever `rest` still yields.
     pub fn prefixed(head: Bytes, rest: Body) -> Self {
         Self {
@@ -198,6 +208,7 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)))
             }
+            Kind::Played(playback) => playback.poll_frame(cx),
             Kind::Prefixed { head, rest } => match head.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -243,6 +254,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
+            Kind::Played(playback) => playback.is_end_stream(),
             Kind::Stream(inner) | Kind::Watched { inner, .. } | Kind::Counted { inner, .. } => {
                 inner.is_end_stream()
             }
@@ -253,6 +265,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Played(playback) => playback.size_hint(),
             Kind::Prefixed { head, rest } => {
                 let extra = head.as_ref().map_or(0, |h| h.len() as u64);
                 let inner = rest.size_hint();

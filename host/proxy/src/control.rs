@@ -114,7 +114,11 @@ impl Control {
             keys: restart_needed,
             file,
         });
+        // One health checker per upstream at a time: the new snapshot's take over from the old
+        // one's, with the targets' state they share.
+        snapshot.start(&self.services.metrics);
         self.proxy.snapshot.store(Arc::new(snapshot));
+        old.stop();
         Ok(reloaded)
     }
 

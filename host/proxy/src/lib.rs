@@ -15,11 +15,13 @@ mod balancer;
 mod body;
 mod control;
 mod forward;
+mod health;
 mod listener;
 mod pool;
 mod proxy;
 mod record;
 mod rescue;
+mod retry;
 mod router;
 mod session;
 mod snapshot;
@@ -106,6 +108,9 @@ pub struct TargetState {
     pub server_errors_in_row: u32,
     /// Requests sent to it whose response has not ended.
     pub in_flight: usize,
+    /// Its active health check state: `Some(true)` passing, `Some(false)` failing (it takes no
+    /// requests), `None` when the upstream has no `health_check` or no probe has run yet.
+    pub check: Option<bool>,
 }
 
 /// What outlives configuration reloads: the plugin loader (engine, compiled plugins, shared state)
@@ -278,6 +283,7 @@ impl Gateway {
             .find(|l| l.tls.is_some())
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        snapshot.start(&services.metrics);
         let proxy = Arc::new(Proxy::new(snapshot));
         let server = Arc::new(Server::new(
             proxy.clone(),

@@ -32,15 +32,16 @@ use wasmgate_runtime::{
 };
 use wasmgate_telemetry::UpstreamOutcome;
 
-use crate::body::{Active, Body};
+use crate::body::{Active, Body, InFlight};
 use crate::forward::{self, REQUEST_ID};
 use crate::pool::SendError;
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::{self, LocalReply, Rejection};
+use crate::retry::Tape;
 use crate::router::Match;
 use crate::snapshot::{Action, Prepared, RouteRuntime, Snapshot};
 use crate::tunnel;
-use crate::upstream::{Failure, Target, Upstream};
+use crate::upstream::{Failure, Target, TargetSet, Upstream};
 
 /// What a session knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -360,11 +361,13 @@ impl<'s> Session<'s> {
         }
     }
 
-    /// Sends the request to one of the upstream's targets. A request that a target did not
-    /// take is sent once more to another target: one whose connection could not be made
-    /// (nothing was sent), and an idempotent one without a body whose connection failed before
-    /// any response arrived (a target that just died, a reset), as nginx's default
-    /// `proxy_next_upstream error` does. The upstream's `timeout` bounds both tries together.
+    /// Sends the request to one of the upstream's targets, and again by the upstream's
+    /// `retries` when a try fails: a request whose connection could not be made (nothing was
+    /// sent) whatever its method; one whose connection failed before any response arrived (a
+    /// target that just died, a reset), or that timed out or got a retried status, when its
+    /// method is retried and its body could be kept. With no `retries` table that is one retry
+    /// on another target, as nginx's default `proxy_next_upstream error` does. The upstream's
+    /// `timeout` bounds every try together.
     async fn forward(
         &mut self,
         route: &RouteRuntime,
@@ -378,7 +381,9 @@ impl<'s> Session<'s> {
         })?;
         let (mut parts, body) = req.into_parts();
         // Chosen on the request as the client sent it (and the plugins left it).
-        let mut target = upstream.pick(&parts, self.conn.peer.ip());
+        let set = upstream.targets();
+        let mut index = upstream.pick(&set, &parts, self.conn.peer.ip());
+        let target = &set.targets[index];
         let path_and_query = if route.strip_path && self.prefix_len > 0 {
             stripped(&parts.uri, self.prefix_len)
         } else {
@@ -464,76 +469,143 @@ impl<'s> Session<'s> {
             target.metrics.responded(sent.elapsed());
             return self.switch(upstream, target, response, switch, client);
         }
-        // What a second try needs when the first one's request is gone (sent on a connection
-        // that then failed): kept only when a repeat is harmless and another target exists.
-        let mut replay =
-            (parts.method.is_idempotent() && body.is_end_stream() && upstream.targets.len() > 1)
-                .then(|| replayable(&parts));
+        // What a retry needs when the request is gone (sent on a connection that then failed,
+        // or answered with a retried status): kept only when sending it again is harmless.
+        let policy = &upstream.retries;
+        let bodiless = body.is_end_stream();
+        let (tape, body) =
+            if policy.replays(&parts.method) && !bodiless && policy.keeps(&body.size_hint()) {
+                let tape = Tape::new(body, policy.max_body());
+                let body = tape.play().unwrap_or_else(Body::empty);
+                (Some(tape), body)
+            } else {
+                (None, body)
+            };
+        let replay = (policy.replays(&parts.method) && (tape.is_some() || bodiless))
+            .then(|| replayable(&parts));
+        let again = |replay: &Option<http::request::Parts>| {
+            let head = replay.clone()?;
+            let body = match &tape {
+                Some(tape) => tape.play()?,
+                None => Body::empty(),
+            };
+            Some(Request::from_parts(head, body))
+        };
         let mut req = Request::from_parts(parts, body);
-        let mut tries_left = 1;
+        let mut tried = Vec::new();
+        let mut retry = 0;
+        let mut _retrying = None;
         loop {
+            let target = &set.targets[index];
             set_target_host(req.headers_mut(), route, target);
             self.trace.target = Some(target.authority.clone());
             let sent = Instant::now();
             let worker = self.conn.worker;
             let active = target.begin();
-            let mut failed =
-                match tokio::time::timeout_at(deadline, target.pool.send(req, worker)).await {
+            let try_deadline = policy
+                .per_try_timeout
+                .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+            let mut retries = Retries {
+                upstream,
+                set: &set,
+                tried: &mut tried,
+                index,
+                retry,
+                deadline,
+                last: retry >= policy.attempts,
+            };
+            // What failed, the request to send again, and the plan for it.
+            let (failure, next, plan) =
+                match tokio::time::timeout_at(try_deadline, target.pool.send(req, worker)).await {
                     Ok(Ok((response, release))) => {
                         target.metrics.responded(sent.elapsed());
-                        if response.status().is_server_error() {
-                            upstream.failed(target, Failure::ServerError);
+                        let status = response.status();
+                        if status.is_server_error() {
+                            upstream.failed(&set, target, Failure::ServerError);
                         } else {
                             upstream.succeeded(target);
                         }
-                        let (mut parts, body) = response.into_parts();
-                        forward::strip_hop_by_hop(&mut parts.headers);
-                        return Ok(Response::from_parts(
-                            parts,
-                            Body::watched(
-                                body,
-                                upstream.timeout,
-                                release,
-                                Some(Active {
-                                    target: active,
-                                    upstream: admitted.take(),
-                                }),
-                            ),
-                        ));
+                        let retried = if policy.retries_status(status)
+                            && let Ok(after) = policy.retry_after(response.headers())
+                            && let Some(next) = again(&replay)
+                            && let Some(plan) = retries.plan(false, after)
+                        {
+                            Some((next, plan))
+                        } else {
+                            None
+                        };
+                        let Some((next, plan)) = retried else {
+                            let (mut parts, body) = response.into_parts();
+                            forward::strip_hop_by_hop(&mut parts.headers);
+                            return Ok(Response::from_parts(
+                                parts,
+                                Body::watched(
+                                    body,
+                                    upstream.timeout,
+                                    release,
+                                    Some(Active {
+                                        target: active,
+                                        upstream: admitted.take(),
+                                    }),
+                                ),
+                            ));
+                        };
+                        // Its body is not read: its connection closes.
+                        drop(response);
+                        (format!("status {status}"), next, plan)
                     }
-                    Ok(Err(failed)) => failed,
+                    Ok(Err(mut failed)) => {
+                        count_failure(target, &failed);
+                        if matches!(failed, SendError::Connect { .. }) {
+                            upstream.failed(&set, target, Failure::Error);
+                        }
+                        let next = match &mut failed {
+                            SendError::Connect { unsent, .. } => unsent.take().map(|req| *req),
+                            SendError::Request(e) if lost_before_response(e) => again(&replay),
+                            SendError::Request(_) => None,
+                        };
+                        let error = failed.to_string();
+                        match next.zip(retries.plan(true, None)) {
+                            Some((next, plan)) => (error, next, plan),
+                            None => return Err(rejection(upstream, target, failed)),
+                        }
+                    }
                     Err(_) => {
-                        upstream.failed(target, Failure::Error);
-                        return Err(timed_out(upstream, target, timeout));
+                        upstream.failed(&set, target, Failure::Error);
+                        // The upstream's `timeout` bounds every try together: once it is
+                        // over, so is the request.
+                        let planned = (try_deadline < deadline)
+                            .then(|| again(&replay).zip(retries.plan(false, None)))
+                            .flatten();
+                        let waited = policy
+                            .per_try_timeout
+                            .filter(|_| try_deadline < deadline)
+                            .unwrap_or(timeout);
+                        match planned {
+                            Some((next, plan)) => {
+                                (format!("no response within {waited:?}"), next, plan)
+                            }
+                            None => return Err(timed_out(upstream, target, waited)),
+                        }
                     }
                 };
-            count_failure(target, &failed);
-            if matches!(failed, SendError::Connect { .. }) {
-                upstream.failed(target, Failure::Error);
-            }
-            let again = match &mut failed {
-                _ if tries_left == 0 => None,
-                SendError::Connect { unsent, .. } => unsent.take().map(|req| *req),
-                SendError::Request(e) if lost_before_response(e) => replay
-                    .take()
-                    .map(|head| Request::from_parts(head, Body::empty())),
-                SendError::Request(_) => None,
-            };
-            let Some((again, next)) = again.zip(upstream.pick_other(target)) else {
-                return Err(rejection(upstream, target, failed));
-            };
             tracing::debug!(
                 request_id = ?self.request_id,
                 upstream = %upstream.name,
                 target = %target.authority,
-                error = %failed,
-                next = %next.authority,
-                "retrying on another target"
+                error = %failure,
+                next = %set.targets[plan.index].authority,
+                wait = ?plan.wait,
+                "retrying"
             );
             target.metrics.retried();
-            tries_left -= 1;
-            req = again;
-            target = next;
+            if !plan.wait.is_zero() {
+                tokio::time::sleep(plan.wait).await;
+            }
+            _retrying = Some(plan.budget);
+            retry += 1;
+            index = plan.index;
+            req = next;
         }
     }
 
@@ -633,6 +705,60 @@ impl<'s> Session<'s> {
     }
 }
 
+/// What deciding on a retry needs to know of the tries so far.
+struct Retries<'a> {
+    upstream: &'a Upstream,
+    set: &'a TargetSet,
+    /// The targets tried before this try.
+    tried: &'a mut Vec<usize>,
+    /// This try's target.
+    index: usize,
+    /// Retries made so far.
+    retry: u32,
+    deadline: tokio::time::Instant,
+    /// Whether this try was the last the upstream's `retries.attempts` allow.
+    last: bool,
+}
+
+/// A retry decided on: its target, how long to wait first, and its place in the budget.
+struct Plan {
+    index: usize,
+    wait: Duration,
+    budget: InFlight,
+}
+
+impl Retries<'_> {
+    /// Plans the next try, or `None` when there is none: attempts used up, the retry budget
+    /// spent, or no time left for it. A try whose connection failed is retried at once on a
+    /// target not tried yet; otherwise (the same target again, a retried status or timeout)
+    /// the retry waits, as the target's `Retry-After` asked or by the jittered backoff.
+    fn plan(&mut self, connection_failed: bool, retry_after: Option<Duration>) -> Option<Plan> {
+        if self.last {
+            return None;
+        }
+        let policy = &self.upstream.retries;
+        let Some(budget) = policy.admit(self.upstream.active_requests(self.set)) else {
+            tracing::debug!(upstream = %self.upstream.name, "not retried: the retry budget is spent");
+            return None;
+        };
+        self.tried.push(self.index);
+        let index = self.upstream.pick_retry(self.set, self.tried);
+        let fresh = !self.tried.contains(&index);
+        let wait = retry_after.unwrap_or_else(|| {
+            if connection_failed && fresh {
+                Duration::ZERO
+            } else {
+                policy.backoff(self.retry + 1)
+            }
+        });
+        (tokio::time::Instant::now() + wait < self.deadline).then_some(Plan {
+            index,
+            wait,
+            budget,
+        })
+    }
+}
+
 fn timed_out(upstream: &Upstream, target: &Target, timeout: Duration) -> Rejection {
     target.metrics.count(UpstreamOutcome::Timeout);
     Rejection::Timeout {
@@ -673,7 +799,7 @@ fn set_target_host(headers: &mut http::HeaderMap, route: &RouteRuntime, target: 
     }
 }
 
-/// A copy of a bodiless request's head, to send again.
+/// A copy of a request's head, to send again.
 fn replayable(parts: &http::request::Parts) -> http::request::Parts {
     let mut copy = Request::new(());
     *copy.method_mut() = parts.method.clone();

@@ -151,6 +151,23 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Starts what runs beside the data path while this snapshot serves: the upstreams' health
+    /// checkers.
+    pub(crate) fn start(&self, metrics: &Arc<Metrics>) {
+        for upstream in &self.upstreams {
+            upstream.start(metrics);
+        }
+    }
+
+    /// Stops what [`start`](Self::start) started: a reload's new snapshot has its own.
+    pub(crate) fn stop(&self) {
+        for upstream in &self.upstreams {
+            upstream.stop();
+        }
+    }
+}
+
 /// Settings of the last reloaded file that differ from the running ones and wait for a restart.
 #[derive(Debug, Clone)]
 pub struct PendingRestart {

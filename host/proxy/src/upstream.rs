@@ -1,45 +1,61 @@
-//! Upstreams: targets chosen by the upstream's `balance`, each with its connection pool, passive
-//! ejection.
+//! Upstreams: targets chosen by the upstream's `balance`, each with its connection pool;
+//! passive ejection (outlier detection), and the state the health checker keeps.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
-
-use wasmgate_config::{Balance, OutlierDetection};
-use wasmgate_telemetry::{Metrics, TargetMetrics};
-
 use rustls_pki_types::ServerName;
+use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
+use wasmgate_config::{Balance, HealthCheck, OutlierDetection};
+use wasmgate_telemetry::{Metrics, TargetMetrics};
 
 use crate::balancer::{self, Ring, gcd};
 use crate::body::InFlight;
 use crate::pool::{Pool, Settings, Tls};
+use crate::retry::RetryPolicy;
 
 /// One `[upstreams.NAME]`, ready to take requests.
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) name: String,
-    pub(crate) targets: Vec<Target>,
+    /// The targets now: shared with the upstream's health checker.
+    set: Arc<ArcSwap<TargetSet>>,
     strategy: Strategy,
-    /// Each target's weight, by index.
-    weights: Box<[u32]>,
-    /// Smooth weighted round-robin order, computed once: indices into `targets`. Also the
-    /// order of retries, and of `hash` requests without a key.
-    schedule: Box<[u32]>,
     cursor: AtomicUsize,
     pub(crate) timeout: Duration,
+    pub(crate) retries: RetryPolicy,
     outlier: OutlierDetection,
     /// The `targets` entries this upstream was built from: a reload that keeps them (and
     /// `outlier_detection`) keeps the targets' health.
     defined: Vec<wasmgate_config::Target>,
+    health_check: Option<HealthCheck>,
+    /// What the health checker needs to reach the targets its own way.
+    settings: Settings,
     balance: &'static str,
     /// `max_requests` (0: none), and the requests in flight it limits.
     max_requests: usize,
     in_flight: Arc<AtomicUsize>,
     overflows: prometheus_client::metrics::counter::Counter,
+    /// The health checker, while this upstream serves.
+    background: Mutex<Option<AbortHandle>>,
+}
+
+/// An upstream's targets, with what choosing among them needs.
+#[derive(Debug)]
+pub(crate) struct TargetSet {
+    pub(crate) targets: Vec<Target>,
+    /// Each target's weight, by index.
+    weights: Box<[u32]>,
+    /// Smooth weighted round-robin order, computed once: indices into `targets`. Also the
+    /// order of retries, and of `hash` requests without a key.
+    schedule: Box<[u32]>,
+    /// For `balance = "hash"`.
+    ring: Option<Ring>,
 }
 
 #[derive(Debug)]
@@ -52,14 +68,17 @@ pub(crate) struct Target {
     pub(crate) pool: Arc<Pool>,
     /// Shared with the same target of the snapshot before when a reload kept the upstream's
     /// targets: an ejected target stays ejected across reloads.
-    health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
     /// Requests sent to the target whose response has not ended yet (shared likewise).
     in_flight: Arc<AtomicUsize>,
+    /// What the TLS handshake of the health checker's own connections needs.
+    tls: Option<Tls>,
 }
 
-/// What outlier detection knows of a target. Times are milliseconds since [`epoch`].
+/// What outlier detection and the health checker know of a target. Times are milliseconds
+/// since [`epoch`].
 #[derive(Debug, Default)]
-struct Health {
+pub(crate) struct Health {
     /// Until when the target is skipped; 0 when healthy.
     ejected_until: AtomicU64,
     /// When its last ejection ended or ends.
@@ -70,6 +89,27 @@ struct Health {
     server_errors_in_row: AtomicU32,
     /// Ejections in a row: each lasts one `base_ejection` longer than the one before.
     ejections: AtomicU32,
+    /// Whether the target fails its active health check: skipped until it passes again.
+    pub(crate) down: AtomicBool,
+    /// Probes passed, and failed, in a row.
+    pub(crate) passes_in_row: AtomicU32,
+    pub(crate) fails_in_row: AtomicU32,
+    /// Whether an active health check has run on the target (for the admin API).
+    pub(crate) checked: AtomicBool,
+}
+
+impl Health {
+    fn usable(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until == 0 || until <= now) && !self.down.load(Ordering::Relaxed)
+    }
+
+    /// Ends an ejection by outlier detection: the target answered.
+    pub(crate) fn uneject(&self) {
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The process's clock origin for [`Health`] times, shared by every snapshot.
@@ -78,23 +118,55 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Target {
     /// Counts a request to this target in flight until the returned guard is dropped.
     pub(crate) fn begin(&self) -> InFlight {
         InFlight::begin(&self.in_flight)
     }
+
+    pub(crate) fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
 }
 
-/// The algorithm of `balance`, with what it precomputes.
+/// The algorithm of `balance`.
 #[derive(Debug)]
 enum Strategy {
     RoundRobin,
     LeastRequest,
     Random,
-    Hash {
-        on: wasmgate_config::HashOn,
-        ring: Ring,
-    },
+    Hash(wasmgate_config::HashOn),
+}
+
+impl TargetSet {
+    fn new(targets: Vec<Target>, weights: Vec<u32>, hash: bool) -> Self {
+        let ring = hash.then(|| {
+            Ring::new(
+                targets
+                    .iter()
+                    .zip(&weights)
+                    .map(|(t, &w)| (t.authority.as_str(), w)),
+            )
+        });
+        Self {
+            targets,
+            schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
+            weights: weights.into_boxed_slice(),
+            ring,
+        }
+    }
+
+    fn usable(&self, i: usize, now: u64) -> bool {
+        self.targets[i].health.usable(now)
+    }
+
+    fn any_usable(&self, now: u64) -> bool {
+        (0..self.targets.len()).any(|i| self.usable(i, now))
+    }
 }
 
 impl Upstream {
@@ -110,177 +182,167 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Self {
         let kept = previous
-            .filter(|p| p.defined == config.targets && p.outlier == config.outlier_detection);
+            .filter(|p| p.defined == config.targets && p.outlier == config.outlier_detection)
+            .map(|p| p.set.load_full());
         let settings = Settings {
             protocol: config.protocol,
             connect_timeout: config.connect_timeout,
             idle_timeout: config.pool_idle_timeout,
             max_idle: config.pool_max_idle,
         };
-        let weights: Vec<u32> = config.targets.iter().map(|t| t.weight).collect();
+        let targets = config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let metrics = metrics.target(&config.name, t.address.as_str());
+                let tls = match client {
+                    Some(client) if t.tls => Some(Tls {
+                        connector: TlsConnector::from(client.clone()),
+                        upgrade_connector: TlsConnector::from(http1_only(client)),
+                        server_name: server_name(config, &t.address),
+                    }),
+                    _ => None,
+                };
+                let before = kept.as_ref().map(|set| &set.targets[i]);
+                Target {
+                    host: host_header(t),
+                    authority: t.address.clone(),
+                    pool: Arc::new(Pool::new(
+                        t.address.clone(),
+                        tls.clone(),
+                        settings.clone(),
+                        metrics.clone(),
+                        workers,
+                    )),
+                    metrics,
+                    health: before.map_or_else(Arc::default, |b| b.health.clone()),
+                    in_flight: before.map_or_else(Arc::default, |b| b.in_flight.clone()),
+                    tls,
+                }
+            })
+            .collect();
+        let weights = config.targets.iter().map(|t| t.weight).collect();
+        let hash = matches!(config.balance, Balance::Hash(_));
         Self {
             name: config.name.clone(),
-            targets: config
-                .targets
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let metrics = metrics.target(&config.name, t.address.as_str());
-                    let tls = match client {
-                        Some(client) if t.tls => Some(Tls {
-                            connector: TlsConnector::from(client.clone()),
-                            upgrade_connector: TlsConnector::from(http1_only(client)),
-                            server_name: server_name(config, &t.address),
-                        }),
-                        _ => None,
-                    };
-                    Target {
-                        host: host_header(t),
-                        authority: t.address.clone(),
-                        pool: Arc::new(Pool::new(
-                            t.address.clone(),
-                            tls,
-                            settings.clone(),
-                            metrics.clone(),
-                            workers,
-                        )),
-                        metrics,
-                        health: kept.map_or_else(Arc::default, |p| p.targets[i].health.clone()),
-                        in_flight: kept
-                            .map_or_else(Arc::default, |p| p.targets[i].in_flight.clone()),
-                    }
-                })
-                .collect(),
+            set: Arc::new(ArcSwap::from_pointee(TargetSet::new(
+                targets, weights, hash,
+            ))),
             strategy: match &config.balance {
                 Balance::RoundRobin => Strategy::RoundRobin,
                 Balance::LeastRequest => Strategy::LeastRequest,
                 Balance::Random => Strategy::Random,
-                Balance::Hash(on) => Strategy::Hash {
-                    on: on.clone(),
-                    ring: Ring::new(
-                        config
-                            .targets
-                            .iter()
-                            .map(|t| (t.address.as_str(), t.weight)),
-                    ),
-                },
+                Balance::Hash(on) => Strategy::Hash(on.clone()),
             },
-            schedule: smooth_weighted_schedule(&weights).into_boxed_slice(),
-            weights: weights.into_boxed_slice(),
             cursor: AtomicUsize::new(0),
             timeout: config.timeout,
+            retries: RetryPolicy::new(&config.retries, metrics.retry_overflows(&config.name)),
             outlier: config.outlier_detection.clone(),
             defined: config.targets.clone(),
+            health_check: config.health_check.clone(),
+            settings,
             balance: config.balance.as_str(),
             max_requests: config.max_requests as usize,
-            in_flight: kept.map_or_else(Arc::default, |p| p.in_flight.clone()),
+            in_flight: previous
+                .filter(|_| kept.is_some())
+                .map_or_else(Arc::default, |p| p.in_flight.clone()),
             overflows: metrics.upstream_overflows(&config.name),
+            background: Mutex::new(None),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Starts the upstream's health checker, if it has `health_check` (on the current tokio
+    /// runtime; it runs until [`stop`](Self::stop) or the upstream is dropped).
+    pub(crate) fn start(&self, metrics: &Arc<Metrics>) {
+        let Some(check) = &self.health_check else {
+            return;
+        };
+        let task = tokio::spawn(crate::health::run(
+            self.name.clone(),
+            check.clone(),
+            self.set.clone(),
+            self.settings.clone(),
+            metrics.clone(),
+        ));
+        *lock(&self.background) = Some(task.abort_handle());
     }
 
-    fn healthy(&self, target: &Target, now: u64) -> bool {
-        let until = target.health.ejected_until.load(Ordering::Relaxed);
-        until == 0 || until <= now
+    /// Stops the upstream's health checker: its successor, from a reload, has one of its own.
+    pub(crate) fn stop(&self) {
+        if let Some(task) = lock(&self.background).take() {
+            task.abort();
+        }
     }
 
-    /// The target for a request, by the upstream's `balance`, skipping ejected targets while
-    /// any is healthy (when none is, trying one beats refusing all traffic).
-    pub(crate) fn pick(&self, req: &http::request::Parts, client: IpAddr) -> &Target {
+    /// The targets as they are now.
+    pub(crate) fn targets(&self) -> arc_swap::Guard<Arc<TargetSet>> {
+        self.set.load()
+    }
+
+    /// The target for a request, by the upstream's `balance`, skipping ejected and unhealthy
+    /// targets while any is usable (when none is, trying one beats refusing all traffic).
+    pub(crate) fn pick(
+        &self,
+        set: &TargetSet,
+        req: &http::request::Parts,
+        client: IpAddr,
+    ) -> usize {
         match &self.strategy {
-            Strategy::RoundRobin => self.round_robin(),
+            Strategy::RoundRobin => self.round_robin(set),
             Strategy::Random => {
-                let now = self.now_ms();
+                let now = now_ms();
                 let mut rng = rand::rng();
-                let healthy = |i: usize| self.healthy(&self.targets[i], now);
-                let index = balancer::weighted_random(&self.weights, healthy, &mut rng)
-                    .or_else(|| balancer::weighted_random(&self.weights, |_| true, &mut rng))
-                    .unwrap_or(0);
-                &self.targets[index]
+                balancer::weighted_random(&set.weights, |i| set.usable(i, now), &mut rng)
+                    .or_else(|| balancer::weighted_random(&set.weights, |_| true, &mut rng))
+                    .unwrap_or(0)
             }
-            Strategy::LeastRequest => self.least_request(),
-            Strategy::Hash { on, ring } => match balancer::request_key(on, req, client) {
-                Some(key) => {
-                    let now = self.now_ms();
-                    let healthy = |i: usize| self.healthy(&self.targets[i], now);
+            Strategy::LeastRequest => least_request(set),
+            Strategy::Hash(on) => match (balancer::request_key(on, req, client), &set.ring) {
+                (Some(key), Some(ring)) => {
+                    let now = now_ms();
                     let mut owners = ring.walk(key);
                     let first = owners.next().unwrap_or(0);
-                    // With every target ejected, the walk would visit the whole ring in vain.
-                    if healthy(first) || !(0..self.targets.len()).any(healthy) {
-                        return &self.targets[first];
+                    // With every target out, the walk would visit the whole ring in vain.
+                    if set.usable(first, now) || !set.any_usable(now) {
+                        return first;
                     }
-                    &self.targets[owners.find(|&i| healthy(i)).unwrap_or(first)]
+                    owners.find(|&i| set.usable(i, now)).unwrap_or(first)
                 }
-                None => self.round_robin(),
+                _ => self.round_robin(set),
             },
         }
     }
 
-    fn round_robin(&self) -> &Target {
+    fn round_robin(&self, set: &TargetSet) -> usize {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let len = self.schedule.len();
-        let first = &self.targets[self.schedule[start % len] as usize];
-        if first.health.ejected_until.load(Ordering::Relaxed) == 0 {
+        let len = set.schedule.len();
+        let first = set.schedule[start % len] as usize;
+        let health = &set.targets[first].health;
+        if health.ejected_until.load(Ordering::Relaxed) == 0 && !health.down.load(Ordering::Relaxed)
+        {
             return first;
         }
-        let now = self.now_ms();
-        for step in 0..len {
-            let t = &self.targets[self.schedule[(start + step) % len] as usize];
-            if self.healthy(t, now) {
-                return t;
-            }
-        }
-        first
+        let now = now_ms();
+        (0..len)
+            .map(|step| set.schedule[(start + step) % len] as usize)
+            .find(|&i| set.usable(i, now))
+            .unwrap_or(first)
     }
 
-    /// Power of two choices: two different targets drawn by weight, the less loaded one.
-    fn least_request(&self) -> &Target {
-        let now = self.now_ms();
-        let mut rng = rand::rng();
-        let healthy = |i: usize| self.healthy(&self.targets[i], now);
-        let any_healthy = (0..self.targets.len()).any(healthy);
-        let usable = |i: usize| !any_healthy || healthy(i);
-        let Some(a) = balancer::weighted_random(&self.weights, usable, &mut rng) else {
-            return &self.targets[0];
-        };
-        let Some(b) = balancer::weighted_random(&self.weights, |i| i != a && usable(i), &mut rng)
-        else {
-            return &self.targets[a];
-        };
-        let load = |i: usize| {
-            (
-                i,
-                self.targets[i].in_flight.load(Ordering::Relaxed),
-                self.weights[i],
-            )
-        };
-        &self.targets[balancer::less_loaded(load(a), load(b))]
-    }
-
-    /// Another target than `failed`, for a retry: the next one in weighted order that is not
-    /// ejected, or when every other one is, one of them all the same; `None` with one target.
-    pub(crate) fn pick_other(&self, failed: &Target) -> Option<&Target> {
-        if self.targets.len() < 2 {
-            return None;
-        }
+    /// A target for a retry: the next one in weighted order that has not been tried and is
+    /// usable; else one not tried; else, with every target tried, a usable one (a retry may go
+    /// back to a target when the upstream has only one, or all failed once).
+    pub(crate) fn pick_retry(&self, set: &TargetSet, tried: &[usize]) -> usize {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let len = self.schedule.len();
-        let now = self.now_ms();
-        let mut fallback = None;
-        for step in 0..len {
-            let t = &self.targets[self.schedule[(start + step) % len] as usize];
-            if std::ptr::eq(t, failed) {
-                continue;
-            }
-            if self.healthy(t, now) {
-                return Some(t);
-            }
-            fallback.get_or_insert(t);
-        }
-        fallback
+        let len = set.schedule.len();
+        let now = now_ms();
+        let order = || (0..len).map(move |step| set.schedule[(start + step) % len] as usize);
+        order()
+            .find(|i| !tried.contains(i) && set.usable(*i, now))
+            .or_else(|| order().find(|i| !tried.contains(i)))
+            .or_else(|| order().find(|&i| set.usable(i, now)))
+            .unwrap_or_else(|| set.schedule[start % len] as usize)
     }
 
     /// Counts a request in flight to the upstream, or refuses it when `max_requests` are
@@ -297,13 +359,22 @@ impl Upstream {
         Ok(Some(admitted))
     }
 
+    /// Requests in flight to the upstream's targets now.
+    pub(crate) fn active_requests(&self, set: &TargetSet) -> usize {
+        set.targets
+            .iter()
+            .map(|t| t.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// What the upstream's targets look like now, for the admin API.
     pub(crate) fn state(&self) -> crate::UpstreamState {
-        let now = self.now_ms();
+        let now = now_ms();
+        let set = self.set.load();
         crate::UpstreamState {
             name: self.name.clone(),
             balance: self.balance,
-            targets: self
+            targets: set
                 .targets
                 .iter()
                 .zip(&self.defined)
@@ -321,6 +392,9 @@ impl Upstream {
                         errors_in_row: t.health.errors_in_row.load(Ordering::Relaxed),
                         server_errors_in_row: t.health.server_errors_in_row.load(Ordering::Relaxed),
                         in_flight: t.in_flight.load(Ordering::Relaxed),
+                        check: (self.health_check.is_some()
+                            && t.health.checked.load(Ordering::Relaxed))
+                        .then(|| !t.health.down.load(Ordering::Relaxed)),
                     }
                 })
                 .collect(),
@@ -329,7 +403,7 @@ impl Upstream {
 
     /// Counts a failure of `target`, and ejects it when it has failed that way
     /// `outlier_detection` times in a row.
-    pub(crate) fn failed(&self, target: &Target, failure: Failure) {
+    pub(crate) fn failed(&self, set: &TargetSet, target: &Target, failure: Failure) {
         let (in_row, other, threshold) = match failure {
             Failure::Error => (
                 &target.health.errors_in_row,
@@ -346,24 +420,23 @@ impl Upstream {
         if threshold == 0 || in_row.fetch_add(1, Ordering::Relaxed) + 1 < threshold {
             return;
         }
-        self.eject(target, failure);
+        self.eject(set, target, failure);
     }
 
     /// Skips `target` for `base_ejection` times its ejections in a row (at most `max_ejection`),
     /// unless that would eject more than `max_ejection_percent` of the targets (at least one may
     /// always be).
-    fn eject(&self, target: &Target, failure: Failure) {
-        let now = self.now_ms();
-        if !self.healthy(target, now) {
+    fn eject(&self, set: &TargetSet, target: &Target, failure: Failure) {
+        let now = now_ms();
+        let ejected_now = |t: &Target| {
+            let until = t.health.ejected_until.load(Ordering::Relaxed);
+            until != 0 && until > now
+        };
+        if ejected_now(target) {
             return;
         }
-        let ejected = self
-            .targets
-            .iter()
-            .filter(|t| !self.healthy(t, now))
-            .count();
-        let allowed =
-            (self.targets.len() * self.outlier.max_ejection_percent as usize / 100).max(1);
+        let ejected = set.targets.iter().filter(|t| ejected_now(t)).count();
+        let allowed = (set.targets.len() * self.outlier.max_ejection_percent as usize / 100).max(1);
         if ejected >= allowed {
             tracing::debug!(
                 upstream = %self.name,
@@ -406,17 +479,47 @@ impl Upstream {
     pub(crate) fn succeeded(&self, target: &Target) {
         clear(&target.health.errors_in_row);
         clear(&target.health.server_errors_in_row);
-        if target.health.ejected_until.load(Ordering::Relaxed) != 0 {
-            target.health.ejected_until.store(0, Ordering::Relaxed);
-        }
+        target.health.uneject();
         if target.health.ejections.load(Ordering::Relaxed) != 0 {
             let base = u64::try_from(self.outlier.base_ejection.as_millis()).unwrap_or(u64::MAX);
             let last = target.health.last_ejection_end.load(Ordering::Relaxed);
-            if self.now_ms() >= last.saturating_add(base) {
+            if now_ms() >= last.saturating_add(base) {
                 target.health.ejections.store(0, Ordering::Relaxed);
             }
         }
     }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Power of two choices: two different targets drawn by weight, the less loaded one.
+fn least_request(set: &TargetSet) -> usize {
+    let now = now_ms();
+    let mut rng = rand::rng();
+    let any_usable = set.any_usable(now);
+    let usable = |i: usize| !any_usable || set.usable(i, now);
+    let Some(a) = balancer::weighted_random(&set.weights, usable, &mut rng) else {
+        return 0;
+    };
+    let Some(b) = balancer::weighted_random(&set.weights, |i| i != a && usable(i), &mut rng) else {
+        return a;
+    };
+    let load = |i: usize| {
+        (
+            i,
+            set.targets[i].in_flight.load(Ordering::Relaxed),
+            set.weights[i],
+        )
+    };
+    balancer::less_loaded(load(a), load(b))
 }
 
 /// What counts against a target for `outlier_detection`.

@@ -6,6 +6,6 @@ mod metrics;
 
 pub use access_log::{AccessEntry, AccessLog, millis};
 pub use metrics::{
-    CONTENT_TYPE, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics, PluginMetrics,
-    RouteMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
+    CONTENT_TYPE, CheckMetrics, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics,
+    PluginMetrics, RouteMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
 };

@@ -67,6 +67,20 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    upstream: Arc<String>,
+    target: Arc<String>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    upstream: Arc<String>,
+    target: Arc<String>,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginPhaseLabels {
     route: Arc<String>,
     plugin: Arc<String>,
@@ -107,6 +121,10 @@ pub struct Metrics {
     upstream_retries: Family<TargetLabels, Counter>,
     upstream_ejections: Family<TargetLabels, Counter>,
     upstream_overflows: Family<UpstreamOnlyLabels, Counter>,
+    retry_overflows: Family<UpstreamOnlyLabels, Counter>,
+    health_checks: Family<CheckLabels, Counter>,
+    health_transitions: Family<TransitionLabels, Counter>,
+    target_healthy: Family<TargetLabels, Gauge>,
     plugin_duration: HistogramFamily<PluginPhaseLabels>,
     plugin_failures: Family<PluginKindLabels, Counter>,
     plugin_counters: Family<PluginCounterLabels, Counter>,
@@ -182,6 +200,30 @@ impl Metrics {
             "Requests answered 503 at once because the upstream had max_requests in flight (circuit breaking), by upstream",
             upstream_overflows.clone(),
         );
+        let retry_overflows = Family::default();
+        registry.register(
+            "upstream_retry_overflows",
+            "Retries not made because the upstream's retry budget (retries.budget_percent of its requests in flight) was spent, by upstream",
+            retry_overflows.clone(),
+        );
+        let health_checks = Family::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health check probes, by upstream, target and result (pass or fail)",
+            health_checks.clone(),
+        );
+        let health_transitions = Family::default();
+        registry.register(
+            "upstream_health_transitions",
+            "Times a target's active health check state changed, by upstream, target and the state it changed to (healthy or unhealthy)",
+            health_transitions.clone(),
+        );
+        let target_healthy = Family::default();
+        registry.register(
+            "upstream_target_healthy",
+            "1 while a target passes its upstream's active health check, 0 while it fails it (absent without health_check), by upstream and target",
+            target_healthy.clone(),
+        );
         let tunnels = Family::default();
         registry.register(
             "upgraded_connections",
@@ -255,6 +297,10 @@ impl Metrics {
             upstream_retries,
             upstream_ejections,
             upstream_overflows,
+            retry_overflows,
+            health_checks,
+            health_transitions,
+            target_healthy,
             plugin_duration,
             plugin_failures,
             plugin_counters,
@@ -291,6 +337,44 @@ impl Metrics {
             .get_or_create_owned(&UpstreamOnlyLabels {
                 upstream: Arc::new(upstream.to_owned()),
             })
+    }
+
+    /// Counts retries not made because upstream `upstream`'s retry budget was spent.
+    pub fn retry_overflows(&self, upstream: &str) -> Counter {
+        self.retry_overflows
+            .get_or_create_owned(&UpstreamOnlyLabels {
+                upstream: Arc::new(upstream.to_owned()),
+            })
+    }
+
+    /// The health check handles of one target of upstream `upstream` (created by its checker, so
+    /// upstreams without `health_check` show none).
+    pub fn target_checks(&self, upstream: &str, target: &str) -> CheckMetrics {
+        let upstream = Arc::new(upstream.to_owned());
+        let target = Arc::new(target.to_owned());
+        let results = ["pass", "fail"].map(|result| {
+            self.health_checks.get_or_create_owned(&CheckLabels {
+                upstream: upstream.clone(),
+                target: target.clone(),
+                result,
+            })
+        });
+        let transitions = ["healthy", "unhealthy"].map(|to| {
+            self.health_transitions
+                .get_or_create_owned(&TransitionLabels {
+                    upstream: upstream.clone(),
+                    target: target.clone(),
+                    to,
+                })
+        });
+        let healthy = self
+            .target_healthy
+            .get_or_create_owned(&TargetLabels { upstream, target });
+        CheckMetrics {
+            results,
+            transitions,
+            healthy,
+        }
     }
 
     /// The handles of one target of upstream `upstream`.
@@ -514,6 +598,29 @@ impl TargetMetrics {
     pub fn responded(&self, elapsed: Duration) {
         self.outcomes[UpstreamOutcome::Response as usize].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The active health check metrics of one upstream target.
+#[derive(Debug, Clone)]
+pub struct CheckMetrics {
+    results: [Counter; 2],
+    transitions: [Counter; 2],
+    healthy: Gauge,
+}
+
+impl CheckMetrics {
+    /// Counts a probe and its result.
+    pub fn probed(&self, passed: bool) {
+        self.results[usize::from(!passed)].inc();
+    }
+
+    /// Records the target's state: `changed` when it is a transition, counted as one.
+    pub fn state(&self, healthy: bool, changed: bool) {
+        self.healthy.set(i64::from(healthy));
+        if changed {
+            self.transitions[usize::from(!healthy)].inc();
+        }
     }
 }
 

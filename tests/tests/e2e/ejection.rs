@@ -3,31 +3,16 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-use tokio::io::AsyncWriteExt;
 use wasmgate_tests::*;
 
 /// A target that answers every request with a 500 (and closes the connection).
 async fn failing_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_request_head(&mut s).await {
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\
-                              x-echo-server: failing\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                }
-            });
-        }
-    });
-    addr
+    fixed_upstream(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\
+          x-echo-server: failing\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .0
 }
 
 fn pool_of(targets: &[SocketAddr], outlier: &str) -> String {

@@ -13,6 +13,7 @@ mod config_errors;
 mod cors;
 mod ejection;
 mod grpc;
+mod health;
 mod ip_restriction;
 mod jwt;
 mod key_auth;

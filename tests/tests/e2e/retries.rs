@@ -2,6 +2,7 @@
 //! always, and idempotent requests without a body whose connection died before the response.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use wasmgate_tests::*;
@@ -118,7 +119,7 @@ async fn an_idempotent_request_whose_connection_dies_is_retried_and_a_post_is_no
 }
 
 #[tokio::test]
-async fn with_one_target_a_refused_connection_is_not_retried() {
+async fn with_one_target_a_refused_connection_is_retried_once_on_it() {
     let dead = closed_port();
     let gw = TestGateway::start(&proxy_everything_to(dead, ""))
         .await
@@ -129,6 +130,153 @@ async fn with_one_target_a_refused_connection_is_not_retried() {
         gw.metric(&format!(
             "wasmgate_upstream_requests_total{{upstream=\"u\",target=\"{dead}\",outcome=\"connect_error\"}}"
         )),
+        2
+    );
+    assert_eq!(
+        gw.metric(&format!(
+            "wasmgate_upstream_retries_total{{upstream=\"u\",target=\"{dead}\"}}"
+        )),
+        1
+    );
+}
+
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+fn pool_with(targets: &[SocketAddr], retries: &str) -> String {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    pool_config(&targets, &format!("retries = {{ {retries} }}"))
+}
+
+fn count(c: &std::sync::atomic::AtomicUsize) -> usize {
+    c.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+async fn echoed_body_bytes(resp: reqwest::Response) -> u64 {
+    assert_eq!(resp.status(), 200);
+    let json: serde_json::Value = resp.json().await.expect("echo json");
+    json["body_bytes"].as_u64().expect("body_bytes")
+}
+
+#[tokio::test]
+async fn a_retried_status_goes_to_another_target() {
+    let (failing, got) = fixed_upstream(UNAVAILABLE).await;
+    let up = echo_upstream("alive").await;
+    let gw = TestGateway::start(&pool_with(&[failing, up], "statuses = [503]"))
+        .await
+        .expect("start");
+    let c = client();
+    for _ in 0..4 {
+        let resp = c.get(gw.url("/")).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(count(&got) >= 1, "the failing target got no request");
+    assert_eq!(
+        gw.metric(&format!(
+            "wasmgate_upstream_retries_total{{upstream=\"pool\",target=\"{failing}\"}}"
+        )),
+        count(&got) as u64
+    );
+}
+
+#[tokio::test]
+async fn attempts_bound_the_tries_which_go_back_to_tried_targets_when_all_were() {
+    let (a, got_a) = fixed_upstream(UNAVAILABLE).await;
+    let (b, got_b) = fixed_upstream(UNAVAILABLE).await;
+    for (attempts, tries) in [(0, 1), (1, 2), (4, 5)] {
+        let retries = format!(
+            "statuses = [503], attempts = {attempts}, backoff = \"1ms\", max_backoff = \"2ms\""
+        );
+        let gw = TestGateway::start(&pool_with(&[a, b], &retries))
+            .await
+            .expect("start");
+        let before = count(&got_a) + count(&got_b);
+        let resp = client().get(gw.url("/")).send().await.expect("send");
+        assert_eq!(
+            resp.status(),
+            503,
+            "the last try's answer goes to the client"
+        );
+        assert_eq!(
+            count(&got_a) + count(&got_b) - before,
+            tries,
+            "attempts = {attempts}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_max_backoff_sends_the_answer_to_the_client() {
+    let (busy, got) = fixed_upstream(
+        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 120\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let gw = TestGateway::start(&pool_with(&[busy], "statuses = [503], attempts = 3"))
+        .await
+        .expect("start");
+    let resp = client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "120");
+    assert_eq!(count(&got), 1, "retried before the target asked");
+}
+
+#[tokio::test]
+async fn a_request_body_is_sent_again_for_put_and_for_post_with_methods_all() {
+    let up = echo_upstream("alive").await;
+    for (method, retries, retried) in [
+        (reqwest::Method::PUT, "", true),
+        (reqwest::Method::POST, "methods = \"all\"", true),
+        // One byte more than `max_body`: nothing kept, nothing sent again.
+        (reqwest::Method::PUT, "max_body = 4", false),
+    ] {
+        let (dying, mut arrived) = dying_upstream().await;
+        let gw = TestGateway::start(&pool_with(&[dying, up], retries))
+            .await
+            .expect("start");
+        // Round-robin: the first request goes to the dying target.
+        let resp = client()
+            .request(method.clone(), gw.url("/"))
+            .body("hello")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(arrived.recv().await.as_deref(), Some(method.as_str()));
+        if retried {
+            assert_eq!(echoed_body_bytes(resp).await, 5, "{method} {retries}");
+        } else {
+            assert_eq!(resp.status(), 502, "{method} {retries}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_try_beyond_per_try_timeout_is_retried_on_another_target() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(10)).await;
+    let up = echo_upstream("alive").await;
+    let gw = TestGateway::start(&pool_with(&[slow, up], "per_try_timeout = \"200ms\""))
+        .await
+        .expect("start");
+    let started = Instant::now();
+    let resp = client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-echo-server"], "alive");
+    assert!(arrived.try_recv().is_ok(), "the slow target got no request");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_spent_retry_budget_sends_the_answer_to_the_client() {
+    let (failing, got) = fixed_upstream(UNAVAILABLE).await;
+    let up = echo_upstream("alive").await;
+    let retries = "statuses = [503], budget_percent = 1, min_retry_concurrency = 0";
+    let gw = TestGateway::start(&pool_with(&[failing, up], retries))
+        .await
+        .expect("start");
+    let resp = client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(count(&got), 1);
+    assert_eq!(
+        gw.metric("wasmgate_upstream_retry_overflows_total{upstream=\"pool\"}"),
         1
     );
 }

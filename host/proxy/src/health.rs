@@ -1,0 +1,202 @@
+//! Active health checks: one checker per upstream for the whole gateway probes each target on
+//! its `interval`, on connections of its own, and marks a target down after `unhealthy` failed
+//! probes in a row and up again after `healthy` passed ones. Every worker reads the same
+//! state, which a reload hands on to the next checker of an unchanged upstream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HOST, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use wasmgate_config::{HealthCheck, Probe};
+use wasmgate_telemetry::{CheckMetrics, Metrics};
+
+use crate::body::Body;
+use crate::pool::{Pool, Settings};
+use crate::upstream::{Health, TargetSet};
+
+/// The most of a probe's response body read (so its connection can be kept); a longer body
+/// closes the connection instead.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// Probes every target of `set` until aborted. Targets that join the set later get a prober of
+/// their own, and those that leave it lose theirs, within one `interval`.
+pub(crate) async fn run(
+    upstream: String,
+    check: HealthCheck,
+    set: Arc<ArcSwap<TargetSet>>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+) {
+    let check = Arc::new(check);
+    // Dropping the set (when this task is aborted) aborts every prober.
+    let mut probers = JoinSet::new();
+    let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let current = set.load_full();
+        let mut seen = Vec::with_capacity(current.targets.len());
+        for target in &current.targets {
+            let key = target.authority.to_string();
+            if running.contains_key(&key) {
+                seen.push(key);
+                continue;
+            }
+            let settings = Settings {
+                max_idle: 1,
+                ..settings.clone()
+            };
+            let prober = Prober {
+                upstream: upstream.clone(),
+                target: target.authority.to_string(),
+                pool: Arc::new(Pool::new(
+                    target.authority.clone(),
+                    target.tls().cloned(),
+                    settings,
+                    target.metrics.clone(),
+                    1,
+                )),
+                host: target.host.clone(),
+                health: target.health.clone(),
+                metrics: metrics.target_checks(&upstream, target.authority.as_str()),
+                check: check.clone(),
+            };
+            running.insert(key.clone(), probers.spawn(prober.run()));
+            seen.push(key);
+        }
+        running.retain(|key, task| {
+            let keep = seen.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        // Reap finished (aborted) probers so the set does not grow.
+        while probers.try_join_next().is_some() {}
+    }
+}
+
+/// Probes one target.
+struct Prober {
+    upstream: String,
+    target: String,
+    /// The checker's own connections to the target (one worker, one idle connection).
+    pool: Arc<Pool>,
+    host: HeaderValue,
+    health: Arc<Health>,
+    metrics: CheckMetrics,
+    check: Arc<HealthCheck>,
+}
+
+impl Prober {
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.check.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let passed = tokio::time::timeout(self.check.timeout, self.probe())
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.check.timeout)));
+            self.record(passed);
+        }
+    }
+
+    /// One probe: `Err` says why it failed.
+    async fn probe(&self) -> Result<(), String> {
+        let Probe::Http {
+            path,
+            host,
+            statuses,
+        } = &self.check.probe
+        else {
+            return TcpStream::connect(self.target.as_str())
+                .await
+                .map(drop)
+                .map_err(|e| format!("tcp connect: {e}"));
+        };
+        let req = Request::get(http::Uri::from(path.clone()))
+            .header(HOST, host.as_ref().unwrap_or(&self.host))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static("wasmgate-health-check"),
+            )
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let (response, release) = self.pool.send(req, 0).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut read = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("response body: {e}"))?;
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > MAX_PROBE_BODY {
+                break;
+            }
+        }
+        if read <= MAX_PROBE_BODY
+            && let Some(release) = release
+        {
+            release.release();
+        }
+        let passed = match statuses {
+            Some(statuses) => statuses.contains(&status.as_u16()),
+            None => status.is_success(),
+        };
+        if passed {
+            Ok(())
+        } else {
+            Err(format!("status {}", status.as_u16()))
+        }
+    }
+
+    /// Counts a probe's result, and moves the target down after `unhealthy` failures in a row
+    /// or up after `healthy` passes in a row. A pass also ends an ejection by outlier detection
+    /// (as Envoy's `successful_active_health_check_uneject_host`): the target answers again.
+    fn record(&self, result: Result<(), String>) {
+        let health = &self.health;
+        health.checked.store(true, Ordering::Relaxed);
+        let down = health.down.load(Ordering::Relaxed);
+        let passed = result.is_ok();
+        self.metrics.probed(passed);
+        let changed = match &result {
+            Ok(()) => {
+                health.fails_in_row.store(0, Ordering::Relaxed);
+                let passes = health.passes_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+                health.uneject();
+                down && passes >= self.check.healthy
+            }
+            Err(why) => {
+                health.passes_in_row.store(0, Ordering::Relaxed);
+                let fails = health.fails_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(upstream = %self.upstream, target = %self.target, reason = %why, fails, "health check failed");
+                !down && fails >= self.check.unhealthy
+            }
+        };
+        if changed {
+            health.down.store(!passed, Ordering::Relaxed);
+            match result {
+                Ok(()) => tracing::info!(
+                    upstream = %self.upstream,
+                    target = %self.target,
+                    "target healthy again: it takes requests"
+                ),
+                Err(why) => tracing::warn!(
+                    upstream = %self.upstream,
+                    target = %self.target,
+                    reason = %why,
+                    "target unhealthy: it takes no requests until it passes its health check"
+                ),
+            }
+        }
+        self.metrics
+            .state(!health.down.load(Ordering::Relaxed), changed);
+    }
+}
