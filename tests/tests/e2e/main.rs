@@ -8,6 +8,7 @@
 mod balance;
 mod basic_auth;
 mod chain;
+mod chaos;
 mod client_tls;
 mod config_errors;
 mod cors;
