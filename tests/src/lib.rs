@@ -737,3 +737,102 @@ pub async fn fixed_upstream(
     });
     (addr, count)
 }
+
+/// A DNS server on 127.0.0.1 (UDP) answering `A` queries for the names it was given, with a
+/// TTL of 0 (the gateway's `min_ttl` decides how often it asks again), and `NXDOMAIN` for
+/// others. Built on the resolver crate's own message types.
+#[derive(Debug)]
+pub struct TestDns {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    records: Arc<Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>>,
+    queries: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestDns {
+    /// Starts it on an ephemeral port.
+    pub async fn start() -> Self {
+        use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+        use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata::A};
+
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let records: Arc<Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>> =
+            Arc::default();
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (known, counted) = (records.clone(), queries.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                let Ok(request) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+                response.metadata.message_type = MessageType::Response;
+                response.metadata.authoritative = true;
+                response.metadata.recursion_desired = request.metadata.recursion_desired;
+                response.metadata.recursion_available = true;
+                for query in &request.queries {
+                    response.add_query(query.clone());
+                    let name = query.name().to_string();
+                    let name = name.trim_end_matches('.').to_ascii_lowercase();
+                    let ips = known.lock().expect("lock").get(&name).cloned();
+                    match ips {
+                        Some(ips) if query.query_type() == RecordType::A => {
+                            for ip in ips {
+                                response.add_answer(Record::from_rdata(
+                                    query.name().clone(),
+                                    0,
+                                    RData::A(A(ip)),
+                                ));
+                            }
+                        }
+                        // A known name without records of that type.
+                        Some(_) => {}
+                        None => response.metadata.response_code = ResponseCode::NXDomain,
+                    }
+                }
+                if let Ok(bytes) = response.to_vec() {
+                    let _ = socket.send_to(&bytes, peer).await;
+                }
+            }
+        });
+        Self {
+            addr,
+            records,
+            queries,
+            task,
+        }
+    }
+
+    /// `name` resolves to `ips` from now on.
+    pub fn set(&self, name: &str, ips: &[std::net::Ipv4Addr]) {
+        self.records
+            .lock()
+            .expect("lock")
+            .insert(name.to_ascii_lowercase(), ips.to_vec());
+    }
+
+    /// `name` no longer resolves (`NXDOMAIN`).
+    pub fn remove(&self, name: &str) {
+        self.records
+            .lock()
+            .expect("lock")
+            .remove(&name.to_ascii_lowercase());
+    }
+
+    /// The queries it has answered.
+    pub fn queries(&self) -> usize {
+        self.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

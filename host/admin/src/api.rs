@@ -290,6 +290,7 @@ fn upstreams(states: &[wasmgate_proxy::UpstreamState]) -> Value {
                 .map(|t| {
                     json!({
                         "address": t.address,
+                        "discovered_from": t.discovered_from,
                         "weight": t.weight,
                         "health": match (t.check, t.ejected_for) {
                             (Some(false), _) => "unhealthy",

@@ -30,6 +30,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "max_headers",
     "shutdown_grace",
     "http2",
+    "dns",
     "plugin_cache_dir",
     "admin",
     "access_log",
@@ -43,6 +44,7 @@ const HTTP2_KEYS: &[&str] = &[
     "keepalive_interval",
     "keepalive_timeout",
 ];
+const DNS_KEYS: &[&str] = &["nameservers", "lookup", "min_ttl", "max_ttl"];
 const TLS_KEYS: &[&str] = &["listen", "certificates", "client_auth"];
 const CLIENT_AUTH_KEYS: &[&str] = &["ca", "required"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
@@ -167,6 +169,7 @@ fn default_gateway(base: &Path) -> Gateway {
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
         },
+        dns: Dns::default(),
         plugin_cache_dir: default_cache_dir(),
         admin: None,
         access_log: AccessLog::Stdout,
@@ -580,6 +583,9 @@ impl<'r> Reader<'r> {
         if let Some(v) = t.get("http2") {
             self.http2(v, &mut g.http2);
         }
+        if let Some(v) = t.get("dns") {
+            self.dns(v, &mut g.dns);
+        }
         if let Some(v) = t.get("tls") {
             g.tls = self.tls(v);
         }
@@ -638,6 +644,65 @@ impl<'r> Reader<'r> {
             && let Some(d) = self.timeout(v, &t.key("keepalive_timeout"))
         {
             h.keepalive_timeout = d;
+        }
+    }
+
+    fn dns(&mut self, v: &Value<'_>, d: &mut Dns) {
+        let Some(t) = self.table(v, "gateway.dns", DNS_KEYS) else {
+            return;
+        };
+        if let Some(v) = t.get("nameservers")
+            && let Some(items) = self.array(v, &t.key("nameservers"))
+        {
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("{}[{i}]", t.key("nameservers"));
+                let Some(s) = self.string(item, &key) else {
+                    continue;
+                };
+                match (s.parse::<SocketAddr>(), s.parse::<std::net::IpAddr>()) {
+                    (Ok(addr), _) => d.nameservers.push(addr),
+                    (_, Ok(ip)) => d.nameservers.push(SocketAddr::new(ip, 53)),
+                    _ => self.err(
+                        &item.span(),
+                        &key,
+                        format!("invalid nameserver {s:?} (expected an IP address, or IP:PORT such as \"10.0.0.2:53\" or \"[::1]:53\")"),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = t.get("lookup")
+            && let Some(s) = self.string(v, &t.key("lookup"))
+        {
+            d.lookup = match s {
+                "ipv4_then_ipv6" => DnsLookup::Ipv4ThenIpv6,
+                "ipv6_then_ipv4" => DnsLookup::Ipv6ThenIpv4,
+                "ipv4_and_ipv6" => DnsLookup::Ipv4AndIpv6,
+                "ipv4" => DnsLookup::Ipv4,
+                "ipv6" => DnsLookup::Ipv6,
+                other => {
+                    let message = format!(
+                        "invalid lookup {other:?} (expected \"ipv4_then_ipv6\", \"ipv6_then_ipv4\", \"ipv4_and_ipv6\", \"ipv4\" or \"ipv6\")"
+                    );
+                    self.err(&v.span(), &t.key("lookup"), message);
+                    d.lookup
+                }
+            };
+        }
+        for (name, field) in [("min_ttl", &mut d.min_ttl), ("max_ttl", &mut d.max_ttl)] {
+            if let Some(v) = t.get(name)
+                && let Some(ttl) = self.timeout(v, &t.key(name))
+            {
+                *field = ttl;
+            }
+        }
+        if d.max_ttl < d.min_ttl
+            && let Some(v) = t.get("max_ttl").or(t.get("min_ttl"))
+        {
+            let message = format!(
+                "max_ttl ({:?}) is shorter than min_ttl ({:?})",
+                d.max_ttl, d.min_ttl
+            );
+            self.err(&v.span(), &t.key("max_ttl"), message);
         }
     }
 

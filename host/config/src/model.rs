@@ -73,6 +73,8 @@ pub struct Gateway {
     pub shutdown_grace: Duration,
     /// `[gateway.http2]`: HTTP/2 server limits.
     pub http2: Http2,
+    /// `[gateway.dns]`: how targets given by a DNS name are discovered.
+    pub dns: Dns,
     /// `plugin_cache_dir`: where compiled plugins are cached, keyed by content hash. Default
     /// `$XDG_CACHE_HOME/wasmgate` (or `~/.cache/wasmgate`); `""` turns the cache off.
     pub plugin_cache_dir: Option<PathBuf>,
@@ -88,6 +90,50 @@ pub struct Gateway {
     /// listeners and keeping its own upstream connections. A connection stays on the worker that
     /// accepted it. Default: the CPUs the process may run on.
     pub workers: usize,
+}
+
+/// `[gateway.dns]`: the resolver that discovers the addresses of targets given by a DNS name.
+/// Every address a name resolves to is a target, re-resolved when its TTL runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// `nameservers`: the DNS servers asked (`IP` or `IP:PORT`, port 53 by default), over UDP
+    /// then TCP. Empty (the default): those of `/etc/resolv.conf`, with its search domains.
+    pub nameservers: Vec<SocketAddr>,
+    /// `lookup`: which address families a name's targets come from. Default
+    /// [`DnsLookup::Ipv4ThenIpv6`].
+    pub lookup: DnsLookup,
+    /// `min_ttl`: the shortest time a resolved answer is used before the name is resolved
+    /// again (a TTL of 0 would otherwise ask on every turn). Default 1 s.
+    pub min_ttl: Duration,
+    /// `max_ttl`: the longest; a longer TTL is cut to it. Default 60 s.
+    pub max_ttl: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            lookup: DnsLookup::Ipv4ThenIpv6,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `gateway.dns.lookup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookup {
+    /// `"ipv4_then_ipv6"`: the A records; the AAAA records only when there is no A record
+    /// (Envoy's `V4_PREFERRED`). The default.
+    Ipv4ThenIpv6,
+    /// `"ipv6_then_ipv4"`: the AAAA records; the A records only when there is no AAAA record.
+    Ipv6ThenIpv4,
+    /// `"ipv4_and_ipv6"`: every A and AAAA record.
+    Ipv4AndIpv6,
+    /// `"ipv4"`: A records only.
+    Ipv4,
+    /// `"ipv6"`: AAAA records only.
+    Ipv6,
 }
 
 /// `gateway.access_log`.
@@ -423,7 +469,8 @@ pub struct UpstreamTls {
 /// One entry of `targets`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// `address`: `host:port`, where host is an IP address or a DNS name.
+    /// `address`: `host:port`, where host is an IP address or a DNS name (whose addresses are
+    /// discovered, see [`Dns`]).
     pub address: http::uri::Authority,
     /// Whether the address was written `https://host:port`: the target is spoken to over TLS.
     pub tls: bool,

@@ -105,6 +105,7 @@ impl Control {
             Arc::new(prepared.config),
             prepared.runtime,
             &prepared.upstream_tls,
+            prepared.resolver,
             &self.services.metrics,
             access_log,
             Some(&old),
@@ -116,7 +117,7 @@ impl Control {
         });
         // One health checker per upstream at a time: the new snapshot's take over from the old
         // one's, with the targets' state they share.
-        snapshot.start(&self.services.metrics);
+        snapshot.start();
         self.proxy.snapshot.store(Arc::new(snapshot));
         old.stop();
         Ok(reloaded)

@@ -12,13 +12,12 @@ use bytes::Bytes;
 use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use wasmgate_config::{HealthCheck, Probe};
 use wasmgate_telemetry::{CheckMetrics, Metrics};
 
 use crate::body::Body;
-use crate::pool::{Pool, Settings};
+use crate::pool::Pool;
 use crate::upstream::{Health, TargetSet};
 
 /// The most of a probe's response body read (so its connection can be kept); a longer body
@@ -31,7 +30,6 @@ pub(crate) async fn run(
     upstream: String,
     check: HealthCheck,
     set: Arc<ArcSwap<TargetSet>>,
-    settings: Settings,
     metrics: Arc<Metrics>,
 ) {
     let check = Arc::new(check);
@@ -45,28 +43,18 @@ pub(crate) async fn run(
         let current = set.load_full();
         let mut seen = Vec::with_capacity(current.targets.len());
         for target in &current.targets {
-            let key = target.authority.to_string();
+            let key = target.key.clone();
             if running.contains_key(&key) {
                 seen.push(key);
                 continue;
             }
-            let settings = Settings {
-                max_idle: 1,
-                ..settings.clone()
-            };
             let prober = Prober {
                 upstream: upstream.clone(),
-                target: target.authority.to_string(),
-                pool: Arc::new(Pool::new(
-                    target.authority.clone(),
-                    target.tls().cloned(),
-                    settings,
-                    target.metrics.clone(),
-                    1,
-                )),
+                target: key.clone(),
+                pool: Arc::new(target.pool.sibling(1)),
                 host: target.host.clone(),
                 health: target.health.clone(),
-                metrics: metrics.target_checks(&upstream, target.authority.as_str()),
+                metrics: metrics.target_checks(&upstream, &key),
                 check: check.clone(),
             };
             running.insert(key.clone(), probers.spawn(prober.run()));
@@ -117,10 +105,7 @@ impl Prober {
             statuses,
         } = &self.check.probe
         else {
-            return TcpStream::connect(self.target.as_str())
-                .await
-                .map(drop)
-                .map_err(|e| format!("tcp connect: {e}"));
+            return self.pool.probe_tcp().await.map_err(|e| e.to_string());
         };
         let req = Request::get(http::Uri::from(path.clone()))
             .header(HOST, host.as_ref().unwrap_or(&self.host))

@@ -14,6 +14,7 @@
 mod balancer;
 mod body;
 mod control;
+mod discovery;
 mod forward;
 mod health;
 mod listener;
@@ -94,8 +95,11 @@ pub struct UpstreamState {
 /// One target of an [`UpstreamState`].
 #[derive(Debug, Clone)]
 pub struct TargetState {
-    /// The address as written (`https://` kept).
+    /// The address as written (`https://` kept), or for a target discovered from a name, the
+    /// address discovered.
     pub address: String,
+    /// For a discovered target: the `targets` entry whose name resolved to it.
+    pub discovered_from: Option<String>,
     /// Its `weight`.
     pub weight: u32,
     /// How much longer it is ejected; `None` when it takes requests.
@@ -148,6 +152,8 @@ pub struct Prepared {
     tls: Option<Arc<ServerConfig>>,
     /// Each upstream's TLS client configuration, in the order of `config.upstreams`.
     upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    /// The resolver discovering targets given by name, when any is.
+    resolver: Option<discovery::Resolver>,
 }
 
 /// Prepares `config` with a loader of its own, without opening any socket (`wasmgate check`).
@@ -181,6 +187,33 @@ pub async fn prepare_with(
             })
         })
         .collect();
+    let named = config.upstreams.iter().find_map(|u| {
+        u.targets
+            .iter()
+            .position(|t| {
+                let host = t.address.host();
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+            })
+            .map(|i| format!("upstreams.{}.targets[{i}]", u.name))
+    });
+    let resolver = match named {
+        Some(key) => match discovery::Resolver::new(&config.gateway.dns) {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                let key = if config.gateway.dns.nameservers.is_empty() {
+                    key
+                } else {
+                    "gateway.dns".to_owned()
+                };
+                problems.push(config.diagnostic(&key, e));
+                None
+            }
+        },
+        None => None,
+    };
     let runtime = if config.routes.iter().any(|r| !r.plugins.is_empty()) {
         match services.loader.load(&config).await {
             Ok(rt) => Some(rt),
@@ -198,6 +231,7 @@ pub async fn prepare_with(
             runtime,
             tls,
             upstream_tls,
+            resolver,
         })
     } else {
         problems.sort_by_key(|d| d.location);
@@ -233,6 +267,7 @@ impl Gateway {
             runtime,
             tls,
             upstream_tls,
+            resolver,
         } = prepared;
         let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
         let bind = |key: &str, addr: SocketAddr| {
@@ -274,6 +309,7 @@ impl Gateway {
             config.clone(),
             runtime,
             &upstream_tls,
+            resolver,
             &services.metrics,
             access_log,
             None,
@@ -283,7 +319,7 @@ impl Gateway {
             .find(|l| l.tls.is_some())
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
-        snapshot.start(&services.metrics);
+        snapshot.start();
         let proxy = Arc::new(Proxy::new(snapshot));
         let server = Arc::new(Server::new(
             proxy.clone(),

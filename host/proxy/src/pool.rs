@@ -12,6 +12,7 @@
 //! Each worker reaches only its own connections: a connection is driven by the worker thread
 //! that opened it, and the lock around a worker's list is never contended.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -76,6 +77,9 @@ const SPEAKS_H2: u8 = 2;
 #[derive(Debug)]
 pub(crate) struct Pool {
     authority: Authority,
+    /// The address connected to: a discovered address of `authority`'s name, or `None` to
+    /// connect to `authority` itself (an IP address, or a name the system resolves).
+    address: Option<SocketAddr>,
     tls: Option<Tls>,
     settings: Settings,
     /// One of the `SPEAKS_` values.
@@ -217,6 +221,7 @@ impl Release {
 impl Pool {
     pub(crate) fn new(
         authority: Authority,
+        address: Option<SocketAddr>,
         tls: Option<Tls>,
         settings: Settings,
         metrics: TargetMetrics,
@@ -224,6 +229,7 @@ impl Pool {
     ) -> Self {
         Self {
             authority,
+            address,
             tls,
             settings,
             speaks: AtomicU8::new(SPEAKS_UNKNOWN),
@@ -233,6 +239,27 @@ impl Pool {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         }
+    }
+
+    /// A pool of its own to the same target, with `max_idle` idle connections and one worker
+    /// (the health checker's).
+    pub(crate) fn sibling(&self, max_idle: usize) -> Self {
+        Self::new(
+            self.authority.clone(),
+            self.address,
+            self.tls.clone(),
+            Settings {
+                max_idle,
+                ..self.settings.clone()
+            },
+            self.metrics.clone(),
+            1,
+        )
+    }
+
+    /// Opens a TCP connection to the target and closes it again (a health check probe).
+    pub(crate) async fn probe_tcp(&self) -> Result<(), ConnectError> {
+        self.tcp().await.map(drop)
     }
 
     /// Sends `req` (origin-form target, with `Host`) on `worker`'s connections to the target
@@ -451,7 +478,13 @@ impl Pool {
     /// A TCP connection to the target, within `connect_timeout`.
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
         let timeout = self.settings.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.authority.as_str()))
+        let connect = async {
+            match self.address {
+                Some(address) => TcpStream::connect(address).await,
+                None => TcpStream::connect(self.authority.as_str()).await,
+            }
+        };
+        let tcp = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
             .map_err(ConnectError::Tcp)?;
@@ -642,6 +675,7 @@ mod tests {
         let target = metrics.target("u", "127.0.0.1:1");
         let pool = Arc::new(Pool::new(
             "127.0.0.1:1".parse().expect("authority"),
+            None,
             None,
             settings,
             target,

@@ -12,6 +12,7 @@ use wasmgate_config::{Config, Gateway, Protocols, RouteAction};
 use wasmgate_runtime::{Chain, Runtime};
 use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics};
 
+use crate::discovery::Resolver;
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -38,6 +39,8 @@ pub(crate) struct Snapshot {
     pub(crate) pending_restart: Option<PendingRestart>,
     /// The port of the first TLS listener, for redirects to HTTPS.
     pub(crate) https_port: Option<u16>,
+    /// Discovers the addresses of targets given by name (when any is).
+    resolver: Option<Resolver>,
 }
 
 /// A route as the data path uses it.
@@ -74,7 +77,8 @@ impl Snapshot {
         config: Arc<Config>,
         runtime: Option<Runtime>,
         clients: &[Option<Arc<rustls::ClientConfig>>],
-        metrics: &Metrics,
+        resolver: Option<Resolver>,
+        metrics: &Arc<Metrics>,
         access_log: Arc<AccessLog>,
         previous: Option<&Snapshot>,
     ) -> Self {
@@ -146,6 +150,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             pending_restart: None,
             https_port: None,
+            resolver,
             config,
         }
     }
@@ -153,10 +158,10 @@ impl Snapshot {
 
 impl Snapshot {
     /// Starts what runs beside the data path while this snapshot serves: the upstreams' health
-    /// checkers.
-    pub(crate) fn start(&self, metrics: &Arc<Metrics>) {
+    /// checkers and discovery.
+    pub(crate) fn start(&self) {
         for upstream in &self.upstreams {
-            upstream.start(metrics);
+            upstream.start(self.resolver.as_ref());
         }
     }
 

@@ -1,7 +1,7 @@
 //! Upstreams: targets chosen by the upstream's `balance`, each with its connection pool;
 //! passive ejection (outlier detection), and the state the health checker keeps.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,19 +30,17 @@ pub(crate) struct Upstream {
     pub(crate) timeout: Duration,
     pub(crate) retries: RetryPolicy,
     outlier: OutlierDetection,
-    /// The `targets` entries this upstream was built from: a reload that keeps them (and
-    /// `outlier_detection`) keeps the targets' health.
-    defined: Vec<wasmgate_config::Target>,
+    /// How its targets are built: from the `targets` entries, which a reload must keep (with
+    /// `outlier_detection`) to keep the targets' health.
+    blueprint: Arc<Blueprint>,
     health_check: Option<HealthCheck>,
-    /// What the health checker needs to reach the targets its own way.
-    settings: Settings,
     balance: &'static str,
     /// `max_requests` (0: none), and the requests in flight it limits.
     max_requests: usize,
     in_flight: Arc<AtomicUsize>,
     overflows: prometheus_client::metrics::counter::Counter,
-    /// The health checker, while this upstream serves.
-    background: Mutex<Option<AbortHandle>>,
+    /// The health checker and the discovery of named targets, while this upstream serves.
+    background: Mutex<Vec<AbortHandle>>,
 }
 
 /// An upstream's targets, with what choosing among them needs.
@@ -60,19 +58,98 @@ pub(crate) struct TargetSet {
 
 #[derive(Debug)]
 pub(crate) struct Target {
+    /// The address as written in `targets`: what `Host`, SNI and the logs name.
     pub(crate) authority: Authority,
+    /// Where the target comes from, and the address connected to.
+    endpoint: Endpoint,
+    /// The target's name in metrics, the admin API and the hash ring: its address as written,
+    /// or for a discovered one, the address discovered (`10.0.0.3:8080`).
+    pub(crate) key: String,
     /// `Host` naming the target (its address without the scheme's default port), built once.
     pub(crate) host: http::HeaderValue,
     pub(crate) metrics: TargetMetrics,
     /// The target's connections, per worker.
     pub(crate) pool: Arc<Pool>,
-    /// Shared with the same target of the snapshot before when a reload kept the upstream's
-    /// targets: an ejected target stays ejected across reloads.
+    /// Shared with the same target of the set before when a reload or a discovery kept it: an
+    /// ejected target stays ejected.
     pub(crate) health: Arc<Health>,
     /// Requests sent to the target whose response has not ended yet (shared likewise).
     in_flight: Arc<AtomicUsize>,
-    /// What the TLS handshake of the health checker's own connections needs.
-    tls: Option<Tls>,
+}
+
+/// One target of a set: the `targets` entry it comes from and, when that names a host that
+/// was resolved, one of its addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Endpoint {
+    pub(crate) defined: usize,
+    pub(crate) address: Option<SocketAddr>,
+}
+
+/// What building an upstream's targets needs, kept for when discovery changes them.
+#[derive(Debug)]
+pub(crate) struct Blueprint {
+    pub(crate) name: String,
+    pub(crate) defined: Vec<wasmgate_config::Target>,
+    /// Each defined target's TLS settings, by index.
+    tls: Vec<Option<Tls>>,
+    settings: Settings,
+    workers: usize,
+    hash: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Blueprint {
+    /// The targets of `endpoints` (sorted), keeping the health and in-flight counts of those
+    /// `previous` has too.
+    pub(crate) fn build(&self, endpoints: &[Endpoint], previous: Option<&TargetSet>) -> TargetSet {
+        let targets: Vec<Target> = endpoints
+            .iter()
+            .map(|&endpoint| {
+                let defined = &self.defined[endpoint.defined];
+                let key = endpoint
+                    .address
+                    .map_or_else(|| defined.address.to_string(), |a| a.to_string());
+                let before =
+                    previous.and_then(|set| set.targets.iter().find(|t| t.endpoint == endpoint));
+                let metrics = self.metrics.target(&self.name, &key);
+                Target {
+                    host: host_header(defined),
+                    authority: defined.address.clone(),
+                    endpoint,
+                    pool: Arc::new(Pool::new(
+                        defined.address.clone(),
+                        endpoint.address,
+                        self.tls[endpoint.defined].clone(),
+                        self.settings.clone(),
+                        metrics.clone(),
+                        self.workers,
+                    )),
+                    metrics,
+                    key,
+                    health: before.map_or_else(Arc::default, |b| b.health.clone()),
+                    in_flight: before.map_or_else(Arc::default, |b| b.in_flight.clone()),
+                }
+            })
+            .collect();
+        let weights = endpoints
+            .iter()
+            .map(|e| self.defined[e.defined].weight)
+            .collect();
+        TargetSet::new(targets, weights, self.hash)
+    }
+
+    /// The entries of `targets` whose host is a name to discover, by index.
+    pub(crate) fn names(&self) -> Vec<usize> {
+        (0..self.defined.len())
+            .filter(|&i| {
+                let host = self.defined[i].address.host();
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_err()
+            })
+            .collect()
+    }
 }
 
 /// What outlier detection and the health checker know of a target. Times are milliseconds
@@ -127,10 +204,6 @@ impl Target {
     pub(crate) fn begin(&self) -> InFlight {
         InFlight::begin(&self.in_flight)
     }
-
-    pub(crate) fn tls(&self) -> Option<&Tls> {
-        self.tls.as_ref()
-    }
 }
 
 /// The algorithm of `balance`.
@@ -149,7 +222,7 @@ impl TargetSet {
                 targets
                     .iter()
                     .zip(&weights)
-                    .map(|(t, &w)| (t.authority.as_str(), w)),
+                    .map(|(t, &w)| (t.key.as_str(), w)),
             )
         });
         Self {
@@ -162,6 +235,11 @@ impl TargetSet {
 
     fn usable(&self, i: usize, now: u64) -> bool {
         self.targets[i].health.usable(now)
+    }
+
+    /// Where each target comes from, in order.
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        self.targets.iter().map(|t| t.endpoint).collect()
     }
 
     fn any_usable(&self, now: u64) -> bool {
@@ -178,57 +256,52 @@ impl Upstream {
         config: &wasmgate_config::Upstream,
         client: Option<&Arc<rustls::ClientConfig>>,
         workers: usize,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         previous: Option<&Upstream>,
     ) -> Self {
-        let kept = previous
-            .filter(|p| p.defined == config.targets && p.outlier == config.outlier_detection)
-            .map(|p| p.set.load_full());
-        let settings = Settings {
-            protocol: config.protocol,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.pool_idle_timeout,
-            max_idle: config.pool_max_idle,
-        };
-        let targets = config
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let metrics = metrics.target(&config.name, t.address.as_str());
-                let tls = match client {
+        let kept = previous.filter(|p| {
+            p.blueprint.defined == config.targets && p.outlier == config.outlier_detection
+        });
+        let blueprint = Blueprint {
+            name: config.name.clone(),
+            defined: config.targets.clone(),
+            tls: config
+                .targets
+                .iter()
+                .map(|t| match client {
                     Some(client) if t.tls => Some(Tls {
                         connector: TlsConnector::from(client.clone()),
                         upgrade_connector: TlsConnector::from(http1_only(client)),
                         server_name: server_name(config, &t.address),
                     }),
                     _ => None,
-                };
-                let before = kept.as_ref().map(|set| &set.targets[i]);
-                Target {
-                    host: host_header(t),
-                    authority: t.address.clone(),
-                    pool: Arc::new(Pool::new(
-                        t.address.clone(),
-                        tls.clone(),
-                        settings.clone(),
-                        metrics.clone(),
-                        workers,
-                    )),
-                    metrics,
-                    health: before.map_or_else(Arc::default, |b| b.health.clone()),
-                    in_flight: before.map_or_else(Arc::default, |b| b.in_flight.clone()),
-                    tls,
-                }
-            })
-            .collect();
-        let weights = config.targets.iter().map(|t| t.weight).collect();
-        let hash = matches!(config.balance, Balance::Hash(_));
+                })
+                .collect(),
+            settings: Settings {
+                protocol: config.protocol,
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle,
+            },
+            workers,
+            hash: matches!(config.balance, Balance::Hash(_)),
+            metrics: metrics.clone(),
+        };
+        // A kept upstream keeps the addresses discovered so far, and the targets' health.
+        let previous_set = kept.map(|p| p.set.load_full());
+        let endpoints = match &previous_set {
+            Some(set) => set.endpoints(),
+            None => (0..config.targets.len())
+                .map(|defined| Endpoint {
+                    defined,
+                    address: None,
+                })
+                .collect(),
+        };
+        let set = blueprint.build(&endpoints, previous_set.as_deref());
         Self {
             name: config.name.clone(),
-            set: Arc::new(ArcSwap::from_pointee(TargetSet::new(
-                targets, weights, hash,
-            ))),
+            set: Arc::new(ArcSwap::from_pointee(set)),
             strategy: match &config.balance {
                 Balance::RoundRobin => Strategy::RoundRobin,
                 Balance::LeastRequest => Strategy::LeastRequest,
@@ -239,38 +312,45 @@ impl Upstream {
             timeout: config.timeout,
             retries: RetryPolicy::new(&config.retries, metrics.retry_overflows(&config.name)),
             outlier: config.outlier_detection.clone(),
-            defined: config.targets.clone(),
+            blueprint: Arc::new(blueprint),
             health_check: config.health_check.clone(),
-            settings,
             balance: config.balance.as_str(),
             max_requests: config.max_requests as usize,
-            in_flight: previous
-                .filter(|_| kept.is_some())
-                .map_or_else(Arc::default, |p| p.in_flight.clone()),
+            in_flight: kept.map_or_else(Arc::default, |p| p.in_flight.clone()),
             overflows: metrics.upstream_overflows(&config.name),
-            background: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
         }
     }
 
-    /// Starts the upstream's health checker, if it has `health_check` (on the current tokio
-    /// runtime; it runs until [`stop`](Self::stop) or the upstream is dropped).
-    pub(crate) fn start(&self, metrics: &Arc<Metrics>) {
-        let Some(check) = &self.health_check else {
-            return;
-        };
-        let task = tokio::spawn(crate::health::run(
-            self.name.clone(),
-            check.clone(),
-            self.set.clone(),
-            self.settings.clone(),
-            metrics.clone(),
-        ));
-        *lock(&self.background) = Some(task.abort_handle());
+    /// Starts what keeps the upstream's targets current: the discovery of targets given by
+    /// name (with `resolver`), and the health checker if it has `health_check`. They run on the
+    /// current tokio runtime until [`stop`](Self::stop) or the upstream is dropped.
+    pub(crate) fn start(&self, resolver: Option<&crate::discovery::Resolver>) {
+        let mut background = lock(&self.background);
+        if let Some(resolver) = resolver
+            && !self.blueprint.names().is_empty()
+        {
+            let task = tokio::spawn(crate::discovery::run(
+                self.blueprint.clone(),
+                self.set.clone(),
+                resolver.clone(),
+            ));
+            background.push(task.abort_handle());
+        }
+        if let Some(check) = &self.health_check {
+            let task = tokio::spawn(crate::health::run(
+                self.name.clone(),
+                check.clone(),
+                self.set.clone(),
+                self.blueprint.metrics.clone(),
+            ));
+            background.push(task.abort_handle());
+        }
     }
 
-    /// Stops the upstream's health checker: its successor, from a reload, has one of its own.
+    /// Stops what [`start`](Self::start) started: its successor, from a reload, has its own.
     pub(crate) fn stop(&self) {
-        if let Some(task) = lock(&self.background).take() {
+        for task in lock(&self.background).drain(..) {
             task.abort();
         }
     }
@@ -377,15 +457,16 @@ impl Upstream {
             targets: set
                 .targets
                 .iter()
-                .zip(&self.defined)
-                .map(|(t, defined)| {
+                .map(|t| {
+                    let defined = &self.blueprint.defined[t.endpoint.defined];
                     let until = t.health.ejected_until.load(Ordering::Relaxed);
+                    let scheme = if defined.tls { "https://" } else { "" };
                     crate::TargetState {
-                        address: if defined.tls {
-                            format!("https://{}", defined.address)
-                        } else {
-                            defined.address.to_string()
-                        },
+                        address: format!("{scheme}{}", t.key),
+                        discovered_from: t
+                            .endpoint
+                            .address
+                            .map(|_| format!("{scheme}{}", defined.address)),
                         weight: defined.weight,
                         ejected_for: (until > now).then(|| Duration::from_millis(until - now)),
                         ejections_in_row: t.health.ejections.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@ mod chaos;
 mod client_tls;
 mod config_errors;
 mod cors;
+mod discovery;
 mod ejection;
 mod grpc;
 mod health;
