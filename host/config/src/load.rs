@@ -60,6 +60,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "hash_on",
     "outlier_detection",
     "max_requests",
+    "max_connections",
+    "max_pending",
     "health_check",
     "retries",
 ];
@@ -881,6 +883,8 @@ impl<'r> Reader<'r> {
             balance: Balance::RoundRobin,
             outlier_detection: OutlierDetection::default(),
             max_requests: 0,
+            max_connections: 0,
+            max_pending: 1024,
             health_check: None,
             retries: Retries::default(),
             tls: None,
@@ -930,6 +934,23 @@ impl<'r> Reader<'r> {
             && let Some(n) = self.integer(v, &t.key("max_requests"), 0, 1_000_000)
         {
             u.max_requests = n as u32;
+        }
+        if let Some(v) = t.get("max_connections")
+            && let Some(n) = self.integer(v, &t.key("max_connections"), 0, 1_000_000)
+        {
+            u.max_connections = n as u32;
+        }
+        if let Some(v) = t.get("max_pending")
+            && let Some(n) = self.integer(v, &t.key("max_pending"), 0, 1_000_000)
+        {
+            u.max_pending = n as u32;
+            if u.max_connections == 0 {
+                self.err(
+                    &v.span(),
+                    &t.key("max_pending"),
+                    "applies with max_connections only: requests wait for a connection when max_connections are open",
+                );
+            }
         }
         if let Some(v) = t.get("outlier_detection") {
             self.outlier_detection(v, &t.key("outlier_detection"), &mut u.outlier_detection);

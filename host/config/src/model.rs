@@ -252,6 +252,12 @@ pub struct Upstream {
     /// `max_requests`: the most requests in flight to the upstream across the gateway; beyond,
     /// requests get a fast 503 (circuit breaking). 0, the default: no limit.
     pub max_requests: u32,
+    /// `max_connections`: the most connections open to the upstream's targets across the
+    /// gateway (0, the default: no limit).
+    pub max_connections: u32,
+    /// `max_pending`: with `max_connections`, the most requests waiting for a connection to free
+    /// up (each for at most `connect_timeout`); beyond, a fast 503. Default 1024.
+    pub max_pending: u32,
     /// `health_check`: probes each target on an interval, and takes traffic away from a target
     /// that fails them until it passes again. `None` (the default): no active checks.
     pub health_check: Option<HealthCheck>,

@@ -13,6 +13,7 @@
 
 mod balancer;
 mod body;
+mod breaker;
 mod control;
 mod discovery;
 mod forward;

@@ -32,6 +32,7 @@ use wasmgate_config::UpstreamProtocol;
 use wasmgate_telemetry::TargetMetrics;
 
 use crate::body::Body;
+use crate::breaker::{Breaker, Slot};
 
 /// How requests reach the targets of one upstream, and how many connections are kept.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_idle: usize,
+    /// The upstream's `max_connections` and `max_pending`, when it has them.
+    pub(crate) breaker: Option<Arc<Breaker>>,
 }
 
 /// How an `https://` target is reached: the client configuration and the name to verify.
@@ -123,6 +126,12 @@ pub(crate) enum SendError {
     Request(#[source] hyper::Error),
 }
 
+/// What a request waiting for a connection got.
+enum Freed {
+    Slot(Slot),
+    Connection(Connected),
+}
+
 /// A new connection, ready for requests in the protocol it speaks.
 enum Connected {
     Http1(http1::SendRequest<Body>),
@@ -144,6 +153,10 @@ pub(crate) enum ConnectError {
     },
     #[error("the target does not speak HTTP/2 (ALPN offered h2, it chose {0})")]
     NoH2(String),
+    #[error(
+        "the upstream has max_connections ({0}) open and max_pending ({1}) requests waiting for one"
+    )]
+    Overloaded(usize, usize),
     #[error("{} handshake failed: {}", .protocol, Causes(.source))]
     Handshake {
         protocol: &'static str,
@@ -250,6 +263,7 @@ impl Pool {
             self.tls.clone(),
             Settings {
                 max_idle,
+                breaker: None,
                 ..self.settings.clone()
             },
             self.metrics.clone(),
@@ -302,7 +316,7 @@ impl Pool {
     where
         T: Read + Write + Unpin + Send + 'static,
     {
-        let mut sender = self.start_http1(io).await?;
+        let mut sender = self.start_http1(io, None).await?;
         sender.send_request(req).await.map_err(SendError::Request)
     }
 
@@ -394,6 +408,9 @@ impl Pool {
             sender,
             since: Instant::now(),
         });
+        if let Some(breaker) = &self.settings.breaker {
+            breaker.released();
+        }
         if !conns.reaping {
             conns.reaping = true;
             drop(conns);
@@ -435,13 +452,27 @@ impl Pool {
     /// Opens a connection to the target (TCP, then TLS for `https://`) and starts HTTP on it:
     /// HTTP/2 when the protocol says so or ALPN chose it (then it becomes the worker's shared
     /// connection), HTTP/1.1 otherwise.
+    ///
+    /// With `max_connections` all open, the request waits (one of `max_pending`) until one
+    /// closes or goes back to a pool, for at most `connect_timeout`; a connection freed meanwhile
+    /// on any worker is taken as it is.
     async fn connect(&self, worker: usize) -> Result<Connected, ConnectError> {
+        let slot = match &self.settings.breaker {
+            None => None,
+            Some(breaker) => match breaker.slot() {
+                Some(slot) => Some(slot),
+                None => match self.wait_for_connection(breaker).await? {
+                    Freed::Slot(slot) => Some(slot),
+                    Freed::Connection(connected) => return Ok(connected),
+                },
+            },
+        };
         let tcp = self.tcp().await?;
         let Some(tls) = &self.tls else {
             return match self.settings.protocol {
-                UpstreamProtocol::H2c => self.start_h2(worker, TokioIo::new(tcp)).await,
+                UpstreamProtocol::H2c => self.start_h2(worker, TokioIo::new(tcp), slot).await,
                 _ => self
-                    .start_http1(TokioIo::new(tcp))
+                    .start_http1(TokioIo::new(tcp), slot)
                     .await
                     .map(Connected::Http1),
             };
@@ -460,19 +491,62 @@ impl Pool {
                 self.speaks
                     .store(if h2 { SPEAKS_H2 } else { SPEAKS_HTTP1 }, Ordering::Relaxed);
                 if h2 {
-                    self.start_h2(worker, TokioIo::new(stream)).await
+                    self.start_h2(worker, TokioIo::new(stream), slot).await
                 } else {
-                    self.start_http1(TokioIo::new(stream))
+                    self.start_http1(TokioIo::new(stream), slot)
                         .await
                         .map(Connected::Http1)
                 }
             }
-            UpstreamProtocol::H2 => self.start_h2(worker, TokioIo::new(stream)).await,
+            UpstreamProtocol::H2 => self.start_h2(worker, TokioIo::new(stream), slot).await,
             UpstreamProtocol::Http1 | UpstreamProtocol::H2c => self
-                .start_http1(TokioIo::new(stream))
+                .start_http1(TokioIo::new(stream), slot)
                 .await
                 .map(Connected::Http1),
         }
+    }
+
+    /// Waits, as one of `max_pending`, for a slot or for a connection to the target that a
+    /// worker no longer uses; `Overloaded` when too many wait already or `connect_timeout` ends.
+    async fn wait_for_connection(&self, breaker: &Arc<Breaker>) -> Result<Freed, ConnectError> {
+        let (max_connections, max_pending) = breaker.limits();
+        let overloaded = ConnectError::Overloaded(max_connections, max_pending);
+        let Some(_waiting) = breaker.wait() else {
+            return Err(overloaded);
+        };
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        loop {
+            let freed = breaker.freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = breaker.slot() {
+                return Ok(Freed::Slot(slot));
+            }
+            if let Some(connected) = self.idle_anywhere() {
+                return Ok(Freed::Connection(connected));
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                breaker.overflow();
+                return Err(overloaded);
+            }
+        }
+    }
+
+    /// A connection to the target ready for a request that some worker does not use now: an
+    /// idle HTTP/1.1 one, or an HTTP/2 one with room for another stream.
+    fn idle_anywhere(&self) -> Option<Connected> {
+        for worker in 0..self.workers.len() {
+            let mut conns = self.conns(worker);
+            if let Some(h2) = conns.h2.as_ref().filter(|s| s.is_ready()) {
+                return Some(Connected::H2(h2.clone()));
+            }
+            while let Some(idle) = conns.idle.pop() {
+                if idle.sender.is_ready() && idle.since.elapsed() < self.settings.idle_timeout {
+                    return Some(Connected::Http1(idle.sender));
+                }
+            }
+        }
+        None
     }
 
     /// A TCP connection to the target, within `connect_timeout`.
@@ -513,7 +587,11 @@ impl Pool {
 
     /// Starts HTTP/1.1 on `io`. With upgrades: the same connection task serves pooled requests
     /// and hands the socket over after a 101.
-    async fn start_http1<T>(&self, io: T) -> Result<http1::SendRequest<Body>, ConnectError>
+    async fn start_http1<T>(
+        &self,
+        io: T,
+        slot: Option<Slot>,
+    ) -> Result<http1::SendRequest<Body>, ConnectError>
     where
         T: Read + Write + Unpin + Send + 'static,
     {
@@ -529,12 +607,18 @@ impl Pool {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
             }
+            drop(slot);
         });
         Ok(sender)
     }
 
     /// Starts HTTP/2 on `io` and makes it the worker's shared connection to the target.
-    async fn start_h2<T>(&self, worker: usize, io: T) -> Result<Connected, ConnectError>
+    async fn start_h2<T>(
+        &self,
+        worker: usize,
+        io: T,
+        slot: Option<Slot>,
+    ) -> Result<Connected, ConnectError>
     where
         T: Read + Write + Unpin + Send + 'static,
     {
@@ -554,6 +638,7 @@ impl Pool {
             if let Err(e) = connection.await {
                 tracing::debug!(%target, error = %Causes(&e), "upstream connection closed");
             }
+            drop(slot);
         });
         sender.ready().await.map_err(handshake)?;
         self.conns(worker).h2 = Some(sender.clone());
@@ -671,6 +756,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_idle: 1,
+            breaker: None,
         };
         let target = metrics.target("u", "127.0.0.1:1");
         let pool = Arc::new(Pool::new(

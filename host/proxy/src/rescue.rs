@@ -56,8 +56,8 @@ pub(crate) enum Rejection {
         "upstream {upstream} target {target}: answered the websocket handshake with a wrong sec-websocket-accept"
     )]
     WebSocketAccept { upstream: String, target: String },
-    #[error("upstream {upstream}: {max} requests in flight already (max_requests)")]
-    Overloaded { upstream: String, max: usize },
+    #[error("upstream {upstream}: {reason}")]
+    Overloaded { upstream: String, reason: String },
     #[error("upstream {upstream} target {target}: no response within {timeout:?}")]
     Timeout {
         upstream: String,

@@ -34,7 +34,7 @@ use wasmgate_telemetry::UpstreamOutcome;
 
 use crate::body::{Active, Body, InFlight};
 use crate::forward::{self, REQUEST_ID};
-use crate::pool::SendError;
+use crate::pool::{ConnectError, SendError};
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::{self, LocalReply, Rejection};
 use crate::retry::Tape;
@@ -377,7 +377,7 @@ impl<'s> Session<'s> {
         // Circuit breaking: beyond `max_requests` in flight, a fast 503 rather than a queue.
         let mut admitted = upstream.admit().map_err(|max| Rejection::Overloaded {
             upstream: upstream.name.clone(),
-            max,
+            reason: format!("{max} requests in flight already (max_requests)"),
         })?;
         let (mut parts, body) = req.into_parts();
         // Chosen on the request as the client sent it (and the plugins left it).
@@ -553,6 +553,17 @@ impl<'s> Session<'s> {
                         // Its body is not read: its connection closes.
                         drop(response);
                         (format!("status {status}"), next, plan)
+                    }
+                    // The gateway's own limit, not the target's failure: neither counted
+                    // against it nor retried.
+                    Ok(Err(SendError::Connect {
+                        source: source @ ConnectError::Overloaded(..),
+                        ..
+                    })) => {
+                        return Err(Rejection::Overloaded {
+                            upstream: upstream.name.clone(),
+                            reason: source.to_string(),
+                        });
                     }
                     Ok(Err(mut failed)) => {
                         count_failure(target, &failed);

@@ -16,6 +16,7 @@ use wasmgate_telemetry::{Metrics, TargetMetrics};
 
 use crate::balancer::{self, Ring, gcd};
 use crate::body::InFlight;
+use crate::breaker::Breaker;
 use crate::pool::{Pool, Settings, Tls};
 use crate::retry::RetryPolicy;
 
@@ -282,6 +283,14 @@ impl Upstream {
                 connect_timeout: config.connect_timeout,
                 idle_timeout: config.pool_idle_timeout,
                 max_idle: config.pool_max_idle,
+                breaker: (config.max_connections > 0).then(|| {
+                    Arc::new(Breaker::new(
+                        config.max_connections as usize,
+                        config.max_pending as usize,
+                        metrics.upstream_overflows(&config.name),
+                        metrics.upstream_pending(&config.name),
+                    ))
+                }),
             },
             workers,
             hash: matches!(config.balance, Balance::Hash(_)),

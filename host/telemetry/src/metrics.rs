@@ -122,6 +122,7 @@ pub struct Metrics {
     upstream_ejections: Family<TargetLabels, Counter>,
     upstream_overflows: Family<UpstreamOnlyLabels, Counter>,
     retry_overflows: Family<UpstreamOnlyLabels, Counter>,
+    upstream_pending: Family<UpstreamOnlyLabels, Gauge>,
     health_checks: Family<CheckLabels, Counter>,
     health_transitions: Family<TransitionLabels, Counter>,
     target_healthy: Family<TargetLabels, Gauge>,
@@ -197,7 +198,7 @@ impl Metrics {
         let upstream_overflows = Family::default();
         registry.register(
             "upstream_overflows",
-            "Requests answered 503 at once because the upstream had max_requests in flight (circuit breaking), by upstream",
+            "Requests answered 503 by circuit breaking: the upstream had max_requests in flight, or max_connections open and max_pending waiting, by upstream",
             upstream_overflows.clone(),
         );
         let retry_overflows = Family::default();
@@ -205,6 +206,12 @@ impl Metrics {
             "upstream_retry_overflows",
             "Retries not made because the upstream's retry budget (retries.budget_percent of its requests in flight) was spent, by upstream",
             retry_overflows.clone(),
+        );
+        let upstream_pending = Family::default();
+        registry.register(
+            "upstream_pending_requests",
+            "Requests waiting for a connection because the upstream has max_connections open, by upstream",
+            upstream_pending.clone(),
         );
         let health_checks = Family::default();
         registry.register(
@@ -298,6 +305,7 @@ impl Metrics {
             upstream_ejections,
             upstream_overflows,
             retry_overflows,
+            upstream_pending,
             health_checks,
             health_transitions,
             target_healthy,
@@ -342,6 +350,14 @@ impl Metrics {
     /// Counts retries not made because upstream `upstream`'s retry budget was spent.
     pub fn retry_overflows(&self, upstream: &str) -> Counter {
         self.retry_overflows
+            .get_or_create_owned(&UpstreamOnlyLabels {
+                upstream: Arc::new(upstream.to_owned()),
+            })
+    }
+
+    /// Counts requests waiting for a connection to upstream `upstream` (`max_pending`).
+    pub fn upstream_pending(&self, upstream: &str) -> Gauge {
+        self.upstream_pending
             .get_or_create_owned(&UpstreamOnlyLabels {
                 upstream: Arc::new(upstream.to_owned()),
             })

@@ -9,6 +9,7 @@ mod balance;
 mod basic_auth;
 mod chain;
 mod chaos;
+mod circuit_breaking;
 mod client_tls;
 mod config_errors;
 mod cors;

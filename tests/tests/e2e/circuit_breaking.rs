@@ -1,0 +1,111 @@
+//! Circuit breaking on connections: `max_connections` open to an upstream, `max_pending`
+//! requests waiting for one (each at most `connect_timeout`), a fast 503 beyond.
+
+use std::time::{Duration, Instant};
+
+use wasmgate_tests::*;
+
+async fn send(gw: &TestGateway, path: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (c, url) = (client(), gw.url(path));
+    tokio::spawn(async move { c.get(url).send().await.expect("send") })
+}
+
+#[tokio::test]
+async fn beyond_max_connections_requests_wait_and_beyond_max_pending_get_a_fast_503() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_millis(500)).await;
+    let gw = TestGateway::start(&pool_config(
+        &[format!("\"{slow}\"")],
+        "max_connections = 1\nmax_pending = 1",
+    ))
+    .await
+    .expect("start");
+    let first = send(&gw, "/first").await;
+    arrived
+        .recv()
+        .await
+        .expect("the first request holds the one connection");
+    let second = send(&gw, "/second").await;
+    eventually(Duration::from_secs(5), "the second request waits", || {
+        gw.metric("wasmgate_upstream_pending_requests{upstream=\"pool\"}") == 1
+    })
+    .await;
+    let started = Instant::now();
+    let third = client().get(gw.url("/third")).send().await.expect("send");
+    assert_eq!(third.status(), 503);
+    assert!(started.elapsed() < Duration::from_millis(400), "not fast");
+    let body: serde_json::Value = third.json().await.expect("json");
+    assert_eq!(body["error"], "upstream_overloaded");
+    // The held connection closes (the target says `connection: close`): the waiting request
+    // takes its place.
+    assert_eq!(first.await.expect("task").status(), 200);
+    assert_eq!(second.await.expect("task").status(), 200);
+    assert_eq!(
+        gw.metric("wasmgate_upstream_overflows_total{upstream=\"pool\"}"),
+        1
+    );
+    assert_eq!(
+        gw.metric("wasmgate_upstream_pending_requests{upstream=\"pool\"}"),
+        0
+    );
+    let target_errors = gw
+        .metrics()
+        .lines()
+        .filter(|l| l.contains("outcome=\"connect_error\"") && !l.ends_with(" 0"))
+        .count();
+    assert_eq!(
+        target_errors, 0,
+        "the gateway's own limit counted against the target"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_connection_no_longer_than_connect_timeout() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(3)).await;
+    let gw = TestGateway::start(&pool_config(
+        &[format!("\"{slow}\"")],
+        "max_connections = 1\nconnect_timeout = \"300ms\"",
+    ))
+    .await
+    .expect("start");
+    let first = send(&gw, "/first").await;
+    arrived
+        .recv()
+        .await
+        .expect("the first request holds the one connection");
+    let started = Instant::now();
+    let waited = client().get(gw.url("/second")).send().await.expect("send");
+    assert_eq!(waited.status(), 503);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "waited {elapsed:?}"
+    );
+    assert!(
+        arrived.try_recv().is_err(),
+        "the second request reached the target"
+    );
+    assert_eq!(first.await.expect("task").status(), 200);
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_freed_by_one_request_serves_the_waiting_one() {
+    let up = echo_upstream("echo").await;
+    let gw = TestGateway::start(&pool_config(
+        &[format!("\"{up}\"")],
+        "max_connections = 2\nmax_pending = 100",
+    ))
+    .await
+    .expect("start");
+    // 40 requests at once over at most two connections: every one is served, on connections
+    // handed from one request to the next.
+    let requests: Vec<_> = (0..40).map(|_| send(&gw, "/delay/20")).collect::<Vec<_>>();
+    for request in futures_util::future::join_all(requests).await {
+        assert_eq!(request.await.expect("task").status(), 200);
+    }
+    assert!(
+        gw.metric(&format!(
+            "wasmgate_upstream_connections_total{{upstream=\"pool\",target=\"{up}\"}}"
+        )) <= 2,
+        "more than max_connections were opened"
+    );
+}
