@@ -99,6 +99,57 @@ async fn each_ejection_in_a_row_lasts_one_base_ejection_longer() {
 }
 
 #[tokio::test]
+async fn a_target_that_served_for_a_base_ejection_is_ejected_afresh_next_time() {
+    let mut flaky = KillableUpstream::start("flaky").await;
+    let healthy = echo_upstream("healthy").await;
+    let gw = TestGateway::start(&pool_of(
+        &[flaky.addr, healthy],
+        r#"base_ejection = "300ms", max_ejection = "10s""#,
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let addr = flaky.addr;
+    let in_row = |gw: &TestGateway| gw.target("pool", addr).ejections_in_row;
+    // Down: its first connect failure ejects it (the request goes to the other target).
+    flaky.kill().await;
+    for _ in 0..2 {
+        assert_eq!(status(&c, &gw).await, 200);
+    }
+    assert_eq!(in_row(&gw), 1);
+    // Back, and answering for longer than a base_ejection after its ejection ended.
+    flaky.restart().await;
+    eventually(Duration::from_secs(5), "the ejection ends", || {
+        gw.target("pool", addr).ejected_for.is_none()
+    })
+    .await;
+    let served_since = Instant::now();
+    while served_since.elapsed() < Duration::from_millis(400) {
+        assert_eq!(status(&c, &gw).await, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        in_row(&gw),
+        0,
+        "serving for a base_ejection starts the count over"
+    );
+    // Down again: a first ejection (300 ms), not a second one (600 ms).
+    flaky.kill().await;
+    for _ in 0..2 {
+        assert_eq!(status(&c, &gw).await, 200);
+    }
+    let state = gw.target("pool", addr);
+    assert_eq!(state.ejections_in_row, 1);
+    assert!(
+        state
+            .ejected_for
+            .is_some_and(|d| d <= Duration::from_millis(300)),
+        "{:?}",
+        state.ejected_for
+    );
+}
+
+#[tokio::test]
 async fn no_more_than_max_ejection_percent_of_the_targets_are_ejected() {
     let (a, b) = (failing_upstream().await, failing_upstream().await);
     let gw = TestGateway::start(&pool_of(
