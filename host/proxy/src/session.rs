@@ -139,9 +139,11 @@ impl<'s> Session<'s> {
             return Ok(answer);
         }
         match self.route.and_then(|r| r.chain.as_deref()) {
-            None => self.upstream(req).await,
-            // Boxed: the plugin calls' futures are large, and every request's future (boxed and
-            // moved by hyper) would otherwise be as large as they are, with or without plugins.
+            // Both boxed: the upstream phase's future (4 KiB of pool send, the retries' state)
+            // and the plugin calls' are large, and hyper moves every request's future into its
+            // connection's slot: inline, they made it 13 KiB, copied once per request (with the
+            // upstream phase boxed: 1.7 KiB).
+            None => Box::pin(self.upstream(req)).await,
             Some(chain) => Box::pin(self.with_plugins(chain, req)).await,
         }
     }
