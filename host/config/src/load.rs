@@ -31,6 +31,8 @@ const GATEWAY_KEYS: &[&str] = &[
     "shutdown_grace",
     "http2",
     "dns",
+    "merge_slashes",
+    "escaped_slashes",
     "plugin_cache_dir",
     "admin",
     "access_log",
@@ -107,6 +109,7 @@ const ROUTE_KEYS: &[&str] = &[
     "protocols",
     "https_redirect",
     "preserve_host",
+    "case_sensitive",
     "max_body",
     "plugins",
 ];
@@ -172,6 +175,8 @@ fn default_gateway(base: &Path) -> Gateway {
             keepalive_timeout: Duration::from_secs(10),
         },
         dns: Dns::default(),
+        merge_slashes: true,
+        escaped_slashes: EscapedSlashes::Reject,
         plugin_cache_dir: default_cache_dir(),
         admin: None,
         access_log: AccessLog::Stdout,
@@ -587,6 +592,26 @@ impl<'r> Reader<'r> {
         }
         if let Some(v) = t.get("dns") {
             self.dns(v, &mut g.dns);
+        }
+        if let Some(v) = t.get("merge_slashes")
+            && let Some(b) = self.boolean(v, &t.key("merge_slashes"))
+        {
+            g.merge_slashes = b;
+        }
+        if let Some(v) = t.get("escaped_slashes")
+            && let Some(s) = self.string(v, &t.key("escaped_slashes"))
+        {
+            match s {
+                "reject" => g.escaped_slashes = EscapedSlashes::Reject,
+                "keep" => g.escaped_slashes = EscapedSlashes::Keep,
+                "decode" => g.escaped_slashes = EscapedSlashes::Decode,
+                other => {
+                    let message = format!(
+                        "invalid escaped_slashes {other:?} (expected \"reject\", \"keep\" or \"decode\")"
+                    );
+                    self.err(&v.span(), &t.key("escaped_slashes"), message);
+                }
+            }
         }
         if let Some(v) = t.get("tls") {
             g.tls = self.tls(v);
@@ -1485,6 +1510,10 @@ impl<'r> Reader<'r> {
             .get("preserve_host")
             .and_then(|v| self.boolean(v, &t.key("preserve_host")))
             .unwrap_or(true);
+        let case_sensitive = t
+            .get("case_sensitive")
+            .and_then(|v| self.boolean(v, &t.key("case_sensitive")))
+            .unwrap_or(true);
         let max_body = t
             .get("max_body")
             .and_then(|v| self.size(v, &t.key("max_body"), 0, 1 << 30))
@@ -1550,6 +1579,7 @@ impl<'r> Reader<'r> {
             protocols,
             https_redirect,
             preserve_host,
+            case_sensitive,
             max_body,
             plugins,
             location,

@@ -75,6 +75,12 @@ pub struct Gateway {
     pub http2: Http2,
     /// `[gateway.dns]`: how targets given by a DNS name are discovered.
     pub dns: Dns,
+    /// `merge_slashes`: repeated slashes in a request path are one (`//a///b` is `/a/b`) for
+    /// routing, plugins and the upstream. Default `true`.
+    pub merge_slashes: bool,
+    /// `escaped_slashes`: what an encoded slash or backslash (`%2F`, `%5C`) or a raw `\` in a
+    /// request path does. Default [`EscapedSlashes::Reject`].
+    pub escaped_slashes: EscapedSlashes,
     /// `plugin_cache_dir`: where compiled plugins are cached, keyed by content hash. Default
     /// `$XDG_CACHE_HOME/wasmgate` (or `~/.cache/wasmgate`); `""` turns the cache off.
     pub plugin_cache_dir: Option<PathBuf>,
@@ -134,6 +140,18 @@ pub enum DnsLookup {
     Ipv4,
     /// `"ipv6"`: AAAA records only.
     Ipv6,
+}
+
+/// `gateway.escaped_slashes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// `"reject"`: the request gets a 400 (the default: what it means depends on the upstream).
+    Reject,
+    /// `"keep"`: stays escaped (`%2F`, `%5C`; a raw `\` becomes `%5C`): part of a segment,
+    /// not a separator, for routing and upstream alike.
+    Keep,
+    /// `"decode"`: becomes `/`, a separator, for routing and upstream alike.
+    Decode,
 }
 
 /// `gateway.access_log`.
@@ -510,6 +528,9 @@ pub struct Route {
     /// `preserve_host`: send the client's `Host` upstream (true), or the target's address
     /// (false, as nginx and Kong do by default). Default true.
     pub preserve_host: bool,
+    /// `case_sensitive`: whether `paths` match the request path's letters exactly (`true`, the
+    /// default) or in any case (`false`: `/admin` matches `/ADMIN/x`).
+    pub case_sensitive: bool,
     /// `max_body`: the largest body buffered for plugins that ask for bodies (413 beyond for
     /// requests). Default 1 MiB.
     pub max_body: usize,

@@ -14,6 +14,7 @@
 mod balancer;
 mod body;
 mod breaker;
+mod canonical;
 mod control;
 mod discovery;
 mod forward;

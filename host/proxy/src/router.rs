@@ -29,6 +29,8 @@ pub struct Router {
 struct Candidate {
     route: usize,
     path: PathPattern,
+    /// `false`: the path pattern matches in any case.
+    case_sensitive: bool,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -64,6 +66,7 @@ impl Router {
                 let candidate = Candidate {
                     route: i,
                     path: path.clone(),
+                    case_sensitive: route.case_sensitive,
                     methods: route.methods.clone(),
                     headers: route.headers.clone(),
                 };
@@ -114,7 +117,7 @@ impl Router {
         let mut path_matched: Option<usize> = None;
         let mut scan = |bucket: &'r [Candidate]| -> Option<Match<'r>> {
             for c in bucket {
-                let Some(prefix_len) = path_match(&c.path, path) else {
+                let Some(prefix_len) = path_match(&c.path, path, c.case_sensitive) else {
                     continue;
                 };
                 if !c
@@ -185,13 +188,21 @@ fn lowercase<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> Option<&'a str> {
 }
 
 /// How much of `path` the pattern matched, or `None`.
-fn path_match(pattern: &PathPattern, path: &str) -> Option<usize> {
+fn path_match(pattern: &PathPattern, path: &str, case_sensitive: bool) -> Option<usize> {
+    let same = |a: &str, b: &str| {
+        if case_sensitive {
+            a == b
+        } else {
+            a.eq_ignore_ascii_case(b)
+        }
+    };
     match pattern {
-        PathPattern::Exact(p) => (p == path).then_some(p.len()),
+        PathPattern::Exact(p) => same(p, path).then_some(p.len()),
         PathPattern::Prefix(p) if p == "/" => path.starts_with('/').then_some(0),
         PathPattern::Prefix(p) => {
-            let rest = path.strip_prefix(p.as_str())?;
-            (rest.is_empty() || rest.starts_with('/')).then_some(p.len())
+            let head = path.get(..p.len())?;
+            let rest = &path[p.len()..];
+            (same(head, p) && (rest.is_empty() || rest.starts_with('/'))).then_some(p.len())
         }
     }
 }
@@ -230,6 +241,7 @@ mod tests {
             protocols: wasmgate_config::Protocols::ALL,
             https_redirect: false,
             preserve_host: true,
+            case_sensitive: true,
             max_body: 0,
             plugins: Vec::new(),
             location: Location::default(),
@@ -376,7 +388,7 @@ mod tests {
                 continue;
             }
             for p in &r.paths {
-                if path_match(p, path).is_none() {
+                if path_match(p, path, r.case_sensitive).is_none() {
                     continue;
                 }
                 let exact = matches!(p, PathPattern::Exact(_));

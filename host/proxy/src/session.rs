@@ -10,6 +10,7 @@
 //! the one place where data-path errors turn into HTTP responses, which also counts and logs
 //! the request once its body has been sent.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use wasmgate_runtime::{
 use wasmgate_telemetry::UpstreamOutcome;
 
 use crate::body::{Active, Body, InFlight};
+use crate::canonical;
 use crate::forward::{self, REQUEST_ID};
 use crate::pool::{ConnectError, SendError};
 use crate::record::{Arrival, Record, Recorded, Trace};
@@ -134,8 +136,8 @@ impl<'s> Session<'s> {
         self.finish(result)
     }
 
-    async fn phases(&mut self, req: Request<Body>) -> Result<Response<Body>, Rejection> {
-        if let ControlFlow::Break(answer) = self.route(&req)? {
+    async fn phases(&mut self, mut req: Request<Body>) -> Result<Response<Body>, Rejection> {
+        if let ControlFlow::Break(answer) = self.route(&mut req)? {
             return Ok(answer);
         }
         match self.route.and_then(|r| r.chain.as_deref()) {
@@ -181,24 +183,43 @@ impl<'s> Session<'s> {
 
     /// Route phase: checks what every request must satisfy, finds the route and whether the
     /// request may use it on this connection.
-    fn route(&mut self, req: &Request<Body>) -> Step<()> {
+    fn route(&mut self, req: &mut Request<Body>) -> Step<()> {
         let snapshot = self.snapshot;
         if req.headers().len() > snapshot.max_headers {
             return Err(Rejection::HeadersTooLarge("too many header fields"));
         }
-        if has_dot_segment(req.uri().path()) {
-            // `/public/../admin` must not be routed as `/public`; clients normalise such paths
-            // themselves, so only crafted requests carry them.
-            return Err(Rejection::BadRequest("path contains a dot segment"));
+        // One form of the path for routing, plugins and the upstream alike (`*` and a CONNECT's
+        // authority-form target have none).
+        let (rewritten, routing) = if !req.uri().path().starts_with('/') {
+            (None, None)
+        } else {
+            let c = canonical::canonical(req.uri().path(), snapshot.paths)
+                .map_err(|refused| Rejection::BadRequest(refused.as_str()))?;
+            let routing = (c.routing != c.path).then(|| c.routing.into_owned());
+            let rewritten = match c.path {
+                Cow::Owned(path) if path != req.uri().path() => Some(path),
+                _ => None,
+            };
+            (rewritten, routing)
+        };
+        if let Some(path) = rewritten {
+            *req.uri_mut() = with_path(req.uri(), &path)?;
         }
+        let routing = routing.as_deref();
         let host = request_host(req)?;
         let routed_host = host.as_ref().map(|(a, _)| a.host().trim_end_matches('.'));
-        let found =
-            snapshot
-                .router
-                .route(routed_host, req.uri().path(), req.method(), req.headers());
+        let found = snapshot.router.route(
+            routed_host,
+            routing.unwrap_or(req.uri().path()),
+            req.method(),
+            req.headers(),
+        );
         let (index, prefix_len) = match found {
-            Match::Found { route, prefix_len } => (route, prefix_len),
+            Match::Found { route, prefix_len } => match routing {
+                // The matched prefix with its `;` parameters, for `strip_path`.
+                Some(_) => (route, canonical::prefix_end(req.uri().path(), prefix_len)),
+                None => (route, prefix_len),
+            },
             Match::NotFound => return Err(Rejection::NoRoute),
             Match::MethodNotAllowed { route, methods } => {
                 // Counted and logged under the route that matched all but the method.
@@ -895,27 +916,18 @@ fn https_redirect(host: &str, port: Option<u16>, uri: &Uri) -> Response<Body> {
     response
 }
 
-/// Whether a path has a `.` or `..` segment, plain or percent-encoded.
-fn has_dot_segment(path: &str) -> bool {
-    if !path.contains(['.', '%']) {
-        return false;
-    }
-    path.split('/').any(is_dot_segment)
-}
-
-/// `.` or `..`, each dot possibly written `%2e`/`%2E`; checked without allocating.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        match rest {
-            [b'.', tail @ ..] => rest = tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
-            _ => return false,
-        }
-        dots += 1;
-    }
-    matches!(dots, 1 | 2)
+/// `uri` with its path replaced by `path` (the query kept).
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, Rejection> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(path_and_query)
+            .map_err(|_| Rejection::BadRequest("invalid request target"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| Rejection::BadRequest("invalid request target"))
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header, parsed for
@@ -967,19 +979,4 @@ fn respond(p: &Prepared, method: &Method) -> Response<Body> {
     *response.status_mut() = p.status;
     *response.headers_mut() = p.headers.clone();
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_dot_segments_plain_and_encoded() {
-        for bad in ["/a/../b", "/..", "/a/.", "/a/%2E%2e/b", "/%2e/x"] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for ok in ["/", "/a/b", "/a/..b", "/.well-known/x", "/a/b.c"] {
-            assert!(!has_dot_segment(ok), "{ok}");
-        }
-    }
 }

@@ -12,6 +12,7 @@ use wasmgate_config::{Config, Gateway, Protocols, RouteAction};
 use wasmgate_runtime::{Chain, Runtime};
 use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics};
 
+use crate::canonical;
 use crate::discovery::Resolver;
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -25,6 +26,8 @@ pub(crate) struct Snapshot {
     pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub(crate) max_headers: usize,
     pub(crate) body_idle: Duration,
+    /// How request paths are made canonical.
+    pub(crate) paths: canonical::Rules,
     /// Metrics of each route, by index, and of requests no route matched.
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
     pub(crate) unrouted: Arc<RouteMetrics>,
@@ -139,6 +142,10 @@ impl Snapshot {
             upstreams,
             max_headers: config.gateway.max_headers,
             body_idle: config.gateway.header_read_timeout,
+            paths: canonical::Rules {
+                merge_slashes: config.gateway.merge_slashes,
+                escaped_slashes: config.gateway.escaped_slashes,
+            },
             route_metrics: config
                 .routes
                 .iter()

@@ -21,6 +21,7 @@ mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod operations;
+mod paths;
 mod plugins;
 mod process;
 mod proxy;

@@ -753,7 +753,7 @@ async fn the_access_log_has_one_json_line_per_request() {
     let sent = resp.bytes().await.expect("body").len() as u64;
     let rejected = raw_exchange(
         run.http,
-        b"GET /nope/../x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        b"GET /nope%2fx HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
         Duration::from_secs(5),
     )
     .await
