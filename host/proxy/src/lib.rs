@@ -18,6 +18,7 @@ mod canonical;
 mod control;
 mod discovery;
 mod forward;
+mod framing;
 mod health;
 mod listener;
 mod pool;

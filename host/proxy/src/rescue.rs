@@ -22,6 +22,9 @@ use crate::pool::ConnectError;
 pub(crate) enum Rejection {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A request whose body length could be read two ways: answered, and its connection closed.
+    #[error("bad request framing: {0}")]
+    Framing(&'static str),
     #[error("request header section too large: {0}")]
     HeadersTooLarge(&'static str),
     #[error("request body larger than the route's max_body")]
@@ -70,7 +73,9 @@ impl Rejection {
     /// The status, the error code and the message the client gets.
     fn answer(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", "bad request"),
+            Self::BadRequest(_) | Self::Framing(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request", "bad request")
+            }
             Self::HeadersTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -174,6 +179,12 @@ impl Rejection {
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            // What follows this request on its connection cannot be told apart from its body.
+            Self::Framing(_) => {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

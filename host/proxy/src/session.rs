@@ -33,9 +33,10 @@ use wasmgate_runtime::{
 };
 use wasmgate_telemetry::UpstreamOutcome;
 
-use crate::body::{Active, Body, InFlight};
+use crate::body::{Active, Body, BodyError, InFlight};
 use crate::canonical;
 use crate::forward::{self, REQUEST_ID};
+use crate::framing;
 use crate::pool::{ConnectError, SendError};
 use crate::record::{Arrival, Record, Recorded, Trace};
 use crate::rescue::{self, LocalReply, Rejection};
@@ -185,6 +186,7 @@ impl<'s> Session<'s> {
     /// request may use it on this connection.
     fn route(&mut self, req: &mut Request<Body>) -> Step<()> {
         let snapshot = self.snapshot;
+        framing::check(req.version(), req.headers()).map_err(Rejection::Framing)?;
         if req.headers().len() > snapshot.max_headers {
             return Err(Rejection::HeadersTooLarge("too many header fields"));
         }
@@ -538,91 +540,102 @@ impl<'s> Session<'s> {
                 last: retry >= policy.attempts,
             };
             // What failed, the request to send again, and the plan for it.
-            let (failure, next, plan) =
-                match tokio::time::timeout_at(try_deadline, target.pool.send(req, worker)).await {
-                    Ok(Ok((response, release))) => {
-                        target.metrics.responded(sent.elapsed());
-                        let status = response.status();
-                        if status.is_server_error() {
-                            upstream.failed(&set, target, Failure::ServerError);
-                        } else {
-                            upstream.succeeded(target);
-                        }
-                        let retried = if policy.retries_status(status)
-                            && let Ok(after) = policy.retry_after(response.headers())
-                            && let Some(next) = again(&replay)
-                            && let Some(plan) = retries.plan(false, after)
-                        {
-                            Some((next, plan))
-                        } else {
-                            None
-                        };
-                        let Some((next, plan)) = retried else {
-                            let (mut parts, body) = response.into_parts();
-                            forward::strip_hop_by_hop(&mut parts.headers);
-                            return Ok(Response::from_parts(
-                                parts,
-                                Body::watched(
-                                    body,
-                                    upstream.timeout,
-                                    release,
-                                    Some(Active {
-                                        target: active,
-                                        upstream: admitted.take(),
-                                    }),
-                                ),
-                            ));
-                        };
-                        // Its body is not read: its connection closes.
-                        drop(response);
-                        (format!("status {status}"), next, plan)
+            let (failure, next, plan) = match tokio::time::timeout_at(
+                try_deadline,
+                target.pool.send(req, worker),
+            )
+            .await
+            {
+                Ok(Ok((response, release))) => {
+                    target.metrics.responded(sent.elapsed());
+                    let status = response.status();
+                    if status.is_server_error() {
+                        upstream.failed(&set, target, Failure::ServerError);
+                    } else {
+                        upstream.succeeded(target);
                     }
-                    // The gateway's own limit, not the target's failure: neither counted
-                    // against it nor retried.
-                    Ok(Err(SendError::Connect {
-                        source: source @ ConnectError::Overloaded(..),
-                        ..
-                    })) => {
-                        return Err(Rejection::Overloaded {
-                            upstream: upstream.name.clone(),
-                            reason: source.to_string(),
-                        });
-                    }
-                    Ok(Err(mut failed)) => {
-                        count_failure(target, &failed);
-                        if matches!(failed, SendError::Connect { .. }) {
-                            upstream.failed(&set, target, Failure::Error);
-                        }
-                        let next = match &mut failed {
-                            SendError::Connect { unsent, .. } => unsent.take().map(|req| *req),
-                            SendError::Request(e) if lost_before_response(e) => again(&replay),
-                            SendError::Request(_) => None,
-                        };
-                        let error = failed.to_string();
-                        match next.zip(retries.plan(true, None)) {
-                            Some((next, plan)) => (error, next, plan),
-                            None => return Err(rejection(upstream, target, failed)),
-                        }
-                    }
-                    Err(_) => {
+                    let retried = if policy.retries_status(status)
+                        && let Ok(after) = policy.retry_after(response.headers())
+                        && let Some(next) = again(&replay)
+                        && let Some(plan) = retries.plan(false, after)
+                    {
+                        Some((next, plan))
+                    } else {
+                        None
+                    };
+                    let Some((next, plan)) = retried else {
+                        let (mut parts, body) = response.into_parts();
+                        forward::strip_hop_by_hop(&mut parts.headers);
+                        return Ok(Response::from_parts(
+                            parts,
+                            Body::watched(
+                                body,
+                                upstream.timeout,
+                                release,
+                                Some(Active {
+                                    target: active,
+                                    upstream: admitted.take(),
+                                }),
+                            ),
+                        ));
+                    };
+                    // Its body is not read: its connection closes.
+                    drop(response);
+                    (format!("status {status}"), next, plan)
+                }
+                // The gateway's own limit, not the target's failure: neither counted
+                // against it nor retried.
+                Ok(Err(SendError::Connect {
+                    source: source @ ConnectError::Overloaded(..),
+                    ..
+                })) => {
+                    return Err(Rejection::Overloaded {
+                        upstream: upstream.name.clone(),
+                        reason: source.to_string(),
+                    });
+                }
+                // The client's body broke off or was malformed while it was sent: the
+                // client's fault, not the target's; what follows on its connection cannot
+                // be trusted either.
+                Ok(Err(failed)) if client_body_failed(&failed) => {
+                    tracing::debug!(request_id = ?self.request_id, error = %failed, "request body failed");
+                    return Err(Rejection::Framing("malformed request body"));
+                }
+                Ok(Err(mut failed)) => {
+                    count_failure(target, &failed);
+                    if matches!(failed, SendError::Connect { .. }) {
                         upstream.failed(&set, target, Failure::Error);
-                        // The upstream's `timeout` bounds every try together: once it is
-                        // over, so is the request.
-                        let planned = (try_deadline < deadline)
-                            .then(|| again(&replay).zip(retries.plan(false, None)))
-                            .flatten();
-                        let waited = policy
-                            .per_try_timeout
-                            .filter(|_| try_deadline < deadline)
-                            .unwrap_or(timeout);
-                        match planned {
-                            Some((next, plan)) => {
-                                (format!("no response within {waited:?}"), next, plan)
-                            }
-                            None => return Err(timed_out(upstream, target, waited)),
-                        }
                     }
-                };
+                    let next = match &mut failed {
+                        SendError::Connect { unsent, .. } => unsent.take().map(|req| *req),
+                        SendError::Request(e) if lost_before_response(e) => again(&replay),
+                        SendError::Request(_) => None,
+                    };
+                    let error = failed.to_string();
+                    match next.zip(retries.plan(true, None)) {
+                        Some((next, plan)) => (error, next, plan),
+                        None => return Err(rejection(upstream, target, failed)),
+                    }
+                }
+                Err(_) => {
+                    upstream.failed(&set, target, Failure::Error);
+                    // The upstream's `timeout` bounds every try together: once it is
+                    // over, so is the request.
+                    let planned = (try_deadline < deadline)
+                        .then(|| again(&replay).zip(retries.plan(false, None)))
+                        .flatten();
+                    let waited = policy
+                        .per_try_timeout
+                        .filter(|_| try_deadline < deadline)
+                        .unwrap_or(timeout);
+                    match planned {
+                        Some((next, plan)) => {
+                            (format!("no response within {waited:?}"), next, plan)
+                        }
+                        None => return Err(timed_out(upstream, target, waited)),
+                    }
+                }
+            };
             tracing::debug!(
                 request_id = ?self.request_id,
                 upstream = %upstream.name,
@@ -816,6 +829,22 @@ fn rejection(upstream: &Upstream, target: &Target, failed: SendError) -> Rejecti
             source,
         },
     }
+}
+
+/// Whether a try failed because the client's request body did (reading it from the client
+/// failed: malformed chunked framing, a connection that closed mid-body).
+fn client_body_failed(failed: &SendError) -> bool {
+    let SendError::Request(e) = failed else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(BodyError::Stream(_)) = c.downcast_ref::<BodyError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn count_failure(target: &Target, failed: &SendError) {

@@ -15,6 +15,7 @@ mod config_errors;
 mod cors;
 mod discovery;
 mod ejection;
+mod framing;
 mod grpc;
 mod health;
 mod ip_restriction;

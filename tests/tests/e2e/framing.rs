@@ -1,0 +1,243 @@
+//! Request smuggling: raw HTTP/1.1 requests with ambiguous framing (CL.TE, TE.CL, TE.TE
+//! obfuscations, duplicate lengths, obs-fold, bare CR) are answered 400 and their connection
+//! closed; the upstream receives none of them and nothing smuggled inside them, while valid
+//! requests that nginx accepts go through.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use wasmgate_tests::*;
+
+/// An upstream (hyper's strict server) recording each request it got as `METHOD PATH BODY`.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        record.lock().expect("lock").push(format!(
+                            "{} {} {}",
+                            parts.method,
+                            parts.uri.path(),
+                            String::from_utf8_lossy(&body)
+                        ));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// What follows every vector on its connection: if the gateway misread the vector's length,
+/// this (or the vector's own smuggled request) is what a desynchronised parser would serve.
+const FOLLOWER: &str = "GET /follower HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// What the gateway must do with a vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Forward it, then the follower.
+    Valid,
+    /// 400 from its head, the connection closed, nothing forwarded.
+    Refused,
+    /// 400 once its body turns out malformed (the head went upstream already, the body never
+    /// completes), the connection closed.
+    RefusedMidBody,
+}
+use Expect::*;
+
+/// `(name, raw request, what must happen)`. Smuggled requests target `/smuggled`.
+const VECTORS: &[(&str, &str, Expect)] = &[
+    (
+        "CL.TE",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 35\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nX: y\r\n\r\n",
+        Refused,
+    ),
+    (
+        "TE.CL",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n22\r\nGET /smuggled HTTP/1.1\r\nX: y\r\n\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "chunked twice in one field",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "chunked in two fields",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "two TE fields and a CL",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "TE.TE: a second, bogus coding",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "TE.TE: gzip, chunked",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "TE.TE: xchunked",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\nContent-Length: 4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "TE.TE: space before the colon",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "TE.TE: obs-folded value",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "TE in HTTP/1.0",
+        "POST /a HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "two equal content-lengths",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "two different content-lengths",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "a content-length list",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 40\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "a signed content-length",
+        "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "obs-fold in another field",
+        "GET /a HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n",
+        Refused,
+    ),
+    (
+        "a bare CR in a value",
+        "GET /a HTTP/1.1\r\nHost: a\r\nX-A: one\rtwo\r\n\r\n",
+        Refused,
+    ),
+    (
+        "a NUL in a value",
+        "GET /a HTTP/1.1\r\nHost: a\r\nX-A: one\0two\r\n\r\n",
+        Refused,
+    ),
+    (
+        "a space in a field name",
+        "GET /a HTTP/1.1\r\nHost: a\r\nX A: one\r\n\r\n",
+        Refused,
+    ),
+    (
+        "a chunk size overflowing 64 bits",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nabcd\r\n0\r\n\r\n",
+        RefusedMidBody,
+    ),
+    // Valid: these go through, followed by the follower.
+    (
+        "chunked, as sent",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        Valid,
+    ),
+    (
+        "chunked in another case, with OWS",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tChunked \r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        Valid,
+    ),
+    (
+        "content-length",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd",
+        Valid,
+    ),
+    ("no body", "GET /valid HTTP/1.1\r\nHost: a\r\n\r\n", Valid),
+];
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
+    let mut failures = Vec::new();
+    for (name, vector, expect) in VECTORS {
+        // A gateway and upstream of its own for each vector: nothing one leaves behind is
+        // counted against the next.
+        let (up, seen) = recording_upstream().await;
+        let gw = TestGateway::start(&proxy_everything_to(up, ""))
+            .await
+            .expect("start");
+        let raw = format!("{vector}{FOLLOWER}");
+        let response = raw_exchange(gw.http, raw.as_bytes(), Duration::from_secs(3))
+            .await
+            .expect("exchange");
+        let received = seen.lock().expect("lock").clone();
+        let responses = response.matches("HTTP/1.1 ").count();
+        if received.iter().any(|r| r.contains("/smuggled")) {
+            failures.push(format!("{name}: smuggled a request: {received:?}"));
+        }
+        match expect {
+            Valid => {
+                let method = &vector[..vector.find(' ').unwrap_or(0)];
+                let body = if method == "POST" { "abcd" } else { "" };
+                if received.first() != Some(&format!("{method} /valid {body}")) {
+                    failures.push(format!(
+                        "{name}: the upstream got {received:?}; answer {response:?}"
+                    ));
+                }
+                if !received.iter().any(|r| r.starts_with("GET /follower")) {
+                    failures.push(format!("{name}: the follower did not follow: {received:?}"));
+                }
+            }
+            Refused | RefusedMidBody => {
+                if raw_status(&response) != Some(400) {
+                    failures.push(format!(
+                        "{name}: answered {:?}, not 400: {response:?}",
+                        raw_status(&response)
+                    ));
+                }
+                if *expect == Refused && !received.is_empty() {
+                    failures.push(format!("{name}: forwarded {received:?}"));
+                }
+                if received.iter().any(|r| r.starts_with("GET /follower")) || responses != 1 {
+                    failures.push(format!(
+                        "{name}: {responses} responses, the connection was not closed after the 400"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
