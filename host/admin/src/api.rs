@@ -120,6 +120,17 @@ impl Admin {
 
 async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let control = state.reloader.control();
+    if !authorized(control, req.headers()) {
+        let mut response = json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "unauthorized", "message": "this admin API needs Authorization: Bearer <gateway.admin_token>"}),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"wasmgate admin\""),
+        );
+        return response;
+    }
     let draining = state.draining.load(Ordering::Relaxed);
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/health") => {
@@ -195,6 +206,28 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert(header::ALLOW, http::HeaderValue::from_static(allow));
     r
+}
+
+/// Whether the request may use the admin API: always without `gateway.admin_token` (of the
+/// configuration being served, so a reload rotates it), else only with that bearer token,
+/// compared in constant time.
+fn authorized(control: &wasmgate_proxy::Control, headers: &http::HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
+    control.inspect(|active| {
+        let Some(token) = &active.config.gateway.admin_token else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, credentials) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(credentials.trim())
+            });
+        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())))
+    })
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -427,6 +460,7 @@ fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
         "listen": addrs(&g.listen),
         "tls_listen": g.tls.as_ref().map(|t| addrs(&t.listen)),
         "admin": g.admin.map(|a| a.to_string()),
+        "admin_token": g.admin_token.as_ref().map(|_| "(set)"),
         "plugins_dir": g.plugins_dir.display().to_string(),
         "plugin_cache_dir": g.plugin_cache_dir.as_ref().map(|p| p.display().to_string()),
         "access_log": match &g.access_log {

@@ -35,6 +35,8 @@ const GATEWAY_KEYS: &[&str] = &[
     "escaped_slashes",
     "plugin_cache_dir",
     "admin",
+    "admin_token",
+    "admin_token_file",
     "access_log",
     "watch",
     "workers",
@@ -179,6 +181,7 @@ fn default_gateway(base: &Path) -> Gateway {
         escaped_slashes: EscapedSlashes::Reject,
         plugin_cache_dir: default_cache_dir(),
         admin: None,
+        admin_token: None,
         access_log: AccessLog::Stdout,
         watch: true,
         workers: default_workers(),
@@ -560,6 +563,33 @@ impl<'r> Reader<'r> {
                 ),
             }
         }
+        match (t.get("admin_token"), t.get("admin_token_file")) {
+            (Some(_), Some(file)) => self.err(
+                &file.span(),
+                &t.key("admin_token_file"),
+                "give the admin token once: admin_token or admin_token_file, not both",
+            ),
+            (Some(v), None) => {
+                if let Some(s) = self.string(v, &t.key("admin_token")) {
+                    g.admin_token = self.token(s, &v.span(), &t.key("admin_token"));
+                }
+            }
+            (None, Some(v)) => {
+                if let Some(path) = self.path(v, &t.key("admin_token_file")) {
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => {
+                            g.admin_token =
+                                self.token(text.trim(), &v.span(), &t.key("admin_token_file"));
+                        }
+                        Err(e) => {
+                            let message = format!("cannot read {}: {e}", path.display());
+                            self.err(&v.span(), &t.key("admin_token_file"), message);
+                        }
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         if let Some(v) = t.get("access_log")
             && let Some(s) = self.string(v, &t.key("access_log"))
         {
@@ -672,6 +702,27 @@ impl<'r> Reader<'r> {
         {
             h.keepalive_timeout = d;
         }
+    }
+
+    /// An admin token: long enough that guessing it is hopeless, and sendable in a header.
+    fn token(&mut self, token: &str, span: &Range<usize>, key: &str) -> Option<Secret> {
+        if token.len() < 16 {
+            self.err(
+                span,
+                key,
+                "the admin token must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+            );
+            return None;
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            self.err(
+                span,
+                key,
+                "the admin token must be printable ASCII without spaces",
+            );
+            return None;
+        }
+        Some(Secret(token.to_owned()))
     }
 
     fn dns(&mut self, v: &Value<'_>, d: &mut Dns) {

@@ -88,6 +88,9 @@ pub struct Gateway {
     /// Absent: no admin listener. It has no authentication: bind it to loopback or a private
     /// network only.
     pub admin: Option<SocketAddr>,
+    /// `admin_token` (or `admin_token_file`, a file holding it): when set, every admin endpoint
+    /// requires `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
     /// `access_log`: where one JSON line per request goes. Default `"stdout"`.
     pub access_log: AccessLog,
     /// `watch`: reload when the config file or a plugin file changes. Default `true`.
@@ -140,6 +143,23 @@ pub enum DnsLookup {
     Ipv4,
     /// `"ipv6"`: AAAA records only.
     Ipv6,
+}
+
+/// A secret from the config, or from a file it names: never shown in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(crate) String);
+
+impl Secret {
+    /// The secret itself, for comparing with what a client presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// `gateway.escaped_slashes`.

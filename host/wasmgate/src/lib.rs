@@ -165,13 +165,36 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         prepared.config.upstreams.len(),
         prepared.runtime.as_ref().map_or(0, |r| r.plugins.len())
     );
+    if let Some(warning) = exposed_admin(&prepared.config) {
+        eprintln!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin API listens beyond loopback with no token: anyone who reaches it can reload the
+/// gateway and read its configuration.
+fn exposed_admin(config: &wasmgate_config::Config) -> Option<wasmgate_config::Diagnostic> {
+    let addr = config.gateway.admin?;
+    (!addr.ip().is_loopback() && config.gateway.admin_token.is_none()).then(|| {
+        config.diagnostic(
+            "gateway.admin",
+            format!(
+                "the admin API listens on {addr}, beyond loopback, with no admin_token: anyone \
+                 who can reach it can reload the gateway and read its configuration; set \
+                 gateway.admin_token (or admin_token_file), or listen on 127.0.0.1"
+            ),
+        )
+    })
 }
 
 /// How long `wasmgate reload` waits for the gateway's answer: a reload compiles new plugins.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    // The token the running gateway most likely asks for: the file's.
+    let token = wasmgate_config::load(path)
+        .ok()
+        .and_then(|c| c.gateway.admin_token);
     let addr = match admin {
         Some(a) => a,
         None => match wasmgate_config::load(path) {
@@ -196,7 +219,9 @@ fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<Ex
         },
     };
     let (status, body) = runtime()?
-        .block_on(async { tokio::time::timeout(RELOAD_WAIT, post_reload(addr)).await })
+        .block_on(async {
+            tokio::time::timeout(RELOAD_WAIT, post_reload(addr, token.as_ref())).await
+        })
         .map_err(|_| {
             anyhow::anyhow!("the admin API at {addr} did not answer within {RELOAD_WAIT:?}")
         })?
@@ -258,15 +283,21 @@ fn reload(path: &Path, admin: Option<std::net::SocketAddr>) -> anyhow::Result<Ex
 /// `POST /reload` on the admin listener at `addr`: the status and body.
 async fn post_reload(
     addr: std::net::SocketAddr,
+    token: Option<&wasmgate_config::Secret>,
 ) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
     use http_body_util::{BodyExt, Empty};
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let request = http::Request::post("/reload")
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<bytes::Bytes>::new())?;
+    let mut request = http::Request::post("/reload").header(http::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose()),
+        );
+    }
+    let request = request.body(Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
@@ -283,6 +314,9 @@ fn run(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(refuse(path, &[]));
         };
         let admin_addr = prepared.config.gateway.admin;
+        if let Some(warning) = exposed_admin(&prepared.config) {
+            tracing::warn!("{warning}");
+        }
         let watch = prepared.config.gateway.watch;
         let routes = prepared.config.routes.len();
         // Where `gateway.admin` is written, for a bind failure after the config has moved on.

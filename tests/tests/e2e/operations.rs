@@ -841,3 +841,95 @@ async fn admin_api_lists_each_upstream_target_with_its_health() {
     }
     panic!("the dead target was never drawn in 40 requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_every_admin_endpoint_requires_it() {
+    let token = "0123456789abcdef-token";
+    let run = start(
+        &format!(
+            "{}{}",
+            gateway_section("admin_token_file = \"admin.token\"\nwatch = false"),
+            mock_route("m", "/m")
+        ),
+        |dir| write(&dir.join("admin.token"), &format!("{token}\n")),
+    );
+    let c = client();
+    for path in [
+        "/health",
+        "/ready",
+        "/metrics",
+        "/routes",
+        "/config",
+        "/upstreams",
+    ] {
+        let url = format!("http://{}{path}", run.admin);
+        let refused = c.get(&url).send().await.expect("send");
+        assert_eq!(refused.status(), 401, "{path} without a token");
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            "Bearer realm=\"wasmgate admin\""
+        );
+        let wrong = c
+            .get(&url)
+            .bearer_auth("0123456789abcdef-wrong")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let allowed = c.get(&url).bearer_auth(token).send().await.expect("send");
+        assert_eq!(allowed.status(), 200, "{path} with the token");
+        if path == "/config" {
+            let body = allowed.text().await.expect("body");
+            assert!(
+                !body.contains(token),
+                "the token leaked into /config: {body}"
+            );
+        }
+    }
+    let refused = c
+        .post(format!("http://{}/reload", run.admin))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 401);
+    // `wasmgate reload` sends the token from the config file.
+    let (code, out, err) = reload_command(&[
+        "--config",
+        run.config.to_str().expect("utf-8"),
+        "--admin",
+        &run.admin.to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+#[test]
+fn check_warns_of_an_admin_api_beyond_loopback_without_a_token() {
+    let dir = workdir();
+    let config = dir.path().join("gateway.toml");
+    write(
+        &config,
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"0.0.0.0:9901\"\n{}",
+            mock_route("m", "/m")
+        ),
+    );
+    let (code, err) = check(wasmgate_bin!(), &config).expect("check");
+    assert_eq!(code, 0, "a warning is not an error: {err}");
+    assert!(
+        err.contains("warning:") && err.contains("gateway.admin") && err.contains("admin_token"),
+        "{err}"
+    );
+    write(
+        &config,
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"0.0.0.0:9901\"\nadmin_token = \"short\"\n{}",
+            mock_route("m", "/m")
+        ),
+    );
+    let (code, err) = check(wasmgate_bin!(), &config).expect("check");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.admin_token: the admin token must be at least 16 characters"),
+        "{err}"
+    );
+}
