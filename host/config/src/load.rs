@@ -33,6 +33,8 @@ const GATEWAY_KEYS: &[&str] = &[
     "dns",
     "merge_slashes",
     "escaped_slashes",
+    "trusted_proxies",
+    "client_address_header",
     "plugin_cache_dir",
     "admin",
     "admin_token",
@@ -179,6 +181,8 @@ fn default_gateway(base: &Path) -> Gateway {
         dns: Dns::default(),
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
+        trusted_proxies: Vec::new(),
+        client_address_header: ClientAddressHeader::XForwardedFor,
         plugin_cache_dir: default_cache_dir(),
         admin: None,
         admin_token: None,
@@ -622,6 +626,46 @@ impl<'r> Reader<'r> {
         }
         if let Some(v) = t.get("dns") {
             self.dns(v, &mut g.dns);
+        }
+        if let Some(v) = t.get("trusted_proxies")
+            && let Some(items) = self.array(v, &t.key("trusted_proxies"))
+        {
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("{}[{i}]", t.key("trusted_proxies"));
+                let Some(s) = self.string(item, &key) else {
+                    continue;
+                };
+                match (s.parse::<ipnet::IpNet>(), s.parse::<std::net::IpAddr>()) {
+                    (Ok(net), _) => g.trusted_proxies.push(net.trunc()),
+                    (_, Ok(ip)) => g.trusted_proxies.push(ipnet::IpNet::from(ip)),
+                    _ => self.err(
+                        &item.span(),
+                        &key,
+                        format!("invalid network {s:?} (expected an address or CIDR, e.g. \"10.0.0.0/8\" or \"192.168.1.7\")"),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = t.get("client_address_header")
+            && let Some(s) = self.string(v, &t.key("client_address_header"))
+        {
+            match s.to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => g.client_address_header = ClientAddressHeader::XForwardedFor,
+                "forwarded" => g.client_address_header = ClientAddressHeader::Forwarded,
+                _ => {
+                    let message = format!(
+                        "invalid client_address_header {s:?} (expected \"x-forwarded-for\" or \"forwarded\")"
+                    );
+                    self.err(&v.span(), &t.key("client_address_header"), message);
+                }
+            }
+            if g.trusted_proxies.is_empty() {
+                self.err(
+                    &v.span(),
+                    &t.key("client_address_header"),
+                    "applies with trusted_proxies only: the header is believed from those proxies",
+                );
+            }
         }
         if let Some(v) = t.get("merge_slashes")
             && let Some(b) = self.boolean(v, &t.key("merge_slashes"))

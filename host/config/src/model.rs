@@ -75,6 +75,13 @@ pub struct Gateway {
     pub http2: Http2,
     /// `[gateway.dns]`: how targets given by a DNS name are discovered.
     pub dns: Dns,
+    /// `trusted_proxies`: the networks of the proxies in front of the gateway (load balancers,
+    /// CDNs) whose `client_address_header` is believed. Empty (the default): the client is
+    /// always the connection's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `client_address_header`: the header trusted proxies add the client's address to.
+    /// Default [`ClientAddressHeader::XForwardedFor`].
+    pub client_address_header: ClientAddressHeader,
     /// `merge_slashes`: repeated slashes in a request path are one (`//a///b` is `/a/b`) for
     /// routing, plugins and the upstream. Default `true`.
     pub merge_slashes: bool,
@@ -160,6 +167,15 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
     }
+}
+
+/// `gateway.client_address_header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddressHeader {
+    /// `"x-forwarded-for"`: `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// `"forwarded"`: RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
 }
 
 /// `gateway.escaped_slashes`.

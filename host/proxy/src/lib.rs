@@ -30,6 +30,7 @@ mod router;
 mod session;
 mod snapshot;
 mod tls;
+mod trusted;
 mod tunnel;
 mod upstream;
 mod worker;

@@ -11,7 +11,7 @@
 //! the request once its body has been sent.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -80,6 +80,8 @@ pub(crate) struct Session<'s> {
     /// The host the client asked for, as a header value: for `Host` on the upstream request when
     /// the client's target was absolute, and for `X-Forwarded-Host`.
     host: Option<HeaderValue>,
+    /// The client's address: the peer's, or behind `trusted_proxies` the one they name.
+    client: IpAddr,
 }
 
 /// How a client's WebSocket handshake reached the gateway.
@@ -115,6 +117,7 @@ impl<'s> Session<'s> {
             route: None,
             prefix_len: 0,
             host: None,
+            client: snapshot.trusted.client(conn.peer.ip(), req.headers()),
         };
         if !snapshot.access_log.enabled() {
             return (session, req.map(Body::stream));
@@ -122,7 +125,7 @@ impl<'s> Session<'s> {
         let bytes_in = Arc::new(AtomicU64::new(0));
         session.arrival = Some(Arrival {
             time: SystemTime::now(),
-            client: conn.peer.ip(),
+            client: session.client,
             host: log_host(&req),
             path: req.uri().path().to_owned(),
             bytes_in: bytes_in.clone(),
@@ -279,7 +282,7 @@ impl<'s> Session<'s> {
             body,
             body_replaced: false,
             path_rewritten: false,
-            client: self.conn.peer.ip(),
+            client: self.client,
             tls: self.conn.tls,
         };
         let (view, ctx, outcome, spent) = chain
@@ -407,7 +410,7 @@ impl<'s> Session<'s> {
         let (mut parts, body) = req.into_parts();
         // Chosen on the request as the client sent it (and the plugins left it).
         let set = upstream.targets();
-        let mut index = upstream.pick(&set, &parts, self.conn.peer.ip());
+        let mut index = upstream.pick(&set, &parts, self.client);
         let target = &set.targets[index];
         let path_and_query = if route.strip_path && self.prefix_len > 0 {
             stripped(&parts.uri, self.prefix_len)

@@ -15,6 +15,7 @@ use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics};
 use crate::canonical;
 use crate::discovery::Resolver;
 use crate::router::Router;
+use crate::trusted::TrustedProxies;
 use crate::upstream::Upstream;
 
 /// Everything one configuration needs to serve requests; replaced whole, never edited.
@@ -28,6 +29,8 @@ pub(crate) struct Snapshot {
     pub(crate) body_idle: Duration,
     /// How request paths are made canonical.
     pub(crate) paths: canonical::Rules,
+    /// Whose word on the client's address is believed.
+    pub(crate) trusted: TrustedProxies,
     /// Metrics of each route, by index, and of requests no route matched.
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
     pub(crate) unrouted: Arc<RouteMetrics>,
@@ -142,6 +145,10 @@ impl Snapshot {
             upstreams,
             max_headers: config.gateway.max_headers,
             body_idle: config.gateway.header_read_timeout,
+            trusted: TrustedProxies::new(
+                &config.gateway.trusted_proxies,
+                config.gateway.client_address_header,
+            ),
             paths: canonical::Rules {
                 merge_slashes: config.gateway.merge_slashes,
                 escaped_slashes: config.gateway.escaped_slashes,

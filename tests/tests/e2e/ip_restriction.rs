@@ -11,10 +11,15 @@ const IP_RESTRICTION: &str = env!("WASM_IP_RESTRICTION");
 /// A gateway listening on `listen` with one route per `(path, config)`, each with ip-restriction
 /// and that config, verbatim.
 async fn gateway(listen: &str, routes: &[(&str, &str)]) -> TestGateway {
+    gateway_with(listen, "", routes).await
+}
+
+/// [`gateway`] with `extra` keys in `[gateway]`.
+async fn gateway_with(listen: &str, extra: &str, routes: &[(&str, &str)]) -> TestGateway {
     let up = echo_upstream("up").await;
     let dir = workdir_with_plugins(&[("ip-restriction", IP_RESTRICTION)]);
     let mut toml = format!(
-        "[gateway]\nlisten = [\"{listen}\"]\nplugin_cache_dir = \"\"\n\
+        "[gateway]\nlisten = [\"{listen}\"]\nplugin_cache_dir = \"\"\n{extra}\n\
          [upstreams.u]\ntargets = [\"{up}\"]\n"
     );
     for (i, (path, config)) in routes.iter().enumerate() {
@@ -98,4 +103,57 @@ async fn ipv6_allow_and_deny_lists_match_the_clients_address() {
     for path in ["/allow-v4", "/deny-exact"] {
         assert_forbidden(c.get(gw.url(path)).send().await.expect("send")).await;
     }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_is_the_address_it_forwards() {
+    let routes = [("/", r#"{ allow = ["198.51.100.0/24"] }"#)];
+    let forwarded_for = |gw: &TestGateway, xff: &'static str| {
+        client()
+            .get(gw.url("/"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    // No trusted proxies: the header is data; the client is the peer, 127.0.0.1.
+    let untrusting = gateway("127.0.0.1:0", &routes).await;
+    assert_forbidden(
+        forwarded_for(&untrusting, "198.51.100.7")
+            .await
+            .expect("send"),
+    )
+    .await;
+
+    let trusting = gateway_with("127.0.0.1:0", "trusted_proxies = [\"127.0.0.1\"]", &routes).await;
+    let resp = forwarded_for(&trusting, "198.51.100.7")
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let echoed: Value = resp.json().await.expect("json");
+    // The chain goes on to the upstream with the proxy's own hop appended.
+    assert_eq!(
+        echoed["headers"]["x-forwarded-for"],
+        "198.51.100.7, 127.0.0.1"
+    );
+    // A client that forges an allowed address at the left is read from the right.
+    assert_forbidden(
+        forwarded_for(&trusting, "198.51.100.7, 203.0.113.5")
+            .await
+            .expect("send"),
+    )
+    .await;
+
+    let forwarded = gateway_with(
+        "127.0.0.1:0",
+        "trusted_proxies = [\"127.0.0.0/8\"]\nclient_address_header = \"forwarded\"",
+        &routes,
+    )
+    .await;
+    let resp = client()
+        .get(forwarded.url("/"))
+        .header("forwarded", "for=198.51.100.9;proto=https")
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200, "Forwarded is the configured header");
 }
