@@ -451,6 +451,7 @@ const GATEWAY_FIELDS: &[(&str, &str)] = &[
     ("http2", "http2"),
     ("watch", "watch"),
     ("workers", "workers"),
+    ("proxy_protocol", "proxy_protocol"),
 ];
 
 /// `[gateway]` as JSON: durations in milliseconds, paths absolute.
@@ -470,6 +471,7 @@ fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
         },
         "watch": g.watch,
         "workers": g.workers,
+        "proxy_protocol": g.proxy_protocol,
         "header_read_timeout_ms": g.header_read_timeout.as_millis(),
         "idle_timeout_ms": g.idle_timeout.as_millis(),
         "max_header_size": g.max_header_size,

@@ -35,6 +35,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "escaped_slashes",
     "trusted_proxies",
     "client_address_header",
+    "proxy_protocol",
     "plugin_cache_dir",
     "admin",
     "admin_token",
@@ -182,6 +183,7 @@ fn default_gateway(base: &Path) -> Gateway {
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
         trusted_proxies: Vec::new(),
+        proxy_protocol: false,
         client_address_header: ClientAddressHeader::XForwardedFor,
         plugin_cache_dir: default_cache_dir(),
         admin: None,
@@ -664,6 +666,18 @@ impl<'r> Reader<'r> {
                     &v.span(),
                     &t.key("client_address_header"),
                     "applies with trusted_proxies only: the header is believed from those proxies",
+                );
+            }
+        }
+        if let Some(v) = t.get("proxy_protocol")
+            && let Some(b) = self.boolean(v, &t.key("proxy_protocol"))
+        {
+            g.proxy_protocol = b;
+            if b && g.trusted_proxies.is_empty() {
+                self.err(
+                    &v.span(),
+                    &t.key("proxy_protocol"),
+                    "needs trusted_proxies: a PROXY header is only believed from those proxies",
                 );
             }
         }

@@ -79,6 +79,9 @@ pub struct Gateway {
     /// CDNs) whose `client_address_header` is believed. Empty (the default): the client is
     /// always the connection's peer.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy_protocol`: every connection to the listeners starts with a PROXY protocol header
+    /// (v1 or v2) from one of `trusted_proxies`, naming the client. Default `false`.
+    pub proxy_protocol: bool,
     /// `client_address_header`: the header trusted proxies add the client's address to.
     /// Default [`ClientAddressHeader::XForwardedFor`].
     pub client_address_header: ClientAddressHeader,

@@ -214,5 +214,6 @@ fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     keep!("gateway.http2", http2);
     keep!("gateway.watch", watch);
     keep!("gateway.workers", workers);
+    keep!("gateway.proxy_protocol", proxy_protocol);
     changed
 }

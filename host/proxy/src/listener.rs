@@ -34,6 +34,8 @@ pub(crate) struct Server {
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// `gateway.proxy_protocol`: every connection starts with a PROXY protocol header.
+    proxy_protocol: bool,
 }
 
 impl Server {
@@ -65,6 +67,7 @@ impl Server {
             http2: h2,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
+            proxy_protocol: config.proxy_protocol,
         }
     }
 }
@@ -135,13 +138,27 @@ impl Listener {
 
 async fn serve(
     server: Arc<Server>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     (peer, worker): (SocketAddr, usize),
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     server.connections.inc();
     let _open = OpenConnection(&server.connections);
+    let peer = if server.proxy_protocol {
+        // Only a trusted proxy may say where the connection comes from.
+        if !server.proxy.snapshot.load().trusted.trusts(peer.ip()) {
+            tracing::debug!(%peer, "PROXY protocol header from a peer not in trusted_proxies: closed");
+            return;
+        }
+        let header = proxy_header(&mut stream);
+        match before_http(&server, &stop, peer, "proxy protocol header", header).await {
+            Some(source) => source.unwrap_or(peer),
+            None => return,
+        }
+    } else {
+        peer
+    };
     let activity = Arc::new(Activity::new());
     match tls {
         None => {
@@ -207,6 +224,83 @@ async fn before_http<T>(
             tracing::debug!(%peer, "{step} timed out");
             None
         }
+    }
+}
+
+/// The largest PROXY protocol header read (a v1 line is at most 107 bytes; v2 headers with the
+/// usual TLVs stay far below).
+const MAX_PROXY_HEADER: usize = 4096;
+
+/// Reads the PROXY protocol header (v1 or v2) that starts the connection, and no byte more:
+/// the address of the client it names, or `None` when it names none (`LOCAL`, `UNKNOWN`: the
+/// proxy's own connection, such as its health check). A connection without a valid header
+/// fails.
+async fn proxy_header(stream: &mut TcpStream) -> std::io::Result<Option<SocketAddr>> {
+    use ppp::{HeaderResult, PartialResult, v1, v2};
+    use std::io::{Error, ErrorKind};
+    use tokio::io::AsyncReadExt;
+
+    const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+    let invalid = |why: &str| Error::new(ErrorKind::InvalidData, format!("PROXY header: {why}"));
+    let mut buf = vec![0u8; MAX_PROXY_HEADER];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "closed before the PROXY header",
+            ));
+        }
+        let seen = &buf[..n];
+        // Where the header ends, by its version's framing, so that the parser sees exactly the
+        // header and a malformed one fails at once instead of waiting for more.
+        let end = if seen.starts_with(b"PROXY ") {
+            match seen.iter().take(107).position(|&b| b == b'\n') {
+                Some(lf) => Some(lf + 1),
+                None if n >= 107 => return Err(invalid("no line end within 107 bytes")),
+                None => None,
+            }
+        } else if seen.starts_with(V2_SIGNATURE) && n >= 16 {
+            let total = 16 + usize::from(u16::from_be_bytes([seen[14], seen[15]]));
+            if total > buf.len() {
+                return Err(invalid("too large"));
+            }
+            (n >= total).then_some(total)
+        } else if b"PROXY ".starts_with(seen) || V2_SIGNATURE.starts_with(&seen[..n.min(12)]) {
+            None
+        } else {
+            return Err(invalid("the connection does not start with one"));
+        };
+        let Some(end) = end else {
+            // The rest of the header is on its way: `peek` would return at once again.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let parsed = HeaderResult::parse(&buf[..end]);
+        if parsed.is_incomplete() {
+            return Err(invalid("incomplete"));
+        }
+        let from = |ip: std::net::IpAddr, port| Some(SocketAddr::new(ip, port));
+        let source = match parsed {
+            HeaderResult::V1(Ok(header)) => match header.addresses {
+                v1::Addresses::Tcp4(a) => from(a.source_address.into(), a.source_port),
+                v1::Addresses::Tcp6(a) => from(a.source_address.into(), a.source_port),
+                v1::Addresses::Unknown => None,
+            },
+            HeaderResult::V2(Ok(header)) => match (header.command, header.addresses) {
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+                    from(a.source_address.into(), a.source_port)
+                }
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+                    from(a.source_address.into(), a.source_port)
+                }
+                _ => None,
+            },
+            HeaderResult::V1(Err(e)) => return Err(invalid(&e.to_string())),
+            HeaderResult::V2(Err(e)) => return Err(invalid(&e.to_string())),
+        };
+        stream.read_exact(&mut buf[..end]).await?;
+        return Ok(source);
     }
 }
 

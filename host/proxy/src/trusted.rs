@@ -28,7 +28,7 @@ impl TrustedProxies {
         }
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.networks.iter().any(|n| n.contains(&ip))
     }

@@ -157,3 +157,66 @@ async fn behind_a_trusted_proxy_the_client_is_the_address_it_forwards() {
         .expect("send");
     assert_eq!(resp.status(), 200, "Forwarded is the configured header");
 }
+
+/// Sends `header` then a GET on one connection; the answer (empty when the gateway closed it).
+async fn with_proxy_header(gw: &TestGateway, header: &[u8]) -> String {
+    let mut raw = header.to_vec();
+    raw.extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(gw.http, &raw, std::time::Duration::from_secs(5))
+        .await
+        .expect("exchange");
+    // Answered or closed at once, never left hanging.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "hung: {answer:?}"
+    );
+    answer
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_header_names_the_client_and_is_required() {
+    let routes = [("/", r#"{ allow = ["198.51.100.0/24", "2001:db8::/32"] }"#)];
+    let gw = gateway_with(
+        "127.0.0.1:0",
+        "trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true",
+        &routes,
+    )
+    .await;
+    // v1, as text.
+    let answer = with_proxy_header(&gw, b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n").await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+    // v2, binary, built by the parser crate's own builder.
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "[2001:db8::9]:40000".parse::<SocketAddr>().expect("addr"),
+            "[::1]:80".parse::<SocketAddr>().expect("addr"),
+        ),
+    )
+    .build()
+    .expect("v2 header");
+    let answer = with_proxy_header(&gw, &v2).await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+    // A client outside the allowed networks, named by the header: refused by the plugin.
+    let answer = with_proxy_header(&gw, b"PROXY TCP4 203.0.113.5 127.0.0.1 40000 80\r\n").await;
+    assert_eq!(raw_status(&answer), Some(403), "{answer}");
+    // No header, or a broken one: the connection is closed unanswered.
+    assert_eq!(with_proxy_header(&gw, b"").await, "");
+    assert_eq!(with_proxy_header(&gw, b"PROXY TCP4 nonsense\r\n").await, "");
+
+    // A peer that is not a trusted proxy may not send one at all.
+    let untrusted = gateway_with(
+        "127.0.0.1:0",
+        "trusted_proxies = [\"10.0.0.0/8\"]\nproxy_protocol = true",
+        &routes,
+    )
+    .await;
+    let answer = with_proxy_header(
+        &untrusted,
+        b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n",
+    )
+    .await;
+    assert_eq!(answer, "");
+}
