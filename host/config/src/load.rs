@@ -33,6 +33,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "dns",
     "merge_slashes",
     "escaped_slashes",
+    "max_request_body",
     "trusted_proxies",
     "client_address_header",
     "proxy_protocol",
@@ -182,6 +183,7 @@ fn default_gateway(base: &Path) -> Gateway {
         dns: Dns::default(),
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
+        max_request_body: 100 << 20,
         trusted_proxies: Vec::new(),
         proxy_protocol: false,
         client_address_header: ClientAddressHeader::XForwardedFor,
@@ -628,6 +630,11 @@ impl<'r> Reader<'r> {
         }
         if let Some(v) = t.get("dns") {
             self.dns(v, &mut g.dns);
+        }
+        if let Some(v) = t.get("max_request_body")
+            && let Some(n) = self.size(v, &t.key("max_request_body"), 0, 1 << 40)
+        {
+            g.max_request_body = n;
         }
         if let Some(v) = t.get("trusted_proxies")
             && let Some(items) = self.array(v, &t.key("trusted_proxies"))

@@ -75,6 +75,9 @@ pub struct Gateway {
     pub http2: Http2,
     /// `[gateway.dns]`: how targets given by a DNS name are discovered.
     pub dns: Dns,
+    /// `max_request_body`: the largest request body accepted, in bytes (413 beyond; 0: no
+    /// limit). Default 100 MiB.
+    pub max_request_body: u64,
     /// `trusted_proxies`: the networks of the proxies in front of the gateway (load balancers,
     /// CDNs) whose `client_address_header` is believed. Empty (the default): the client is
     /// always the connection's peer.

@@ -26,10 +26,13 @@ enum Kind {
     Full(Option<Bytes>),
     /// Streamed from a peer.
     Stream(Incoming),
-    /// Streamed from a client, counting its data bytes for the access log.
+    /// Streamed from a client, counting its data bytes for the access log (`count`) and
+    /// failing once more than `limit` arrived (`gateway.max_request_body`).
     Counted {
         inner: Incoming,
-        count: Arc<AtomicU64>,
+        count: Option<Arc<AtomicU64>>,
+        read: u64,
+        limit: u64,
     },
     /// A request body played from a recording, so a retry can send it again.
     Played(Playback),
@@ -85,6 +88,9 @@ pub enum BodyError {
     /// The peer's stream failed.
     #[error("body stream failed: {0}")]
     Stream(#[from] hyper::Error),
+    /// The client sent more than `gateway.max_request_body` bytes.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
     /// The upstream sent nothing for longer than its `timeout`.
     #[error("upstream sent no body data for {0:?}")]
     Idle(Duration),
@@ -113,12 +119,15 @@ impl Body {
         }
     }
 
-    /// A body streamed from a client, adding its data bytes to `count` as they pass.
-    pub(crate) fn counted(incoming: Incoming, count: Arc<AtomicU64>) -> Self {
+    /// A body streamed from a client, adding its data bytes to `count` as they pass, and
+    /// failing with [`BodyError::TooLarge`] beyond `limit` bytes.
+    pub(crate) fn counted(incoming: Incoming, count: Option<Arc<AtomicU64>>, limit: u64) -> Self {
         Self {
             kind: Kind::Counted {
                 inner: incoming,
                 count,
+                read: 0,
+                limit,
             },
         }
     }
@@ -199,12 +208,24 @@ impl http_body::Body for Body {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(BodyError::Stream),
-            Kind::Counted { inner, count } => {
+            Kind::Counted {
+                inner,
+                count,
+                read,
+                limit,
+            } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame
                     && let Some(data) = f.data_ref()
                 {
-                    count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let n = data.len() as u64;
+                    *read += n;
+                    if let Some(count) = count {
+                        count.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if *read > *limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(*limit))));
+                    }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)))
             }

@@ -540,10 +540,13 @@ impl Pool {
             if let Some(h2) = conns.h2.as_ref().filter(|s| s.is_ready()) {
                 return Some(Connected::H2(h2.clone()));
             }
-            while let Some(idle) = conns.idle.pop() {
-                if idle.sender.is_ready() && idle.since.elapsed() < self.settings.idle_timeout {
-                    return Some(Connected::Http1(idle.sender));
-                }
+            // Only a ready one is taken; the others (one just given back, still finishing its
+            // exchange) stay for their worker.
+            let ready = conns.idle.iter().rposition(|idle| {
+                idle.sender.is_ready() && idle.since.elapsed() < self.settings.idle_timeout
+            });
+            if let Some(i) = ready {
+                return Some(Connected::Http1(conns.idle.remove(i).sender));
             }
         }
         None

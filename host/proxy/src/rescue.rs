@@ -180,8 +180,9 @@ impl Rejection {
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            // What follows this request on its connection cannot be told apart from its body.
-            Self::Framing(_) => {
+            // What follows this request on its connection cannot be told apart from its body,
+            // or is the rest of a body the gateway will not read.
+            Self::Framing(_) | Self::PayloadTooLarge => {
                 parts
                     .headers
                     .insert(CONNECTION, HeaderValue::from_static("close"));

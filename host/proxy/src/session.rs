@@ -119,8 +119,14 @@ impl<'s> Session<'s> {
             host: None,
             client: snapshot.trusted.client(conn.peer.ip(), req.headers()),
         };
+        // Counted (and limited) only when there is a body to count.
+        let limit = snapshot.max_request_body;
+        let limited = limit != u64::MAX && !http_body::Body::is_end_stream(req.body());
         if !snapshot.access_log.enabled() {
-            return (session, req.map(Body::stream));
+            return match limited {
+                true => (session, req.map(|b| Body::counted(b, None, limit))),
+                false => (session, req.map(Body::stream)),
+            };
         }
         let bytes_in = Arc::new(AtomicU64::new(0));
         session.arrival = Some(Arrival {
@@ -131,7 +137,10 @@ impl<'s> Session<'s> {
             bytes_in: bytes_in.clone(),
             client_cert: conn.client_subject.clone(),
         });
-        (session, req.map(|b| Body::counted(b, bytes_in)))
+        (
+            session,
+            req.map(|b| Body::counted(b, Some(bytes_in), limit)),
+        )
     }
 
     /// Runs the phases in order and finishes with what they answered.
@@ -190,6 +199,12 @@ impl<'s> Session<'s> {
     fn route(&mut self, req: &mut Request<Body>) -> Step<()> {
         let snapshot = self.snapshot;
         framing::check(req.version(), req.headers()).map_err(Rejection::Framing)?;
+        if let Some(length) = req.headers().get(http::header::CONTENT_LENGTH)
+            && let Some(length) = length.to_str().ok().and_then(|l| l.parse::<u64>().ok())
+            && length > snapshot.max_request_body
+        {
+            return Err(Rejection::PayloadTooLarge);
+        }
         if req.headers().len() > snapshot.max_headers {
             return Err(Rejection::HeadersTooLarge("too many header fields"));
         }
@@ -600,9 +615,12 @@ impl<'s> Session<'s> {
                 // The client's body broke off or was malformed while it was sent: the
                 // client's fault, not the target's; what follows on its connection cannot
                 // be trusted either.
-                Ok(Err(failed)) if client_body_failed(&failed) => {
+                Ok(Err(failed)) if client_body_failed(&failed).is_some() => {
                     tracing::debug!(request_id = ?self.request_id, error = %failed, "request body failed");
-                    return Err(Rejection::Framing("malformed request body"));
+                    return Err(match client_body_failed(&failed) {
+                        Some(BodyError::TooLarge(_)) => Rejection::PayloadTooLarge,
+                        _ => Rejection::Framing("malformed request body"),
+                    });
                 }
                 Ok(Err(mut failed)) => {
                     count_failure(target, &failed);
@@ -834,20 +852,23 @@ fn rejection(upstream: &Upstream, target: &Target, failed: SendError) -> Rejecti
     }
 }
 
-/// Whether a try failed because the client's request body did (reading it from the client
-/// failed: malformed chunked framing, a connection that closed mid-body).
-fn client_body_failed(failed: &SendError) -> bool {
+/// The client's body error a try failed with, if it did (reading it from the client failed:
+/// malformed chunked framing, a connection that closed mid-body, more than
+/// `max_request_body`).
+fn client_body_failed(failed: &SendError) -> Option<&BodyError> {
     let SendError::Request(e) = failed else {
-        return false;
+        return None;
     };
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(c) = cause {
-        if let Some(BodyError::Stream(_)) = c.downcast_ref::<BodyError>() {
-            return true;
+        if let Some(body @ (BodyError::Stream(_) | BodyError::TooLarge(_))) =
+            c.downcast_ref::<BodyError>()
+        {
+            return Some(body);
         }
         cause = c.source();
     }
-    false
+    None
 }
 
 fn count_failure(target: &Target, failed: &SendError) {
@@ -913,7 +934,10 @@ async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered
             return Err(Rejection::BodyTimeout);
         };
         let Some(frame) = next else { break };
-        let frame = frame.map_err(|_| Rejection::BadRequest("body stream failed"))?;
+        let frame = frame.map_err(|e| match e {
+            BodyError::TooLarge(_) => Rejection::PayloadTooLarge,
+            _ => Rejection::BadRequest("body stream failed"),
+        })?;
         let Ok(data) = frame.into_data() else {
             // Trailers are not kept by plugins that buffer bodies.
             continue;

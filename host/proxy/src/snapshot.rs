@@ -29,6 +29,8 @@ pub(crate) struct Snapshot {
     pub(crate) body_idle: Duration,
     /// How request paths are made canonical.
     pub(crate) paths: canonical::Rules,
+    /// `gateway.max_request_body` (`u64::MAX`: none).
+    pub(crate) max_request_body: u64,
     /// Whose word on the client's address is believed.
     pub(crate) trusted: TrustedProxies,
     /// Metrics of each route, by index, and of requests no route matched.
@@ -145,6 +147,10 @@ impl Snapshot {
             upstreams,
             max_headers: config.gateway.max_headers,
             body_idle: config.gateway.header_read_timeout,
+            max_request_body: match config.gateway.max_request_body {
+                0 => u64::MAX,
+                n => n,
+            },
             trusted: TrustedProxies::new(
                 &config.gateway.trusted_proxies,
                 config.gateway.client_address_header,

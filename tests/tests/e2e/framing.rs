@@ -241,3 +241,56 @@ async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[tokio::test]
+async fn a_body_beyond_max_request_body_gets_413_announced_or_streamed() {
+    let (up, seen) = recording_upstream().await;
+    let gw = TestGateway::start(&proxy_everything_to(up, "max_request_body = \"1KiB\""))
+        .await
+        .expect("start");
+    let c = client();
+    let fits = c
+        .post(gw.url("/fits"))
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(fits.status(), 200);
+    // Announced by Content-Length: refused before anything is sent upstream.
+    let announced = c
+        .post(gw.url("/announced"))
+        .body(vec![b'a'; 1025])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(announced.status(), 413);
+    let body: serde_json::Value = announced.json().await.expect("json");
+    assert_eq!(body["error"], "body_too_large");
+    // Streamed (chunked, no length): cut off once the limit is passed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..4).map(|_| Ok(vec![b'b'; 512])).collect();
+    let streamed = c
+        .post(gw.url("/streamed"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(streamed.status(), 413);
+    let received = seen.lock().expect("lock").clone();
+    assert!(
+        received.iter().any(|r| r.starts_with("POST /fits")),
+        "{received:?}"
+    );
+    assert!(
+        !received.iter().any(|r| r.contains("/announced")),
+        "{received:?}"
+    );
+    assert!(
+        !received
+            .iter()
+            .any(|r| r.starts_with("POST /streamed") && r.len() > "POST /streamed ".len() + 1024),
+        "more than the limit went upstream: {received:?}"
+    );
+}

@@ -235,7 +235,11 @@ async fn streams_200_mib_up_and_down_within_bounded_memory() {
     const SIZE: u64 = 200 * 1024 * 1024;
     let up = echo_upstream("up").await;
     let dir = workdir();
-    let config = write_config(&dir, &proxy_everything_to(up, ""));
+    // Above the default `max_request_body` of 100 MiB.
+    let config = write_config(
+        &dir,
+        &proxy_everything_to(up, "max_request_body = \"1GiB\""),
+    );
     let gw = GatewayProcess::start(wasmgate_bin!(), &config, 1).expect("start");
     let addr = gw.addrs[0];
     let c = client();
