@@ -452,6 +452,8 @@ const GATEWAY_FIELDS: &[(&str, &str)] = &[
     ("watch", "watch"),
     ("workers", "workers"),
     ("proxy_protocol", "proxy_protocol"),
+    ("max_connections", "max_connections"),
+    ("max_connections_per_client", "max_connections_per_client"),
 ];
 
 /// `[gateway]` as JSON: durations in milliseconds, paths absolute.
@@ -472,6 +474,8 @@ fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
         "watch": g.watch,
         "workers": g.workers,
         "proxy_protocol": g.proxy_protocol,
+        "max_connections": g.max_connections,
+        "max_connections_per_client": g.max_connections_per_client,
         "header_read_timeout_ms": g.header_read_timeout.as_millis(),
         "idle_timeout_ms": g.idle_timeout.as_millis(),
         "max_header_size": g.max_header_size,

@@ -34,6 +34,8 @@ const GATEWAY_KEYS: &[&str] = &[
     "merge_slashes",
     "escaped_slashes",
     "max_request_body",
+    "max_connections",
+    "max_connections_per_client",
     "trusted_proxies",
     "client_address_header",
     "proxy_protocol",
@@ -184,6 +186,8 @@ fn default_gateway(base: &Path) -> Gateway {
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
         max_request_body: 100 << 20,
+        max_connections: 0,
+        max_connections_per_client: 0,
         trusted_proxies: Vec::new(),
         proxy_protocol: false,
         client_address_header: ClientAddressHeader::XForwardedFor,
@@ -630,6 +634,19 @@ impl<'r> Reader<'r> {
         }
         if let Some(v) = t.get("dns") {
             self.dns(v, &mut g.dns);
+        }
+        for (name, field) in [
+            ("max_connections", &mut g.max_connections),
+            (
+                "max_connections_per_client",
+                &mut g.max_connections_per_client,
+            ),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(n) = self.integer(v, &t.key(name), 0, 10_000_000)
+            {
+                *field = n as usize;
+            }
         }
         if let Some(v) = t.get("max_request_body")
             && let Some(n) = self.size(v, &t.key("max_request_body"), 0, 1 << 40)

@@ -75,6 +75,12 @@ pub struct Gateway {
     pub http2: Http2,
     /// `[gateway.dns]`: how targets given by a DNS name are discovered.
     pub dns: Dns,
+    /// `max_connections`: the most client connections open at once on each listener (0, the
+    /// default: no limit); more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// `max_connections_per_client`: the most client connections open at once from one IP
+    /// address across the listeners (0, the default: no limit).
+    pub max_connections_per_client: usize,
     /// `max_request_body`: the largest request body accepted, in bytes (413 beyond; 0: no
     /// limit). Default 100 MiB.
     pub max_request_body: u64,

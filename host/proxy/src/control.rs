@@ -215,5 +215,10 @@ fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     keep!("gateway.watch", watch);
     keep!("gateway.workers", workers);
     keep!("gateway.proxy_protocol", proxy_protocol);
+    keep!("gateway.max_connections", max_connections);
+    keep!(
+        "gateway.max_connections_per_client",
+        max_connections_per_client
+    );
     changed
 }

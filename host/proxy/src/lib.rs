@@ -286,6 +286,7 @@ impl Gateway {
             listeners.push(Arc::new(Listener {
                 tcp: bind("gateway.listen", *addr)?,
                 tls: None,
+                open: Arc::default(),
             }));
         }
         if let (Some(t), Some(server_config)) = (&config.gateway.tls, &tls) {
@@ -293,6 +294,7 @@ impl Gateway {
                 listeners.push(Arc::new(Listener {
                     tcp: bind("gateway.tls.listen", *addr)?,
                     tls: Some(server_config.clone()),
+                    open: Arc::default(),
                 }));
             }
         }
@@ -328,7 +330,7 @@ impl Gateway {
         let server = Arc::new(Server::new(
             proxy.clone(),
             &config.gateway,
-            services.metrics.connections().clone(),
+            &services.metrics,
         ));
         Ok(Self {
             server,

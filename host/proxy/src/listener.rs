@@ -1,11 +1,12 @@
 //! Accepting connections and serving HTTP on them: timeouts, idle keep-alive, graceful drain.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -13,6 +14,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::Gateway as GatewayConfig;
+use wasmgate_telemetry::Metrics;
 
 use crate::proxy::Proxy;
 use crate::record::Recorded;
@@ -36,10 +39,81 @@ pub(crate) struct Server {
     idle_timeout: Duration,
     /// `gateway.proxy_protocol`: every connection starts with a PROXY protocol header.
     proxy_protocol: bool,
+    limits: Limits,
+}
+
+/// `gateway.max_connections` (each listener) and `max_connections_per_client`.
+#[derive(Debug)]
+struct Limits {
+    per_listener: usize,
+    per_client: usize,
+    clients: Mutex<HashMap<IpAddr, usize>>,
+    refused_listener: Counter,
+    refused_client: Counter,
+}
+
+/// A connection counted against the limits until dropped.
+struct Admitted {
+    server: Arc<Server>,
+    listener: Arc<AtomicUsize>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.listener.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.client {
+            let mut clients = self
+                .server
+                .limits
+                .clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = clients.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    clients.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 impl Server {
-    pub(crate) fn new(proxy: Arc<Proxy>, config: &GatewayConfig, connections: Gauge) -> Self {
+    /// Counts a new connection from `peer` on a listener with `open` connections, or refuses it
+    /// (counted) when a limit is reached.
+    fn admit(self: &Arc<Self>, open: &Arc<AtomicUsize>, peer: IpAddr) -> Option<Admitted> {
+        let limits = &self.limits;
+        let before = open.fetch_add(1, Ordering::Relaxed);
+        let mut admitted = Admitted {
+            server: self.clone(),
+            listener: open.clone(),
+            client: None,
+        };
+        if limits.per_listener != 0 && before >= limits.per_listener {
+            limits.refused_listener.inc();
+            return None;
+        }
+        if limits.per_client != 0 {
+            let mut clients = limits
+                .clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = clients.entry(peer).or_insert(0);
+            if *n >= limits.per_client {
+                limits.refused_client.inc();
+                return None;
+            }
+            *n += 1;
+            admitted.client = Some(peer);
+        }
+        Some(admitted)
+    }
+}
+
+impl Server {
+    pub(crate) fn new(proxy: Arc<Proxy>, config: &GatewayConfig, metrics: &Metrics) -> Self {
+        let connections = metrics.connections().clone();
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
@@ -68,6 +142,13 @@ impl Server {
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
             proxy_protocol: config.proxy_protocol,
+            limits: Limits {
+                per_listener: config.max_connections,
+                per_client: config.max_connections_per_client,
+                clients: Mutex::default(),
+                refused_listener: metrics.connections_refused("listener"),
+                refused_client: metrics.connections_refused("client"),
+            },
         }
     }
 }
@@ -77,6 +158,8 @@ pub(crate) struct Listener {
     pub(crate) tcp: std::net::TcpListener,
     /// The TLS settings, swapped by a reload that changes certificates.
     pub(crate) tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    /// Its connections open now, across workers (for `max_connections`).
+    pub(crate) open: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -125,12 +208,19 @@ impl Listener {
                     continue;
                 }
             };
+            // Closed at once beyond a limit: the kernel's backlog does not fill, and other
+            // clients keep being served.
+            let Some(admitted) = server.admit(&self.open, peer.ip()) else {
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let server = server.clone();
             let tls = self.tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
             let stop = stop.clone();
             tracker.spawn(async move {
                 serve(server, stream, (peer, worker), tls, stop).await;
+                drop(admitted);
             });
         }
     }

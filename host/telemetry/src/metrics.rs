@@ -67,6 +67,11 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     upstream: Arc<String>,
     target: Arc<String>,
@@ -123,6 +128,7 @@ pub struct Metrics {
     upstream_overflows: Family<UpstreamOnlyLabels, Counter>,
     retry_overflows: Family<UpstreamOnlyLabels, Counter>,
     upstream_pending: Family<UpstreamOnlyLabels, Gauge>,
+    connections_refused: Family<ReasonLabels, Counter>,
     health_checks: Family<CheckLabels, Counter>,
     health_transitions: Family<TransitionLabels, Counter>,
     target_healthy: Family<TargetLabels, Gauge>,
@@ -213,6 +219,17 @@ impl Metrics {
             "Requests waiting for a connection because the upstream has max_connections open, by upstream",
             upstream_pending.clone(),
         );
+        let connections_refused: Family<ReasonLabels, Counter> = Family::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because a limit was reached, by reason: listener (max_connections) or client (max_connections_per_client)",
+            connections_refused.clone(),
+        );
+        for reason in ["listener", "client"] {
+            connections_refused
+                .get_or_create(&ReasonLabels { reason })
+                .get();
+        }
         let health_checks = Family::default();
         registry.register(
             "upstream_health_checks",
@@ -306,6 +323,7 @@ impl Metrics {
             upstream_overflows,
             retry_overflows,
             upstream_pending,
+            connections_refused,
             health_checks,
             health_transitions,
             target_healthy,
@@ -353,6 +371,12 @@ impl Metrics {
             .get_or_create_owned(&UpstreamOnlyLabels {
                 upstream: Arc::new(upstream.to_owned()),
             })
+    }
+
+    /// Counts client connections refused for `reason` (`"listener"` or `"client"`).
+    pub fn connections_refused(&self, reason: &'static str) -> Counter {
+        self.connections_refused
+            .get_or_create_owned(&ReasonLabels { reason })
     }
 
     /// Counts requests waiting for a connection to upstream `upstream` (`max_pending`).

@@ -294,3 +294,75 @@ async fn a_body_beyond_max_request_body_gets_413_announced_or_streamed() {
         "more than the limit went upstream: {received:?}"
     );
 }
+
+/// A connection that has been served one request and stays open.
+async fn served_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s
+}
+
+/// Whether a new connection is served (`true`) or closed unanswered.
+async fn is_served(addr: SocketAddr) -> bool {
+    let answer = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("exchange");
+    raw_status(&answer) == Some(200)
+}
+
+#[tokio::test]
+async fn beyond_its_connection_limits_a_listener_closes_new_connections_and_serves_the_rest() {
+    let up = echo_upstream("up").await;
+    let gw = TestGateway::start(&proxy_everything_to(up, "max_connections = 2"))
+        .await
+        .expect("start");
+    let mut held = vec![
+        served_connection(gw.http).await,
+        served_connection(gw.http).await,
+    ];
+    assert!(!is_served(gw.http).await, "a third connection was served");
+    assert_eq!(
+        gw.metric("wasmgate_connections_refused_total{reason=\"listener\"}"),
+        1
+    );
+    drop(held.pop());
+    // The count falls when the gateway sees the close.
+    let started = std::time::Instant::now();
+    while !is_served(gw.http).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the freed slot never came back"
+        );
+    }
+    drop(held);
+
+    let per_client = TestGateway::start(&proxy_everything_to(up, "max_connections_per_client = 1"))
+        .await
+        .expect("start");
+    let _one = served_connection(per_client.http).await;
+    assert!(
+        !is_served(per_client.http).await,
+        "a second connection from the client was served"
+    );
+    assert_eq!(
+        per_client.metric("wasmgate_connections_refused_total{reason=\"client\"}"),
+        1
+    );
+}
