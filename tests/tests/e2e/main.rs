@@ -17,6 +17,7 @@ mod discovery;
 mod ejection;
 mod framing;
 mod grpc;
+mod h2_abuse;
 mod health;
 mod ip_restriction;
 mod jwt;
