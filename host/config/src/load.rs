@@ -1133,8 +1133,7 @@ impl<'r> Reader<'r> {
             && let Some(v) = t.get("targets")
         {
             for target in u.targets.iter().filter(|target| target.tls) {
-                let host = target.address.host();
-                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let host = target.host();
                 if rustls_pki_types::ServerName::try_from(host).is_err() {
                     let message = format!(
                         "target https://{}: {host:?} is neither a DNS name nor an IP address, so no certificate can be checked against it; set `tls.server_name`",

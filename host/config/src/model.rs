@@ -550,6 +550,21 @@ pub struct Target {
     pub weight: u32,
 }
 
+impl Target {
+    /// The address's host without the brackets of an IPv6 address.
+    pub fn host(&self) -> &str {
+        self.address
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// Whether the host is a DNS name (whose addresses are discovered), not an IP address.
+    pub fn is_named(&self) -> bool {
+        self.host().parse::<std::net::IpAddr>().is_err()
+    }
+}
+
 /// `[[routes]]`.
 #[derive(Debug, Clone)]
 pub struct Route {

@@ -131,7 +131,7 @@ pub(crate) async fn run(
         .into_iter()
         .map(|i| {
             let address = &blueprint.defined[i].address;
-            let host = address.host().trim_start_matches('[').trim_end_matches(']');
+            let host = blueprint.defined[i].host();
             // A set kept across a reload starts from what was discovered before it.
             let addresses = current
                 .endpoints()

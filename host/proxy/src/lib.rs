@@ -194,13 +194,7 @@ pub async fn prepare_with(
     let named = config.upstreams.iter().find_map(|u| {
         u.targets
             .iter()
-            .position(|t| {
-                let host = t.address.host();
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_err()
-            })
+            .position(wasmgate_config::Target::is_named)
             .map(|i| format!("upstreams.{}.targets[{i}]", u.name))
     });
     let resolver = match named {

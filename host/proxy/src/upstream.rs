@@ -142,13 +142,7 @@ impl Blueprint {
     /// The entries of `targets` whose host is a name to discover, by index.
     pub(crate) fn names(&self) -> Vec<usize> {
         (0..self.defined.len())
-            .filter(|&i| {
-                let host = self.defined[i].address.host();
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .is_err()
-            })
+            .filter(|&i| self.defined[i].is_named())
             .collect()
     }
 }
@@ -273,7 +267,7 @@ impl Upstream {
                     Some(client) if t.tls => Some(Tls {
                         connector: TlsConnector::from(client.clone()),
                         upgrade_connector: TlsConnector::from(http1_only(client)),
-                        server_name: server_name(config, &t.address),
+                        server_name: server_name(config, t),
                     }),
                     _ => None,
                 })
@@ -658,18 +652,15 @@ fn http1_only(client: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
 
 /// The name an `https://` target's certificate must carry: `tls.server_name`, else the target's
 /// host (a DNS name or an IP address; `wasmgate check` refuses a host that is neither).
-fn server_name(config: &wasmgate_config::Upstream, target: &Authority) -> ServerName<'static> {
+fn server_name(
+    config: &wasmgate_config::Upstream,
+    target: &wasmgate_config::Target,
+) -> ServerName<'static> {
     let name = config
         .tls
         .as_ref()
         .and_then(|t| t.server_name.clone())
-        .unwrap_or_else(|| {
-            target
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned()
-        });
+        .unwrap_or_else(|| target.host().to_owned());
     ServerName::try_from(name)
         .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
 }

@@ -10,20 +10,36 @@ async fn send(gw: &TestGateway, path: &str) -> tokio::task::JoinHandle<reqwest::
     tokio::spawn(async move { c.get(url).send().await.expect("send") })
 }
 
-#[tokio::test]
-async fn beyond_max_connections_requests_wait_and_beyond_max_pending_get_a_fast_503() {
-    let (slow, mut arrived) = holding_upstream(Duration::from_millis(500)).await;
-    let gw = TestGateway::start(&pool_config(
-        &[format!("\"{slow}\"")],
-        "max_connections = 1\nmax_pending = 1",
-    ))
-    .await
-    .expect("start");
+/// A gateway in front of one target that answers `hold` after each request, with `keys` (which
+/// set `max_connections = 1`), and a first request holding the one connection; the channel
+/// reports later arrivals at the target.
+async fn one_connection_held(
+    hold: Duration,
+    keys: &str,
+) -> (
+    TestGateway,
+    tokio::task::JoinHandle<reqwest::Response>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let (slow, mut arrived) = holding_upstream(hold).await;
+    let gw = TestGateway::start(&pool_config(&[format!("\"{slow}\"")], keys))
+        .await
+        .expect("start");
     let first = send(&gw, "/first").await;
     arrived
         .recv()
         .await
         .expect("the first request holds the one connection");
+    (gw, first, arrived)
+}
+
+#[tokio::test]
+async fn beyond_max_connections_requests_wait_and_beyond_max_pending_get_a_fast_503() {
+    let (gw, first, _arrived) = one_connection_held(
+        Duration::from_millis(500),
+        "max_connections = 1\nmax_pending = 1",
+    )
+    .await;
     let second = send(&gw, "/second").await;
     eventually(Duration::from_secs(5), "the second request waits", || {
         gw.metric("wasmgate_upstream_pending_requests{upstream=\"pool\"}") == 1
@@ -60,18 +76,11 @@ async fn beyond_max_connections_requests_wait_and_beyond_max_pending_get_a_fast_
 
 #[tokio::test]
 async fn a_request_waits_for_a_connection_no_longer_than_connect_timeout() {
-    let (slow, mut arrived) = holding_upstream(Duration::from_secs(3)).await;
-    let gw = TestGateway::start(&pool_config(
-        &[format!("\"{slow}\"")],
+    let (gw, first, mut arrived) = one_connection_held(
+        Duration::from_secs(3),
         "max_connections = 1\nconnect_timeout = \"300ms\"",
-    ))
-    .await
-    .expect("start");
-    let first = send(&gw, "/first").await;
-    arrived
-        .recv()
-        .await
-        .expect("the first request holds the one connection");
+    )
+    .await;
     let started = Instant::now();
     let waited = client().get(gw.url("/second")).send().await.expect("send");
     assert_eq!(waited.status(), 503);
