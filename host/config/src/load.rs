@@ -26,6 +26,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "tls",
     "header_read_timeout",
     "idle_timeout",
+    "send_timeout",
     "max_header_size",
     "max_headers",
     "shutdown_grace",
@@ -172,6 +173,7 @@ fn default_gateway(base: &Path) -> Gateway {
         tls: None,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(60),
         max_header_size: 64 * 1024,
         max_headers: 100,
         shutdown_grace: Duration::from_secs(30),
@@ -540,6 +542,11 @@ impl<'r> Reader<'r> {
             && let Some(d) = self.timeout(v, &t.key("idle_timeout"))
         {
             g.idle_timeout = d;
+        }
+        if let Some(v) = t.get("send_timeout")
+            && let Some(d) = self.timeout(v, &t.key("send_timeout"))
+        {
+            g.send_timeout = d;
         }
         if let Some(v) = t.get("shutdown_grace")
             && let Some(d) = self.duration(v, &t.key("shutdown_grace"))

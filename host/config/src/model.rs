@@ -65,6 +65,9 @@ pub struct Gateway {
     pub header_read_timeout: Duration,
     /// `idle_timeout`: how long a keep-alive connection may sit without a request in flight. Default 60 s.
     pub idle_timeout: Duration,
+    /// `send_timeout`: how long a response may wait for the client to take more of it before the
+    /// connection is closed. Default 60 s.
+    pub send_timeout: Duration,
     /// `max_header_size`: the largest request header section accepted, in bytes (431 beyond). Default 64 KiB.
     pub max_header_size: usize,
     /// `max_headers`: the most request header fields accepted (431 beyond). Default 100.

@@ -13,6 +13,7 @@ fn reads_every_key_of_a_full_config() {
         plugins_dir = "wasm"
         header_read_timeout = "5s"
         idle_timeout = "2m"
+        send_timeout = "45s"
         max_header_size = "32KiB"
         max_headers = 50
         shutdown_grace = "0s"
@@ -46,6 +47,7 @@ fn reads_every_key_of_a_full_config() {
     assert_eq!(g.plugins_dir, Path::new("/etc/wasmgate/wasm"));
     assert_eq!(g.header_read_timeout, Duration::from_secs(5));
     assert_eq!(g.idle_timeout, Duration::from_secs(120));
+    assert_eq!(g.send_timeout, Duration::from_secs(45));
     assert_eq!(g.max_header_size, 32 * 1024);
     assert_eq!(g.max_headers, 50);
     assert_eq!(g.workers, 3);
@@ -79,7 +81,7 @@ fn reads_every_key_of_a_full_config() {
     assert_eq!(r.headers[0].0, "x-version");
     assert!(matches!(r.action, RouteAction::Upstream(0)));
     assert!(r.strip_path);
-    assert_eq!(r.location.line, 21);
+    assert_eq!(r.location.line, 22);
 
     let RouteAction::Respond(m) = &c.routes[1].action else {
         panic!("mock route")

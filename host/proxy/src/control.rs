@@ -208,6 +208,7 @@ fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     keep!("gateway.admin", admin);
     keep!("gateway.header_read_timeout", header_read_timeout);
     keep!("gateway.idle_timeout", idle_timeout);
+    keep!("gateway.send_timeout", send_timeout);
     keep!("gateway.max_header_size", max_header_size);
     keep!("gateway.max_headers", max_headers);
     keep!("gateway.shutdown_grace", shutdown_grace);

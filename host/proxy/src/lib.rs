@@ -29,6 +29,7 @@ mod retry;
 mod router;
 mod session;
 mod snapshot;
+mod stall;
 mod tls;
 mod trusted;
 mod tunnel;

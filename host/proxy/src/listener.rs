@@ -27,6 +27,7 @@ use wasmgate_telemetry::Metrics;
 use crate::proxy::Proxy;
 use crate::record::Recorded;
 use crate::session::ConnInfo;
+use crate::stall::{Sending, Stalls};
 
 /// Connection-level settings shared by every listener.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub(crate) struct Server {
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
+    send_timeouts: Counter,
     /// `gateway.proxy_protocol`: every connection starts with a PROXY protocol header.
     proxy_protocol: bool,
     limits: Limits,
@@ -141,6 +144,8 @@ impl Server {
             http2: h2,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
+            send_timeout: config.send_timeout,
+            send_timeouts: metrics.send_timeouts().clone(),
             proxy_protocol: config.proxy_protocol,
             limits: Limits {
                 per_listener: config.max_connections,
@@ -503,6 +508,13 @@ async fn drive(
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
+            () = activity.stalls.stalled(server.send_timeout) => {
+                // Dropping the connection drops its response bodies, and with them the upstream
+                // connections they were holding.
+                server.send_timeouts.inc();
+                tracing::debug!(timeout = ?server.send_timeout, "client took no response data within send_timeout: connection closed");
+                return Ok(());
+            }
         }
     }
 }
@@ -514,6 +526,8 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `start` at which the last request finished.
     last_done_ms: AtomicU64,
+    /// Its response bodies waiting for the client (`gateway.send_timeout`).
+    stalls: Arc<Stalls>,
 }
 
 impl Activity {
@@ -522,6 +536,7 @@ impl Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            stalls: Arc::default(),
         }
     }
 
@@ -587,15 +602,16 @@ struct ConnService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<Recorded>;
+    type Response = Response<Sending<Recorded>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Recorded>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
             let _in_flight = shared.activity.begin();
-            Ok(shared.proxy.handle(req, &shared.info).await)
+            let response = shared.proxy.handle(req, &shared.info).await;
+            Ok(response.map(|body| Sending::new(body, shared.activity.stalls.clone())))
         })
     }
 }

@@ -139,6 +139,7 @@ pub struct Metrics {
     file_checks: Family<ResultLabels, Counter>,
     connections: Gauge,
     access_log_dropped: Counter,
+    send_timeouts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -309,6 +310,12 @@ impl Metrics {
             "Access log lines dropped because the writer could not keep up",
             access_log_dropped.clone(),
         );
+        let send_timeouts = Counter::default();
+        registry.register(
+            "send_timeouts",
+            "Client connections closed because a response waited longer than gateway.send_timeout for the client to take more of it",
+            send_timeouts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -334,6 +341,7 @@ impl Metrics {
             file_checks,
             connections,
             access_log_dropped,
+            send_timeouts,
         }
     }
 
@@ -499,6 +507,11 @@ impl Metrics {
     /// The open client connections gauge.
     pub fn connections(&self) -> &Gauge {
         &self.connections
+    }
+
+    /// Counts client connections closed by `gateway.send_timeout`.
+    pub fn send_timeouts(&self) -> &Counter {
+        &self.send_timeouts
     }
 
     pub(crate) fn access_log_dropped(&self) -> Counter {

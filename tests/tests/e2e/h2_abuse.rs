@@ -1,5 +1,6 @@
 //! HTTP/2 abuse, with frames crafted byte by byte: the connection is closed, memory stays
-//! bounded, and other clients keep being served.
+//! bounded, and other clients keep being served. Also `send_timeout`: a client that stops
+//! taking a response (a shut HTTP/2 window, an HTTP/1.1 socket it never reads) loses it.
 
 use std::time::{Duration, Instant};
 
@@ -112,4 +113,109 @@ async fn ping_and_settings_floods_do_not_stop_other_clients() {
         );
         drop(writer.await.expect("writer"));
     }
+}
+
+/// An echo upstream that counts its connections, behind a gateway with a short `send_timeout`.
+async fn stall_setup() -> (TestGateway, std::sync::Arc<echo::Connections>) {
+    let (up, connections) =
+        echo::spawn_observed(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "up")
+            .await
+            .expect("upstream");
+    let gw = TestGateway::start(&proxy_everything_to(
+        up,
+        "workers = 1\nsend_timeout = \"300ms\"",
+    ))
+    .await
+    .expect("start");
+    (gw, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_stream_loses_its_connection_and_frees_the_upstream() {
+    let (gw, upstream) = stall_setup().await;
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    // The client never opens its stream window: the gateway may send headers, no body byte.
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{}/bytes/99999999", gw.http))
+        .body(())
+        .expect("request");
+    let (response, _) = client.send_request(request, true).expect("send");
+    let response = response.await.expect("response head");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.opened(), 1);
+    // Without the send timeout the upstream connection would stay held as long as the client
+    // liked (hyper polls a body only when it can send what it gives).
+    tokio::time::timeout(Duration::from_secs(5), upstream.wait_closed(1))
+        .await
+        .expect("the upstream connection was not released");
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the client's connection was not closed");
+    assert_eq!(gw.metric("wasmgate_send_timeouts_total"), 1);
+    // Others are served meanwhile and after.
+    let resp = h2c_client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_loses_its_connection() {
+    let (gw, upstream) = stall_setup().await;
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /bytes/999999999 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // Never read: the socket buffers fill, the gateway can write no more.
+    tokio::time::timeout(Duration::from_secs(5), upstream.wait_closed(1))
+        .await
+        .expect("the upstream connection was not released");
+    assert_eq!(gw.metric("wasmgate_send_timeouts_total"), 1);
+    // What was buffered can still be read, then the connection ends well short of the body.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    });
+    read_all.await.expect("the connection was not closed");
+    assert!(received < 999_999_999, "{received}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_slowly_but_steadily_is_not_cut_off() {
+    let (gw, upstream) = stall_setup().await;
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    let size = 32 * 1024 * 1024;
+    s.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    // Pauses shorter than send_timeout between reads: never a stall, however long it all takes.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut since_pause = 0usize;
+    while received < size {
+        let n = s.read(&mut buf).await.expect("read");
+        assert_ne!(n, 0, "closed after {received} bytes");
+        received += n;
+        since_pause += n;
+        if since_pause >= 4 << 20 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(gw.metric("wasmgate_send_timeouts_total"), 0);
+    assert_eq!(upstream.closed(), 0);
 }
