@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 
 pub use wasmgate_echo as echo;
 
+pub mod otlp;
+
 /// A folder for one test's config and certificate files, removed when dropped.
 pub fn workdir() -> tempfile::TempDir {
     tempfile::Builder::new()

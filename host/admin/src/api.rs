@@ -450,6 +450,7 @@ const GATEWAY_FIELDS: &[(&str, &str)] = &[
     ("max_headers", "max_headers"),
     ("shutdown_grace", "shutdown_grace_ms"),
     ("http2", "http2"),
+    ("tracing", "tracing"),
     ("watch", "watch"),
     ("workers", "workers"),
     ("proxy_protocol", "proxy_protocol"),
@@ -483,6 +484,15 @@ fn gateway_json(g: &wasmgate_config::Gateway) -> Value {
         "max_header_size": g.max_header_size,
         "max_headers": g.max_headers,
         "shutdown_grace_ms": g.shutdown_grace.as_millis(),
+        "tracing": g.tracing.as_ref().map(|t| json!({
+            "endpoint": t.endpoint,
+            "sample_ratio": t.sample_ratio,
+            "service_name": t.service_name,
+            // Header values are often API keys.
+            "headers": t.headers.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "timeout_ms": t.timeout.as_millis(),
+            "export_interval_ms": t.export_interval.as_millis(),
+        })),
         "http2": {
             "max_concurrent_streams": g.http2.max_concurrent_streams,
             "max_pending_reset_streams": g.http2.max_pending_reset_streams,

@@ -32,6 +32,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "shutdown_grace",
     "http2",
     "dns",
+    "tracing",
     "merge_slashes",
     "escaped_slashes",
     "max_request_body",
@@ -56,6 +57,14 @@ const HTTP2_KEYS: &[&str] = &[
     "keepalive_timeout",
 ];
 const DNS_KEYS: &[&str] = &["nameservers", "lookup", "min_ttl", "max_ttl"];
+const TRACING_KEYS: &[&str] = &[
+    "endpoint",
+    "sample_ratio",
+    "service_name",
+    "headers",
+    "timeout",
+    "export_interval",
+];
 const TLS_KEYS: &[&str] = &["listen", "certificates", "client_auth"];
 const CLIENT_AUTH_KEYS: &[&str] = &["ca", "required"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
@@ -185,6 +194,7 @@ fn default_gateway(base: &Path) -> Gateway {
             keepalive_timeout: Duration::from_secs(10),
         },
         dns: Dns::default(),
+        tracing: None,
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
         max_request_body: 100 << 20,
@@ -642,6 +652,9 @@ impl<'r> Reader<'r> {
         if let Some(v) = t.get("dns") {
             self.dns(v, &mut g.dns);
         }
+        if let Some(v) = t.get("tracing") {
+            g.tracing = self.tracing(v);
+        }
         for (name, field) in [
             ("max_connections", &mut g.max_connections),
             (
@@ -812,6 +825,117 @@ impl<'r> Reader<'r> {
             return None;
         }
         Some(Secret(token.to_owned()))
+    }
+
+    fn tracing(&mut self, v: &Value<'_>) -> Option<Tracing> {
+        let t = self.table(v, "gateway.tracing", TRACING_KEYS)?;
+        let Some(endpoint) = t.get("endpoint") else {
+            self.err(
+                &v.span(),
+                &t.key("endpoint"),
+                "missing: the collector's OTLP/HTTP URL, e.g. \"http://127.0.0.1:4318\"",
+            );
+            return None;
+        };
+        let endpoint = self.string(endpoint, &t.key("endpoint")).and_then(|url| {
+            match url.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty()) =>
+                {
+                    Some(url.to_owned())
+                }
+                _ => {
+                    let message = format!(
+                        "invalid endpoint {url:?} (expected an http:// or https:// URL such as \"http://collector:4318\")"
+                    );
+                    self.err(&endpoint.span(), &t.key("endpoint"), message);
+                    None
+                }
+            }
+        });
+        let valid = endpoint.is_some();
+        let mut tracing = Tracing {
+            endpoint: endpoint.unwrap_or_default(),
+            sample_ratio: 1.0,
+            service_name: "wasmgate".to_owned(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+            export_interval: Duration::from_secs(5),
+        };
+        if let Some(v) = t.get("sample_ratio")
+            && let Some(ratio) = self.ratio(v, &t.key("sample_ratio"))
+        {
+            tracing.sample_ratio = ratio;
+        }
+        if let Some(v) = t.get("service_name")
+            && let Some(name) = self.string(v, &t.key("service_name"))
+        {
+            if name.is_empty() {
+                self.err(&v.span(), &t.key("service_name"), "must not be empty");
+            }
+            name.clone_into(&mut tracing.service_name);
+        }
+        for (name, field) in [
+            ("timeout", &mut tracing.timeout),
+            ("export_interval", &mut tracing.export_interval),
+        ] {
+            if let Some(v) = t.get(name)
+                && let Some(d) = self.timeout(v, &t.key(name))
+            {
+                *field = d;
+            }
+        }
+        if let Some(v) = t.get("headers") {
+            let path = t.key("headers");
+            if let DeValue::Table(table) = v.get_ref() {
+                for (name, value) in table.iter() {
+                    let key = join(&path, name.get_ref());
+                    let Some(value) = self.string(value, &key) else {
+                        continue;
+                    };
+                    let valid = HeaderName::from_bytes(name.get_ref().as_bytes()).is_ok()
+                        && HeaderValue::from_str(value).is_ok();
+                    if valid {
+                        tracing
+                            .headers
+                            .push((name.get_ref().to_string(), value.to_owned()));
+                    } else {
+                        self.err(&name.span(), &key, "not a valid HTTP header field");
+                    }
+                }
+            } else {
+                self.wrong_type(v, &path, "a table of header names to values");
+            }
+        }
+        valid.then_some(tracing)
+    }
+
+    /// A number from 0.0 to 1.0 (`1` and `0` as integers too).
+    fn ratio(&mut self, v: &Value<'_>, key: &str) -> Option<f64> {
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i.as_str().parse::<f64>().ok(),
+            _ => {
+                self.wrong_type(v, key, "a number from 0.0 to 1.0");
+                return None;
+            }
+        };
+        match n {
+            Some(n) if (0.0..=1.0).contains(&n) => Some(n),
+            Some(n) => {
+                self.err(
+                    &v.span(),
+                    key,
+                    format!("{n} is out of range (expected 0.0 to 1.0)"),
+                );
+                None
+            }
+            None => {
+                self.err(&v.span(), key, "not a number (expected 0.0 to 1.0)");
+                None
+            }
+        }
     }
 
     fn dns(&mut self, v: &Value<'_>, d: &mut Dns) {

@@ -78,6 +78,8 @@ pub struct Gateway {
     pub http2: Http2,
     /// `[gateway.dns]`: how targets given by a DNS name are discovered.
     pub dns: Dns,
+    /// `[gateway.tracing]`: OpenTelemetry traces; absent (the default): no tracing.
+    pub tracing: Option<Tracing>,
     /// `max_connections`: the most client connections open at once on each listener (0, the
     /// default: no limit); more are closed as soon as they are accepted.
     pub max_connections: usize,
@@ -149,6 +151,27 @@ impl Default for Dns {
             max_ttl: Duration::from_secs(60),
         }
     }
+}
+
+/// `[gateway.tracing]`: OpenTelemetry traces of every request, exported over OTLP/HTTP
+/// (protobuf) to a collector. The W3C `traceparent` and `tracestate` of a client are continued
+/// and sent upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// `endpoint`: the collector's OTLP/HTTP URL (`http://` or `https://`); `/v1/traces` is
+    /// added when the URL has no path. Required.
+    pub endpoint: String,
+    /// `sample_ratio`: the share of requests that start a trace, 0.0 to 1.0. A request whose
+    /// client sent a `traceparent` follows the client's sampling decision instead. Default 1.0.
+    pub sample_ratio: f64,
+    /// `service_name`: the `service.name` of the spans. Default `wasmgate`.
+    pub service_name: String,
+    /// `headers`: HTTP header fields sent with every export (a collector's API key). Default none.
+    pub headers: Vec<(String, String)>,
+    /// `timeout`: how long one export may take. Default 10 s.
+    pub timeout: Duration,
+    /// `export_interval`: how often finished spans are sent, in batches. Default 5 s.
+    pub export_interval: Duration,
 }
 
 /// `gateway.dns.lookup`.

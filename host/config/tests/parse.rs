@@ -125,3 +125,32 @@ fn reports_every_problem_in_file_order() {
         ]
     );
 }
+
+#[test]
+fn reads_the_tracing_table_with_its_defaults() {
+    let text = r#"
+        [gateway.tracing]
+        endpoint = "https://otlp.example.com:4318"
+        sample_ratio = 0.25
+        headers = { x-api-key = "k" }
+
+        [upstreams.u]
+        targets = ["127.0.0.1:9001"]
+
+        [[routes]]
+        name = "r"
+        upstream = "u"
+    "#;
+    let c = parse(Path::new("/etc/wasmgate/gateway.toml"), text).expect("valid");
+    let t = c.gateway.tracing.expect("tracing on");
+    assert_eq!(t.endpoint, "https://otlp.example.com:4318");
+    assert!((t.sample_ratio - 0.25).abs() < f64::EPSILON);
+    assert_eq!(t.service_name, "wasmgate");
+    assert_eq!(t.headers, [("x-api-key".to_owned(), "k".to_owned())]);
+    assert_eq!(t.timeout, Duration::from_secs(10));
+    assert_eq!(t.export_interval, Duration::from_secs(5));
+
+    let whole = text.replace("sample_ratio = 0.25", "sample_ratio = 1");
+    let c = parse(Path::new("/etc/wasmgate/gateway.toml"), &whole).expect("valid");
+    assert!((c.gateway.tracing.expect("on").sample_ratio - 1.0).abs() < f64::EPSILON);
+}

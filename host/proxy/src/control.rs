@@ -111,6 +111,7 @@ impl Control {
             Some(&old),
         );
         snapshot.https_port = old.https_port;
+        snapshot.tracing = old.tracing.clone();
         snapshot.pending_restart = (!restart_needed.is_empty()).then_some(PendingRestart {
             keys: restart_needed,
             file,
@@ -213,6 +214,7 @@ fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     keep!("gateway.max_headers", max_headers);
     keep!("gateway.shutdown_grace", shutdown_grace);
     keep!("gateway.http2", http2);
+    keep!("gateway.tracing", tracing);
     keep!("gateway.watch", watch);
     keep!("gateway.workers", workers);
     keep!("gateway.proxy_protocol", proxy_protocol);

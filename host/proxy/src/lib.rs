@@ -29,6 +29,7 @@ mod retry;
 mod router;
 mod session;
 mod snapshot;
+mod spans;
 mod stall;
 mod tls;
 mod trusted;
@@ -47,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
 use wasmgate_runtime::{Loader, MemoryState, Runtime};
-use wasmgate_telemetry::{AccessLog, Metrics};
+use wasmgate_telemetry::{AccessLog, Metrics, Tracing};
 
 pub use body::{Body, BodyError};
 pub use control::{Active, Control, Reloaded};
@@ -242,6 +243,7 @@ pub async fn prepare_with(
 #[derive(Debug)]
 pub struct Gateway {
     server: Arc<Server>,
+    tracing: Option<Tracing>,
     listeners: Vec<Arc<Listener>>,
     shutdown_grace: Duration,
     workers: usize,
@@ -305,6 +307,16 @@ impl Gateway {
                 )])
             })?,
         );
+        let tracing = match &config.gateway.tracing {
+            Some(t) => Some(
+                Tracing::start(t, tokio::runtime::Handle::current()).map_err(|e| {
+                    StartError::Config(vec![
+                        config.diagnostic("gateway.tracing.endpoint", e.to_string()),
+                    ])
+                })?,
+            ),
+            None => None,
+        };
         let config = Arc::new(config);
         let mut snapshot = Snapshot::new(
             config.clone(),
@@ -320,6 +332,7 @@ impl Gateway {
             .find(|l| l.tls.is_some())
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        snapshot.tracing = tracing.clone();
         snapshot.start();
         let proxy = Arc::new(Proxy::new(snapshot));
         let server = Arc::new(Server::new(
@@ -329,6 +342,7 @@ impl Gateway {
         ));
         Ok(Self {
             server,
+            tracing,
             listeners,
             shutdown_grace: config.gateway.shutdown_grace,
             workers: config.gateway.workers,
@@ -393,6 +407,10 @@ impl Gateway {
             }
         };
         workers.stop().await;
+        if let Some(tracing) = self.tracing {
+            // The spans of the last requests are still queued.
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        }
         Ok(drained)
     }
 }

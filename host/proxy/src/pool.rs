@@ -232,6 +232,11 @@ impl Release {
 }
 
 impl Pool {
+    /// Whether its connections use TLS (`https://` targets).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub(crate) fn new(
         authority: Authority,
         address: Option<SocketAddr>,

@@ -17,6 +17,7 @@ use http_body::{Frame, SizeHint};
 use wasmgate_telemetry::{AccessEntry, AccessLog, RouteMetrics, millis};
 
 use crate::body::{Body, BodyError};
+use crate::spans::RequestSpan;
 
 /// What the request path learns on the way: filled in by `serve`.
 #[derive(Debug, Default)]
@@ -51,13 +52,21 @@ pub(crate) struct Record {
     pub(crate) trace: Trace,
     pub(crate) arrival: Option<Arrival>,
     pub(crate) log: Arc<AccessLog>,
+    /// The server span, ended here (`[gateway.tracing]`).
+    pub(crate) span: Option<RequestSpan>,
 }
 
 impl Record {
     fn finish(self, bytes_out: u64) {
         let elapsed = self.start.elapsed();
         self.route.finished(&self.method, self.status, elapsed);
+        let trace_id = self.span.map(|span| {
+            let id = span.trace_id();
+            span.finish(self.status);
+            id
+        });
         let Some(arrival) = self.arrival else { return };
+        let trace_id = trace_id.map(|id| id.to_string());
         let target = self.trace.target.as_ref().map(Authority::as_str);
         let route = self.trace.route.map(|_| self.route.name());
         self.log.write(&AccessEntry {
@@ -75,6 +84,7 @@ impl Record {
             duration_ms: millis(elapsed),
             plugin_ms: millis(self.trace.plugins),
             client_cert: arrival.client_cert.as_deref(),
+            trace_id: trace_id.as_deref(),
         });
     }
 }

@@ -43,6 +43,7 @@ use crate::rescue::{self, LocalReply, Rejection};
 use crate::retry::Tape;
 use crate::router::Match;
 use crate::snapshot::{Action, Prepared, RouteRuntime, Snapshot};
+use crate::spans::RequestSpan;
 use crate::tunnel;
 use crate::upstream::{Failure, Target, TargetSet, Upstream};
 
@@ -82,6 +83,8 @@ pub(crate) struct Session<'s> {
     host: Option<HeaderValue>,
     /// The client's address: the peer's, or behind `trusted_proxies` the one they name.
     client: IpAddr,
+    /// The request's server span, when `[gateway.tracing]` is on.
+    span: Option<RequestSpan>,
 }
 
 /// How a client's WebSocket handshake reached the gateway.
@@ -105,6 +108,10 @@ impl<'s> Session<'s> {
         req: Request<Incoming>,
     ) -> (Self, Request<Body>) {
         let start = Instant::now();
+        let client = snapshot.trusted.client(conn.peer.ip(), req.headers());
+        let span = snapshot.tracing.as_ref().map(|tracing| {
+            RequestSpan::start(tracing.tracer(), &req, conn.tls, conn.peer.ip(), client)
+        });
         let mut session = Self {
             snapshot,
             conn,
@@ -117,7 +124,8 @@ impl<'s> Session<'s> {
             route: None,
             prefix_len: 0,
             host: None,
-            client: snapshot.trusted.client(conn.peer.ip(), req.headers()),
+            client,
+            span,
         };
         // Counted (and limited) only when there is a body to count.
         let limit = snapshot.max_request_body;
@@ -170,6 +178,9 @@ impl<'s> Session<'s> {
         req: Request<Body>,
     ) -> Result<Response<Body>, Rejection> {
         let mut ctx = Context::new();
+        if self.span.is_some() {
+            ctx.record_hooks();
+        }
         if let Some(subject) = &self.conn.client_subject {
             ctx.set(CLIENT_SUBJECT_KEY.to_owned(), subject.to_string());
         }
@@ -255,6 +266,9 @@ impl<'s> Session<'s> {
             }
         };
         self.trace.route = Some(index);
+        if let Some(span) = &self.span {
+            span.routed(snapshot.route_metrics[index].name());
+        }
         let route = &snapshot.routes[index];
         if !route.protocols.allows(self.conn.tls) {
             let host = host.as_ref().map(|(a, _)| a.host());
@@ -300,10 +314,13 @@ impl<'s> Session<'s> {
             client: self.client,
             tls: self.conn.tls,
         };
-        let (view, ctx, outcome, spent) = chain
+        let (view, mut ctx, outcome, spent) = chain
             .on_request(view, ctx, &self.request_id, self.conn.worker)
             .await;
         self.trace.plugins += spent;
+        if let Some(span) = &self.span {
+            span.hooks(ctx.take_hooks());
+        }
         let answered = match outcome {
             RequestOutcome::Failed(failure) => return Err(Rejection::Plugin(failure)),
             RequestOutcome::Respond { mut response, ran } => {
@@ -381,6 +398,9 @@ impl<'s> Session<'s> {
                 .on_response(ran, view, ctx, &self.request_id, self.conn.worker)
                 .await;
             self.trace.plugins += spent;
+            if let Some(span) = &self.span {
+                span.hooks(ctx.take_hooks());
+            }
             match result.map_err(Rejection::Plugin)? {
                 ResponseOutcome::Done => return Ok(view),
                 ResponseOutcome::Reject {
@@ -542,6 +562,10 @@ impl<'s> Session<'s> {
             let target = &set.targets[index];
             set_target_host(req.headers_mut(), route, target);
             self.trace.target = Some(target.authority.clone());
+            let mut span = self.span.as_ref().map(|span| {
+                let path = req.uri().path().to_owned();
+                span.upstream(req.headers_mut(), &upstream.name, target, &path, retry)
+            });
             let sent = Instant::now();
             let worker = self.conn.worker;
             let active = target.begin();
@@ -567,6 +591,9 @@ impl<'s> Session<'s> {
                 Ok(Ok((response, release))) => {
                     target.metrics.responded(sent.elapsed());
                     let status = response.status();
+                    if let Some(span) = &mut span {
+                        span.responded(status);
+                    }
                     if status.is_server_error() {
                         upstream.failed(&set, target, Failure::ServerError);
                     } else {
@@ -607,6 +634,9 @@ impl<'s> Session<'s> {
                     source: source @ ConnectError::Overloaded(..),
                     ..
                 })) => {
+                    if let Some(span) = &mut span {
+                        span.failed("overloaded", &source);
+                    }
                     return Err(Rejection::Overloaded {
                         upstream: upstream.name.clone(),
                         reason: source.to_string(),
@@ -617,6 +647,9 @@ impl<'s> Session<'s> {
                 // be trusted either.
                 Ok(Err(failed)) if client_body_failed(&failed).is_some() => {
                     tracing::debug!(request_id = ?self.request_id, error = %failed, "request body failed");
+                    if let Some(span) = &mut span {
+                        span.failed("request_body", &failed);
+                    }
                     return Err(match client_body_failed(&failed) {
                         Some(BodyError::TooLarge(_)) => Rejection::PayloadTooLarge,
                         _ => Rejection::Framing("malformed request body"),
@@ -624,6 +657,13 @@ impl<'s> Session<'s> {
                 }
                 Ok(Err(mut failed)) => {
                     count_failure(target, &failed);
+                    if let Some(span) = &mut span {
+                        let kind = match failed {
+                            SendError::Connect { .. } => "connect",
+                            SendError::Request(_) => "request",
+                        };
+                        span.failed(kind, &failed);
+                    }
                     if matches!(failed, SendError::Connect { .. }) {
                         upstream.failed(&set, target, Failure::Error);
                     }
@@ -640,6 +680,9 @@ impl<'s> Session<'s> {
                 }
                 Err(_) => {
                     upstream.failed(&set, target, Failure::Error);
+                    if let Some(span) = &mut span {
+                        span.failed("timeout", "no response in time");
+                    }
                     // The upstream's `timeout` bounds every try together: once it is
                     // over, so is the request.
                     let planned = (try_deadline < deadline)
@@ -667,6 +710,8 @@ impl<'s> Session<'s> {
                 "retrying"
             );
             target.metrics.retried();
+            // The try's span ends before the backoff.
+            drop(span);
             if !plan.wait.is_zero() {
                 tokio::time::sleep(plan.wait).await;
             }
@@ -764,6 +809,7 @@ impl<'s> Session<'s> {
             trace: self.trace,
             arrival: self.arrival,
             log: snapshot.access_log.clone(),
+            span: self.span,
         };
         Response::from_parts(parts, Recorded::new(body, record))
     }

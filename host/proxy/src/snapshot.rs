@@ -10,7 +10,7 @@ use http::StatusCode;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use wasmgate_config::{Config, Gateway, Protocols, RouteAction};
 use wasmgate_runtime::{Chain, Runtime};
-use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics};
+use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, Tracing};
 
 use crate::canonical;
 use crate::discovery::Resolver;
@@ -49,6 +49,8 @@ pub(crate) struct Snapshot {
     pub(crate) https_port: Option<u16>,
     /// Discovers the addresses of targets given by name (when any is).
     resolver: Option<Resolver>,
+    /// `[gateway.tracing]`: started once, shared by every snapshot after.
+    pub(crate) tracing: Option<Tracing>,
 }
 
 /// A route as the data path uses it.
@@ -171,6 +173,7 @@ impl Snapshot {
             pending_restart: None,
             https_port: None,
             resolver,
+            tracing: None,
             config,
         }
     }

@@ -26,7 +26,9 @@ use wasmgate_config::OnError;
 
 use crate::PluginRejection;
 use crate::binding::{Binding, Described, Failure, FailureKind};
-use crate::exchange::{self, Context, RequestView, ResponseView, request_inputs, response_inputs};
+use crate::exchange::{
+    self, Context, HookCall, RequestView, ResponseView, request_inputs, response_inputs,
+};
 use crate::invoke::{Decision, RequestVerdict, ResponseVerdict};
 
 /// How the request phase ended.
@@ -74,6 +76,7 @@ pub(crate) trait Filter {
     fn on_error(&self) -> OnError;
     fn failure(&self, kind: FailureKind, detail: String) -> Failure;
     fn observe(&self, response: bool, elapsed: Duration);
+    fn plugin(&self) -> &Arc<str>;
     fn on_request(
         &self,
         view: RequestView,
@@ -107,6 +110,10 @@ impl Filter for Binding {
 
     fn observe(&self, response: bool, elapsed: Duration) {
         Binding::observe(self, response, elapsed);
+    }
+
+    fn plugin(&self) -> &Arc<str> {
+        &self.tags.plugin
     }
 
     fn on_request(
@@ -211,6 +218,9 @@ impl<F: Filter> Chain<F> {
                 .await;
             let now = Instant::now();
             filter.observe(false, now - last);
+            record(&mut ctx, filter.as_ref(), false, (last, now), || {
+                outcome(result.as_ref().map(|v| &v.decision))
+            });
             last = now;
             let verdict = match result {
                 Ok(verdict) => verdict,
@@ -299,6 +309,9 @@ impl<F: Filter> Chain<F> {
                 .await;
             let now = Instant::now();
             filter.observe(true, now - last);
+            record(&mut ctx, filter.as_ref(), true, (last, now), || {
+                outcome(result.as_ref().map(|v| &v.decision))
+            });
             last = now;
             let verdict = match result {
                 Ok(verdict) => verdict,
@@ -339,6 +352,34 @@ impl Chain {
     /// The chain's bindings, in route order.
     pub fn bindings(&self) -> &[Arc<Binding>] {
         &self.filters
+    }
+}
+
+/// Adds a hook call to the context's record, when it keeps one (tracing is on).
+fn record(
+    ctx: &mut Context,
+    filter: &impl Filter,
+    response: bool,
+    (started, ended): (Instant, Instant),
+    outcome: impl FnOnce() -> &'static str,
+) {
+    if let Some(hooks) = &mut ctx.hooks {
+        hooks.push(HookCall {
+            plugin: filter.plugin().clone(),
+            response,
+            started,
+            elapsed: ended - started,
+            outcome: outcome(),
+        });
+    }
+}
+
+fn outcome(result: Result<&Decision, &Failure>) -> &'static str {
+    match result {
+        Ok(Decision::Continue) => "continue",
+        Ok(Decision::Respond(_)) => "respond",
+        Ok(Decision::Reject(_)) => "reject",
+        Err(failure) => failure.kind.as_str(),
     }
 }
 
@@ -385,6 +426,7 @@ mod tests {
     /// A scripted plugin: records its calls in a shared log and answers as told.
     struct Fake {
         name: &'static str,
+        plugin: Arc<str>,
         described: Described,
         on_error: OnError,
         log: Arc<Mutex<Vec<String>>>,
@@ -434,6 +476,7 @@ mod tests {
     fn fake(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Fake {
         Fake {
             name,
+            plugin: name.into(),
             described: described(true, true),
             on_error: OnError::Deny,
             log: log.clone(),
@@ -461,6 +504,10 @@ mod tests {
         }
 
         fn observe(&self, _: bool, _: Duration) {}
+
+        fn plugin(&self) -> &Arc<str> {
+            &self.plugin
+        }
 
         async fn on_request(
             &self,
@@ -534,6 +581,42 @@ mod tests {
         let (view, _, result, _) = chain.on_response(ran, response(), ctx, &id(), 0).await;
         assert!(matches!(result, Ok(ResponseOutcome::Done)), "{result:?}");
         (outcome, view)
+    }
+
+    #[tokio::test]
+    async fn hook_calls_are_recorded_only_when_asked_for() {
+        let log = Arc::default();
+        let mut b = fake("b", &log);
+        b.request = |_, _| {
+            Ok(RequestVerdict {
+                decision: Decision::Reject(reject(401)),
+                ..go_on()
+            })
+        };
+        let chain = Chain::new(vec![Arc::new(fake("a", &log)), Arc::new(b)]);
+        let (_, mut ctx, _, _) = chain.on_request(request(), Context::new(), &id(), 0).await;
+        assert!(ctx.take_hooks().is_empty());
+
+        let mut ctx = Context::new();
+        ctx.record_hooks();
+        let (_, ctx, outcome, _) = chain.on_request(request(), ctx, &id(), 0).await;
+        let RequestOutcome::Reject { ran, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        let (_, mut ctx, _, _) = chain.on_response(ran, response(), ctx, &id(), 0).await;
+        let calls: Vec<_> = ctx
+            .take_hooks()
+            .into_iter()
+            .map(|c| (c.plugin.to_string(), c.response, c.outcome))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("a".to_owned(), false, "continue"),
+                ("b".to_owned(), false, "reject"),
+                ("a".to_owned(), true, "continue"),
+            ]
+        );
     }
 
     #[tokio::test]

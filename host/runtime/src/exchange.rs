@@ -3,6 +3,8 @@
 //! sandbox boundary in one piece.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
@@ -42,18 +44,48 @@ pub struct ResponseView {
 }
 
 /// What travels along the chain with one request, through both phases: the context's key/value
-/// strings, and the response edits each plugin's request hook scheduled.
+/// strings, the response edits each plugin's request hook scheduled, and, when tracing asked for
+/// it, the hook calls made.
 #[derive(Debug, Default, Clone)]
 pub struct Context {
     entries: Vec<(String, String)>,
     /// (plugin's position in the chain, its scheduled edits), in the order the hooks ran.
     pub(crate) scheduled: Vec<(usize, Vec<Edit>)>,
+    /// The hook calls made, when recorded ([`Context::record_hooks`]).
+    pub(crate) hooks: Option<Vec<HookCall>>,
+}
+
+/// One plugin hook call, as tracing shows it.
+#[derive(Debug, Clone)]
+pub struct HookCall {
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// `on_response` (or else `on_request`).
+    pub response: bool,
+    /// When the call started.
+    pub started: Instant,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// How it ended: `continue`, `respond`, `reject`, or the failure's kind (`error`, `trap`,
+    /// `timeout`, `oom`, `unavailable`).
+    pub outcome: &'static str,
 }
 
 impl Context {
     /// An empty context.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records every hook call from now on, for [`Context::take_hooks`].
+    pub fn record_hooks(&mut self) {
+        self.hooks.get_or_insert_with(Vec::new);
+    }
+
+    /// The hook calls recorded so far, in the order they ran; none unless
+    /// [`Context::record_hooks`] was called.
+    pub fn take_hooks(&mut self) -> Vec<HookCall> {
+        self.hooks.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The value of `key`.

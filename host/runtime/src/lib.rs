@@ -38,7 +38,7 @@ pub use answer::PluginRejection;
 pub use binding::{Binding, Failure, FailureCounts, FailureKind};
 pub use chain::{Chain, RequestOutcome, ResponseOutcome};
 pub use engine::{Engine, EngineError, EngineSettings};
-pub use exchange::{Context, RequestView, ResponseView};
+pub use exchange::{Context, HookCall, RequestView, ResponseView};
 pub use shared::{Counter, MemoryState, SharedState};
 
 use bindings::PluginPre;

@@ -51,6 +51,9 @@ pub struct AccessEntry<'a> {
     /// when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<&'a str>,
+    /// The request's trace ID, 32 hex digits (`[gateway.tracing]`); omitted when tracing is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -196,6 +199,7 @@ mod tests {
                 duration_ms: millis(Duration::from_micros(1234)),
                 plugin_ms: 0.0,
                 client_cert: (status == 200).then_some("CN=app,O=Example"),
+                trace_id: None,
             });
         }
         drop(log);

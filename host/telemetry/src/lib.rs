@@ -3,9 +3,11 @@
 
 mod access_log;
 mod metrics;
+mod traces;
 
 pub use access_log::{AccessEntry, AccessLog, millis};
 pub use metrics::{
     CONTENT_TYPE, CheckMetrics, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics,
     PluginMetrics, RouteMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
 };
+pub use traces::{Tracing, TracingError};

@@ -30,6 +30,7 @@ mod proxy;
 mod quickstart;
 mod rate_limit;
 mod retries;
+mod tracing;
 mod transform;
 mod upstream_pool;
 mod upstream_tls;
