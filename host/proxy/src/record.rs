@@ -53,7 +53,7 @@ pub(crate) struct Record {
     pub(crate) arrival: Option<Arrival>,
     pub(crate) log: Arc<AccessLog>,
     /// The server span, ended here (`[gateway.tracing]`).
-    pub(crate) span: Option<RequestSpan>,
+    pub(crate) span: Option<Box<RequestSpan>>,
 }
 
 impl Record {

@@ -83,8 +83,9 @@ pub(crate) struct Session<'s> {
     host: Option<HeaderValue>,
     /// The client's address: the peer's, or behind `trusted_proxies` the one they name.
     client: IpAddr,
-    /// The request's server span, when `[gateway.tracing]` is on.
-    span: Option<RequestSpan>,
+    /// The request's server span, when `[gateway.tracing]` is on (boxed: the session is moved
+    /// with every request, and is one word larger for it when tracing is off).
+    span: Option<Box<RequestSpan>>,
 }
 
 /// How a client's WebSocket handshake reached the gateway.
@@ -110,7 +111,13 @@ impl<'s> Session<'s> {
         let start = Instant::now();
         let client = snapshot.trusted.client(conn.peer.ip(), req.headers());
         let span = snapshot.tracing.as_ref().map(|tracing| {
-            RequestSpan::start(tracing.tracer(), &req, conn.tls, conn.peer.ip(), client)
+            Box::new(RequestSpan::start(
+                tracing.tracer(),
+                &req,
+                conn.tls,
+                conn.peer.ip(),
+                client,
+            ))
         });
         let mut session = Self {
             snapshot,
