@@ -19,6 +19,16 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A connection to the gateway with the client's preface and SETTINGS sent.
+async fn h2_connection(gw: &TestGateway) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+    s
+}
+
 /// A header block fragment of `n` literal fields `x-NNNNN: vvvv…` (HPACK literal without
 /// indexing, new name).
 fn junk_fields(n: usize, start: usize) -> Vec<u8> {
@@ -40,11 +50,7 @@ async fn a_continuation_flood_is_cut_off_and_others_are_served() {
     let gw = TestGateway::start(&proxy_everything_to(up, "workers = 1"))
         .await
         .expect("start");
-    let mut s = tokio::net::TcpStream::connect(gw.http)
-        .await
-        .expect("connect");
-    s.write_all(PREFACE).await.expect("preface");
-    s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+    let mut s = h2_connection(&gw).await;
     // HEADERS without END_HEADERS, then CONTINUATION frames that never end the block: 16 MiB of
     // header fields, far beyond the 64 KiB header limit.
     let mut block = vec![0x82, 0x86, 0x84]; // :method GET, :scheme http, :path /
@@ -89,11 +95,7 @@ async fn ping_and_settings_floods_do_not_stop_other_clients() {
         .await
         .expect("start");
     for (kind, payload) in [(0x6u8, vec![0u8; 8]), (0x4u8, vec![0, 3, 0, 0, 0, 100])] {
-        let mut s = tokio::net::TcpStream::connect(gw.http)
-            .await
-            .expect("connect");
-        s.write_all(PREFACE).await.expect("preface");
-        s.write_all(&frame(0x4, 0, 0, &[])).await.expect("settings");
+        let mut s = h2_connection(&gw).await;
         // 100 000 PINGs (or SETTINGS), never reading the acknowledgements: the gateway must
         // stop reading once its replies back up, not queue them without bound.
         let flood: Vec<u8> = (0..100_000)
@@ -218,4 +220,66 @@ async fn a_client_reading_slowly_but_steadily_is_not_cut_off() {
     }
     assert_eq!(gw.metric("wasmgate_send_timeouts_total"), 0);
     assert_eq!(upstream.closed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_cut_off_before_it_reaches_the_upstream() {
+    let (up, requests) =
+        fixed_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    let gw = TestGateway::start(&proxy_everything_to(up, "workers = 1"))
+        .await
+        .expect("start");
+    let s = h2_connection(&gw).await;
+    // CVE-2023-44487: each request opened (HEADERS, END_STREAM | END_HEADERS) and cancelled
+    // at once (RST_STREAM CANCEL), 10 000 times, faster than any upstream could answer.
+    const STREAMS: u32 = 10_000;
+    let flood: Vec<u8> = (0..STREAMS)
+        .flat_map(|i| {
+            let stream = 2 * i + 1;
+            let mut pair = frame(0x1, 0x5, stream, &[0x82, 0x86, 0x84]);
+            pair.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
+            pair
+        })
+        .collect();
+    let (mut reader, mut writer) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer.write_all(&flood)).await;
+    });
+    // The gateway ends the connection (GOAWAY, then close) long before the flood is through.
+    let mut buf = vec![0u8; 65536];
+    let mut goaway = None;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = Vec::new();
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return seen,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the connection was not closed");
+    // Walk the frames the gateway sent for its GOAWAY (type 7) and the error code in it.
+    let mut at = 0;
+    while at + 9 <= closed.len() {
+        let len = usize::from(closed[at]) << 16
+            | usize::from(closed[at + 1]) << 8
+            | usize::from(closed[at + 2]);
+        if closed[at + 3] == 0x7 && at + 9 + 8 <= closed.len() {
+            let code = &closed[at + 9 + 4..at + 9 + 8];
+            goaway = Some(u32::from_be_bytes(code.try_into().expect("4 bytes")));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    writer.await.expect("writer");
+    let reached = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        reached < 200,
+        "{reached} of {STREAMS} cancelled requests reached the upstream"
+    );
+    // Others are served.
+    let resp = h2c_client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 200);
 }
