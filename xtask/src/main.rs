@@ -25,6 +25,8 @@ commands:
   demo                        build and start the quickstart gateway and its echo upstream
   plugins                     build every plugins/*/ crate for wasm32-wasip2 into plugins/NAME.wasm
   bench [--quick]             wrk/oha load: nginx vs wasmgate (no plugins, 3 plugins); target/bench/report.json
+  h2spec [--target ADDR]      HTTP/2 conformance: h2spec's 107 cases (RFC 9113), against the gateway
+                              proxying to an echo upstream, or any h2c server at ADDR; every case counted
   help                        print this message";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -79,6 +81,7 @@ fn run(args: &[OsString]) -> Result<ExitCode> {
             plugins().map(|()| ExitCode::SUCCESS)
         }
         "bench" => bench::bench(rest),
+        "h2spec" => h2spec(rest).map(|()| ExitCode::SUCCESS),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -146,6 +149,42 @@ fn test(options: &TestOptions) -> Result<()> {
     println!(
         "==> all checks passed in {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs the conformance cases of `tests/tests/e2e/h2spec.rs` strictly: cases that fail by timing
+/// count as failed too, so the summary line is the plain count.
+fn h2spec(args: &[OsString]) -> Result<()> {
+    let mut command = cargo();
+    command
+        .args([
+            "test",
+            "-p",
+            "wasmgate-tests",
+            "--test",
+            "e2e",
+            "--",
+            "h2spec::",
+        ])
+        .env("WASMGATE_H2SPEC_STRICT", "1");
+    match args {
+        [] => {}
+        [flag, addr] if flag == "--target" => {
+            let addr = addr
+                .to_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .with_context(|| format!("`h2spec --target`: {addr:?} is not IP:PORT"))?;
+            command.env("WASMGATE_H2SPEC_TARGET", addr.to_string());
+        }
+        _ => bail!("`h2spec`: unexpected arguments {args:?}\n\n{USAGE}"),
+    }
+    ensure_wasm_target()?;
+    println!("==> h2spec: RFC 9113 conformance (httpwg's cases)");
+    let status = command.status().context("running cargo test")?;
+    ensure!(
+        status.success(),
+        "some conformance cases failed (listed above)"
     );
     Ok(())
 }

@@ -18,6 +18,7 @@ mod ejection;
 mod framing;
 mod grpc;
 mod h2_abuse;
+mod h2spec;
 mod health;
 mod ip_restriction;
 mod jwt;

@@ -1711,6 +1711,15 @@ impl proto::Peer for Peer {
             })?);
         }
 
+        // wasmgate patch: a Host field that names another authority than :authority makes the
+        // request malformed (RFC 9113 §8.3.1): a proxy would route by one and the origin read
+        // the other.
+        if let (Some(authority), Some(host)) = (&parts.authority, fields.get(http::header::HOST)) {
+            if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+                malformed!("malformed headers: Host differs from :authority");
+            }
+        }
+
         // A :scheme is required, except CONNECT.
         if let Some(scheme) = pseudo.scheme {
             if is_connect && !has_protocol {

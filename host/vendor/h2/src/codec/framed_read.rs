@@ -207,7 +207,21 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // wasmgate patch: a header block that does not decode is a
+                    // COMPRESSION_ERROR (RFC 9113 §4.3).
+                    let reason = match e {
+                        frame::Error::Hpack(
+                            hpack::DecoderError::InvalidRepresentation
+                            | hpack::DecoderError::InvalidIntegerPrefix
+                            | hpack::DecoderError::InvalidTableIndex
+                            | hpack::DecoderError::InvalidHuffmanCode
+                            | hpack::DecoderError::InvalidMaxDynamicSize
+                            | hpack::DecoderError::IntegerOverflow
+                            | hpack::DecoderError::NeedMore(_),
+                        ) => Reason::COMPRESSION_ERROR,
+                        _ => Reason::PROTOCOL_ERROR,
+                    };
+                    return Err(Error::library_go_away(reason));
                 }
             }
 
@@ -233,7 +247,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -242,7 +257,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load PING frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -251,7 +267,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -262,7 +279,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             // TODO: Should this always be connection level? Probably not...
             res.map_err(|e| {
                 proto_err!(conn: "failed to load DATA frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -271,7 +289,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::Reset::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load RESET frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -279,7 +298,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::GoAway::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load GO_AWAY frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // wasmgate patch: the error code RFC 9113 gives for the fault.
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -303,7 +323,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 Err(e) => {
                     proto_err!(conn: "failed to load PRIORITY frame; err={:?};", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // wasmgate patch: the error code RFC 9113 gives for the fault.
+                    return Err(Error::library_go_away(load_error_reason(&e)));
                 }
             }
         }
@@ -390,7 +411,21 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // wasmgate patch: a header block that does not decode is a
+                    // COMPRESSION_ERROR (RFC 9113 §4.3).
+                    let reason = match e {
+                        frame::Error::Hpack(
+                            hpack::DecoderError::InvalidRepresentation
+                            | hpack::DecoderError::InvalidIntegerPrefix
+                            | hpack::DecoderError::InvalidTableIndex
+                            | hpack::DecoderError::InvalidHuffmanCode
+                            | hpack::DecoderError::InvalidMaxDynamicSize
+                            | hpack::DecoderError::IntegerOverflow
+                            | hpack::DecoderError::NeedMore(_),
+                        ) => Reason::COMPRESSION_ERROR,
+                        _ => Reason::PROTOCOL_ERROR,
+                    };
+                    return Err(Error::library_go_away(reason));
                 }
             }
 
@@ -489,5 +524,18 @@ impl<T> From<Continuable> for Frame<T> {
                 push.into()
             }
         }
+    }
+}
+
+/// wasmgate patch: the connection error code for a frame that failed to load, as RFC 9113 §4.2
+/// and §6 give it: FRAME_SIZE_ERROR for a length the frame type does not allow,
+/// FLOW_CONTROL_ERROR for an initial window size beyond 2^31-1 (§6.5.2), PROTOCOL_ERROR else.
+fn load_error_reason(e: &frame::Error) -> Reason {
+    match e {
+        frame::Error::BadFrameSize
+        | frame::Error::InvalidPayloadLength
+        | frame::Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+        frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
     }
 }

@@ -932,6 +932,13 @@ impl HeaderBlock {
                     {
                         tracing::trace!("load_hpack; connection level header");
                         malformed = true;
+                    } else if matches!(value.as_bytes().first(), Some(b' ' | b'\t'))
+                        || matches!(value.as_bytes().last(), Some(b' ' | b'\t'))
+                    {
+                        // wasmgate patch: a field value that starts or ends with whitespace
+                        // makes the message malformed (RFC 9113 §8.2.1).
+                        tracing::trace!("load_hpack; whitespace around a field value");
+                        malformed = true;
                     } else if name == header::TE && value != "trailers" {
                         tracing::trace!(
                             "load_hpack; TE header not set to trailers; val={:?}",

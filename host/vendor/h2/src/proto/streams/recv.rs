@@ -137,7 +137,15 @@ impl Recv {
         let next_id = self.next_stream_id()?;
         if id < next_id {
             proto_err!(conn: "id ({:?}) < next_id ({:?})", id, next_id);
-            return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+            // wasmgate patch: the stream opened last, used again after it closed, is a
+            // STREAM_CLOSED error (RFC 9113 §5.1); any other lower ID was never opened, and is
+            // a PROTOCOL_ERROR (§5.1.1).
+            let reason = if id.next_id().ok() == Some(next_id) {
+                Reason::STREAM_CLOSED
+            } else {
+                Reason::PROTOCOL_ERROR
+            };
+            return Err(Error::library_go_away(reason));
         }
 
         self.next_stream_id = id.next_id();
@@ -422,6 +430,20 @@ impl Recv {
         // Transition the state
         stream.state.recv_close()?;
 
+        // wasmgate patch: trailers carry no pseudo-header fields (RFC 9113 §8.1); with one,
+        // the message is malformed.
+        let pseudo = frame.pseudo();
+        if pseudo.method.is_some()
+            || pseudo.scheme.is_some()
+            || pseudo.authority.is_some()
+            || pseudo.path.is_some()
+            || pseudo.protocol.is_some()
+            || pseudo.status.is_some()
+        {
+            proto_err!(stream: "recv_trailers: pseudo-header field in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         if stream.ensure_content_length_zero().is_err() {
             proto_err!(stream: "recv_trailers: content-length is not zero; stream={:?};",  stream.id);
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
@@ -667,7 +689,14 @@ impl Recv {
             // Receiving a DATA frame when not expecting one is a protocol
             // error.
             proto_err!(conn: "unexpected DATA frame; stream={:?}", stream.id);
-            return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+            // wasmgate patch: after the peer's END_STREAM (half-closed (remote), closed), DATA
+            // is a STREAM_CLOSED error (RFC 9113 §5.1).
+            let reason = if stream.state.is_recv_end_stream() {
+                Reason::STREAM_CLOSED
+            } else {
+                Reason::PROTOCOL_ERROR
+            };
+            return Err(Error::library_go_away(reason));
         }
 
         tracing::trace!(

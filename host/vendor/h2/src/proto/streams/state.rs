@@ -199,7 +199,13 @@ impl State {
             ref state => {
                 // All other transitions result in a protocol error
                 proto_err!(conn: "recv_open: in unexpected state {:?}", state);
-                return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                // wasmgate patch: HEADERS after the peer's END_STREAM is a STREAM_CLOSED error
+                // (RFC 9113 §5.1).
+                let reason = match state {
+                    HalfClosedRemote(..) | Closed(..) => Reason::STREAM_CLOSED,
+                    _ => Reason::PROTOCOL_ERROR,
+                };
+                return Err(Error::library_go_away(reason));
             }
         };
 

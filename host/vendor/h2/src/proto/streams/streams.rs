@@ -583,6 +583,12 @@ impl Inner {
                     Err(RecvHeaderBlockError::State(err)) => Err(err),
                 }
             } else {
+                // wasmgate patch: HEADERS on a stream the peer ended or reset is a STREAM_CLOSED
+                // error (RFC 9113 §5.1), not trailers.
+                if stream.state.is_recv_end_stream() || stream.state.is_closed() {
+                    proto_err!(conn: "recv_headers: stream closed; stream={:?}", stream.id);
+                    return Err(Error::library_go_away(Reason::STREAM_CLOSED));
+                }
                 if !frame.is_end_stream() {
                     // Receiving trailers that don't set EOS is a "malformed"
                     // message. Malformed messages are a stream error.
