@@ -504,17 +504,19 @@ async fn drive(
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = activity.idle(server.idle_timeout), if !draining => {
-                conn.as_mut().graceful_shutdown();
-                draining = true;
-            }
-            () = activity.stalls.stalled(server.send_timeout) => {
+            watched = activity.watch((!draining).then_some(server.idle_timeout), server.send_timeout) => match watched {
+                Watched::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
                 // Dropping the connection drops its response bodies, and with them the upstream
                 // connections they were holding.
-                server.send_timeouts.inc();
-                tracing::debug!(timeout = ?server.send_timeout, "client took no response data within send_timeout: connection closed");
-                return Ok(());
-            }
+                Watched::Stalled => {
+                    server.send_timeouts.inc();
+                    tracing::debug!(timeout = ?server.send_timeout, "client took no response data within send_timeout: connection closed");
+                    return Ok(());
+                }
+            },
         }
     }
 }
@@ -549,24 +551,44 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Resolves once the connection has had no request in flight for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    /// Resolves once the connection has had no request in flight for `idle` (`None`: never,
+    /// while it drains), or a response has waited for the client longer than `send`. One timer
+    /// for both: each future of the connection's `select!` is polled at every wake of its task.
+    async fn watch(&self, idle: Option<Duration>, send: Duration) -> Watched {
+        let idle_ms = idle.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let send_ms = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+        let mut next_tick = self.now_ms().saturating_add(send_ms);
         loop {
-            let wait_ms = if self.in_flight.load(Ordering::Relaxed) == 0 {
-                let idle_for = self
-                    .now_ms()
-                    .saturating_sub(self.last_done_ms.load(Ordering::Relaxed));
-                if idle_for >= timeout_ms {
-                    return;
+            let now = self.now_ms();
+            if now >= next_tick {
+                if self.stalls.tick() {
+                    return Watched::Stalled;
                 }
-                timeout_ms - idle_for
-            } else {
-                timeout_ms
-            };
+                next_tick = now.saturating_add(send_ms);
+            }
+            let mut wait_ms = next_tick - now;
+            if let Some(idle_ms) = idle_ms {
+                if self.in_flight.load(Ordering::Relaxed) == 0 {
+                    let idle_for = now.saturating_sub(self.last_done_ms.load(Ordering::Relaxed));
+                    if idle_for >= idle_ms {
+                        return Watched::Idle;
+                    }
+                    wait_ms = wait_ms.min(idle_ms - idle_for);
+                } else {
+                    wait_ms = wait_ms.min(idle_ms);
+                }
+            }
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         }
     }
+}
+
+/// Why a connection's watch ended.
+enum Watched {
+    /// No request in flight for `idle_timeout`.
+    Idle,
+    /// A response waited for the client for `send_timeout`.
+    Stalled,
 }
 
 /// Counts a connection out of `wasmgate_connections_active` however its task ends.

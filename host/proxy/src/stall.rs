@@ -9,15 +9,15 @@
 //!
 //! The cost on the data path is two relaxed atomic operations per body frame: a body that hands
 //! a frame to hyper counts itself *parked* in the bucket of the current tick, and un-parks on
-//! its next poll. The watch advances the tick every `send_timeout`; a body still parked in the
-//! previous tick's bucket has waited at least one whole period. A stall is therefore caught
-//! between one and two periods after it began, never earlier.
+//! its next poll. The connection's watch (the timer it already has for `idle_timeout`) calls
+//! [`Stalls::tick`] every `send_timeout`; a body still parked in the previous tick's bucket has
+//! waited at least one whole period. A stall is therefore caught between one and two periods
+//! after it began, never earlier.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http_body::{Frame, SizeHint};
 
@@ -31,19 +31,18 @@ pub(crate) struct Stalls {
 }
 
 impl Stalls {
-    /// Resolves once a response body has waited `timeout` or longer for the client to take its
-    /// last frame.
-    pub(crate) async fn stalled(&self, timeout: Duration) {
-        loop {
-            tokio::time::sleep(timeout).await;
-            let tick = self.tick.load(Ordering::Relaxed);
-            // The other bucket holds bodies parked during the previous tick or before: each has
-            // waited at least since the tick now ending began.
-            if self.parked[bucket(tick + 1)].load(Ordering::Relaxed) > 0 {
-                return;
-            }
-            self.tick.store(tick + 1, Ordering::Relaxed);
+    /// Ends a period of the connection's watch (one `send_timeout` long): `true` when a
+    /// response body has waited for the client since before the period began, else the next
+    /// period starts.
+    pub(crate) fn tick(&self) -> bool {
+        let tick = self.tick.load(Ordering::Relaxed);
+        // The other bucket holds bodies parked during the previous period or before: each has
+        // waited at least since the period now ending began.
+        if self.parked[bucket(tick + 1)].load(Ordering::Relaxed) > 0 {
+            return true;
         }
+        self.tick.store(tick + 1, Ordering::Relaxed);
+        false
     }
 
     fn park(&self) -> usize {
@@ -122,7 +121,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Sending<B> {
 mod tests {
     use std::collections::VecDeque;
     use std::convert::Infallible;
-    use std::time::Instant;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use http_body::Body as _;
@@ -173,23 +172,20 @@ mod tests {
             .sum()
     }
 
-    const PERIOD: Duration = Duration::from_millis(50);
-
     #[tokio::test]
-    async fn a_body_left_unpolled_after_a_frame_stalls_after_one_to_two_periods() {
+    async fn a_body_left_unpolled_after_a_frame_stalls_at_the_second_tick() {
         let stalls = Arc::new(Stalls::default());
         let mut body = Sending::new(chunks(&["a", "b"], false), stalls.clone());
-        let started = Instant::now();
         body.frame().await.expect("frame").expect("ok");
         assert_eq!(parked(&stalls), 1);
-        stalls.stalled(PERIOD).await;
-        let waited = started.elapsed();
-        assert!(waited >= PERIOD, "{waited:?}");
-        assert!(waited < 20 * PERIOD, "{waited:?}");
+        // Parked during the first period: not yet a whole period old at its end.
+        assert!(!stalls.tick());
+        assert!(stalls.tick(), "parked for a whole period");
         // Polled again, it is no longer parked; once done, nothing is left counted.
         body.frame().await.expect("frame").expect("ok");
         assert!(body.is_end_stream());
         assert_eq!(parked(&stalls), 0);
+        assert!(!stalls.tick());
         drop(body);
         assert_eq!(parked(&stalls), 0);
     }
@@ -201,14 +197,15 @@ mod tests {
         done.frame().await.expect("frame").expect("ok");
         // Waiting for its upstream: hyper keeps polling it, so it is not parked.
         let mut waiting = Sending::new(chunks(&[], true), stalls.clone());
-        let poll = tokio::time::timeout(PERIOD, waiting.frame()).await;
+        let poll = tokio::time::timeout(Duration::from_millis(20), waiting.frame()).await;
         assert!(poll.is_err(), "the stuck body gave a frame");
         // Handed a frame out, then dropped (the client reset its stream).
         let mut reset = Sending::new(chunks(&["a", "b"], false), stalls.clone());
         reset.frame().await.expect("frame").expect("ok");
         drop(reset);
         assert_eq!(parked(&stalls), 0);
-        let watch = tokio::time::timeout(6 * PERIOD, stalls.stalled(PERIOD));
-        assert!(watch.await.is_err(), "no body waits for the client");
+        for _ in 0..4 {
+            assert!(!stalls.tick(), "no body waits for the client");
+        }
     }
 }
