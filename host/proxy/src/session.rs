@@ -185,7 +185,7 @@ impl<'s> Session<'s> {
         req: Request<Body>,
     ) -> Result<Response<Body>, Rejection> {
         let mut ctx = Context::new();
-        if self.span.is_some() {
+        if self.span.as_ref().is_some_and(|span| span.is_recording()) {
             ctx.record_hooks();
         }
         if let Some(subject) = &self.conn.client_subject {

@@ -86,6 +86,11 @@ impl RequestSpan {
         }
     }
 
+    /// Whether the request is sampled: only then are its hook calls worth recording.
+    pub(crate) fn is_recording(&self) -> bool {
+        self.cx.span().is_recording()
+    }
+
     /// The request's trace, for the access log.
     pub(crate) fn trace_id(&self) -> TraceId {
         self.cx.span().span_context().trace_id()
