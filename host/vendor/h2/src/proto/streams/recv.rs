@@ -689,14 +689,12 @@ impl Recv {
             // Receiving a DATA frame when not expecting one is a protocol
             // error.
             proto_err!(conn: "unexpected DATA frame; stream={:?}", stream.id);
-            // wasmgate patch: after the peer's END_STREAM (half-closed (remote), closed), DATA
-            // is a STREAM_CLOSED error (RFC 9113 §5.1).
-            let reason = if stream.state.is_recv_end_stream() {
-                Reason::STREAM_CLOSED
-            } else {
-                Reason::PROTOCOL_ERROR
-            };
-            return Err(Error::library_go_away(reason));
+            // wasmgate patch: after the peer's END_STREAM or RST_STREAM, DATA is a STREAM_CLOSED
+            // error (RFC 9113 §5.1).
+            if stream.state.is_recv_end_stream() || stream.state.is_closed() {
+                return Err(super::streams::stream_closed(stream));
+            }
+            return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
         }
 
         tracing::trace!(

@@ -586,8 +586,8 @@ impl Inner {
                 // wasmgate patch: HEADERS on a stream the peer ended or reset is a STREAM_CLOSED
                 // error (RFC 9113 §5.1), not trailers.
                 if stream.state.is_recv_end_stream() || stream.state.is_closed() {
-                    proto_err!(conn: "recv_headers: stream closed; stream={:?}", stream.id);
-                    return Err(Error::library_go_away(Reason::STREAM_CLOSED));
+                    proto_err!(stream: "recv_headers: stream closed; stream={:?}", stream.id);
+                    return Err(stream_closed(stream));
                 }
                 if !frame.is_end_stream() {
                     // Receiving trailers that don't set EOS is a "malformed"
@@ -1870,5 +1870,16 @@ impl Actions {
     fn clear_queues(&mut self, clear_pending_accept: bool, store: &mut Store, counts: &mut Counts) {
         self.recv.clear_queues(clear_pending_accept, store, counts);
         self.send.clear_queues(store, counts);
+    }
+}
+
+/// wasmgate patch: the STREAM_CLOSED error for a frame on a stream the peer ended or reset
+/// (RFC 9113 §5.1): a stream error in half-closed (remote) and after the peer's RST_STREAM, a
+/// connection error once the stream closed after END_STREAM both ways.
+pub(super) fn stream_closed(stream: &store::Ptr) -> Error {
+    if stream.state.is_closed() && stream.state.is_recv_end_stream() {
+        Error::library_go_away(Reason::STREAM_CLOSED)
+    } else {
+        Error::library_reset(stream.id, Reason::STREAM_CLOSED)
     }
 }
