@@ -843,7 +843,7 @@ async fn admin_api_lists_each_upstream_target_with_its_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_an_admin_token_every_admin_endpoint_requires_it() {
+async fn with_an_admin_token_every_admin_endpoint_requires_it_and_a_reload_rotates_it() {
     let token = "0123456789abcdef-token";
     let run = start(
         &format!(
@@ -900,6 +900,27 @@ async fn with_an_admin_token_every_admin_endpoint_requires_it() {
         &run.admin.to_string(),
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
+
+    // A reload rotates the token: asked for with the old one, after which only the new works.
+    let rotated = "fedcba9876543210-rotated";
+    write(&run.config.with_file_name("admin.token"), rotated);
+    let reloaded = c
+        .post(format!("http://{}/reload", run.admin))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        reloaded.status(),
+        200,
+        "{}",
+        reloaded.text().await.unwrap_or_default()
+    );
+    let url = format!("http://{}/routes", run.admin);
+    let old = c.get(&url).bearer_auth(token).send().await.expect("send");
+    assert_eq!(old.status(), 401, "the old token after the rotation");
+    let new = c.get(&url).bearer_auth(rotated).send().await.expect("send");
+    assert_eq!(new.status(), 200, "the new token after the rotation");
 }
 
 #[test]
