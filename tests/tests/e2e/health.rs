@@ -193,3 +193,35 @@ async fn a_reload_keeps_the_health_of_an_unchanged_upstream_and_one_checker() {
         "{probes} probes of a in 1 s at a 100 ms interval"
     );
 }
+
+#[tokio::test]
+async fn only_the_listed_statuses_pass_a_check() {
+    let a = KillableUpstream::start("a").await;
+    let b = KillableUpstream::start("b").await;
+    // 200 is not listed: a target answering it fails its probes.
+    a.set_health(200);
+    b.set_health(204);
+    let check = r#"health_check = { path = "/health", interval = "100ms", healthy = 1, unhealthy = 1, statuses = [204, 299] }"#;
+    let gw = TestGateway::start(&checked_pool(&[&a, &b], check))
+        .await
+        .expect("start");
+    eventually(Duration::from_secs(5), "a fails, b passes", || {
+        check_state(&gw, &a) == Some(false) && check_state(&gw, &b) == Some(true)
+    })
+    .await;
+    let c = client();
+    for _ in 0..6 {
+        assert_eq!(
+            server(&c, &gw).await,
+            "b",
+            "a failing target took a request"
+        );
+    }
+    a.set_health(299);
+    eventually(
+        Duration::from_secs(5),
+        "a passes with a listed status",
+        || check_state(&gw, &a) == Some(true),
+    )
+    .await;
+}
