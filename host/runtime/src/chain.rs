@@ -485,6 +485,18 @@ mod tests {
         }
     }
 
+    /// A fake whose request hook refuses with 401.
+    fn refusing(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Fake {
+        let mut fake = fake(name, log);
+        fake.request = |_, _| {
+            Ok(RequestVerdict {
+                decision: Decision::Reject(reject(401)),
+                ..go_on()
+            })
+        };
+        fake
+    }
+
     impl Filter for Fake {
         fn described(&self) -> &Described {
             &self.described
@@ -586,13 +598,7 @@ mod tests {
     #[tokio::test]
     async fn hook_calls_are_recorded_only_when_asked_for() {
         let log = Arc::default();
-        let mut b = fake("b", &log);
-        b.request = |_, _| {
-            Ok(RequestVerdict {
-                decision: Decision::Reject(reject(401)),
-                ..go_on()
-            })
-        };
+        let b = refusing("b", &log);
         let chain = Chain::new(vec![Arc::new(fake("a", &log)), Arc::new(b)]);
         let (_, mut ctx, _, _) = chain.on_request(request(), Context::new(), &id(), 0).await;
         assert!(ctx.take_hooks().is_empty());
@@ -634,13 +640,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_skips_the_rest_and_only_earlier_plugins_see_the_response() {
         let log = Arc::default();
-        let mut b = fake("b", &log);
-        b.request = |_, _| {
-            Ok(RequestVerdict {
-                decision: Decision::Reject(reject(401)),
-                ..go_on()
-            })
-        };
+        let b = refusing("b", &log);
         let chain = Chain::new(vec![
             Arc::new(fake("a", &log)),
             Arc::new(b),
