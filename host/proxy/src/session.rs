@@ -217,10 +217,8 @@ impl<'s> Session<'s> {
     fn route(&mut self, req: &mut Request<Body>) -> Step<()> {
         let snapshot = self.snapshot;
         framing::check(req.version(), req.headers()).map_err(Rejection::Framing)?;
-        if let Some(length) = req.headers().get(http::header::CONTENT_LENGTH)
-            && let Some(length) = length.to_str().ok().and_then(|l| l.parse::<u64>().ok())
-            && length > snapshot.max_request_body
-        {
+        // A declared Content-Length (HTTP/1.1 or HTTP/2), as hyper already parsed it.
+        if req.body().size_hint().lower() > snapshot.max_request_body {
             return Err(Rejection::PayloadTooLarge);
         }
         if req.headers().len() > snapshot.max_headers {
@@ -569,10 +567,10 @@ impl<'s> Session<'s> {
             let target = &set.targets[index];
             set_target_host(req.headers_mut(), route, target);
             self.trace.target = Some(target.authority.clone());
-            let mut span = self.span.as_ref().map(|span| {
-                let path = req.uri().path().to_owned();
-                span.upstream(req.headers_mut(), &upstream.name, target, &path, retry)
-            });
+            let mut span = self
+                .span
+                .as_ref()
+                .map(|span| span.upstream(&mut req, &upstream.name, target, retry));
             let sent = Instant::now();
             let worker = self.conn.worker;
             let active = target.begin();

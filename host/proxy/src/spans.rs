@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderMap, Method, Request, Version};
+use http::{Method, Request, Version};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _,
@@ -30,7 +30,8 @@ pub(crate) struct RequestSpan {
     cx: Context,
     /// One moment on both clocks, to place hook calls measured with `Instant`.
     clock: (SystemTime, Instant),
-    method: Method,
+    /// The method as the conventions name it (`_OTHER` beyond the standard ones).
+    method: &'static str,
 }
 
 impl RequestSpan {
@@ -45,15 +46,15 @@ impl RequestSpan {
     ) -> Self {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let clock = (SystemTime::now(), Instant::now());
-        let method = req.method().clone();
+        let method = method_name(req.method());
         let builder = tracer
-            .span_builder(method_name(&method))
+            .span_builder(method)
             .with_kind(SpanKind::Server)
             .with_start_time(clock.0);
         let mut span = tracer.build_with_context(builder, &parent);
         if span.is_recording() {
             let mut attributes = vec![
-                KeyValue::new("http.request.method", method_name(&method)),
+                KeyValue::new("http.request.method", method),
                 KeyValue::new("url.path", req.uri().path().to_owned()),
                 KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
                 KeyValue::new("network.protocol.version", protocol_version(req.version())),
@@ -100,7 +101,7 @@ impl RequestSpan {
     pub(crate) fn routed(&self, route: &str) {
         let span = self.cx.span();
         if span.is_recording() {
-            span.update_name(format!("{} {route}", method_name(&self.method)));
+            span.update_name(format!("{} {route}", self.method));
             span.set_attribute(KeyValue::new("wasmgate.route", route.to_owned()));
         }
     }
@@ -138,15 +139,14 @@ impl RequestSpan {
 
     /// Starts the client span of one try at `target` and puts its context in the request's
     /// `traceparent` (and the client's `tracestate`), for the target to continue the trace.
-    pub(crate) fn upstream(
+    pub(crate) fn upstream<B>(
         &self,
-        headers: &mut HeaderMap,
+        req: &mut Request<B>,
         upstream: &str,
         target: &Target,
-        path: &str,
         resend: u32,
     ) -> UpstreamSpan {
-        let method = method_name(&self.method);
+        let method = self.method;
         let mut span = self.tracer.build_with_context(
             self.tracer.span_builder(method).with_kind(SpanKind::Client),
             &self.cx,
@@ -162,7 +162,10 @@ impl RequestSpan {
                 KeyValue::new("http.request.method", method),
                 KeyValue::new("server.address", host.to_owned()),
                 // The query is left out: it may carry credentials.
-                KeyValue::new("url.full", format!("{scheme}://{}{path}", target.authority)),
+                KeyValue::new(
+                    "url.full",
+                    format!("{scheme}://{}{}", target.authority, req.uri().path()),
+                ),
                 KeyValue::new("wasmgate.upstream", upstream.to_owned()),
                 KeyValue::new("wasmgate.target", target.key.clone()),
             ];
@@ -179,7 +182,7 @@ impl RequestSpan {
         let cx = self
             .cx
             .with_remote_span_context(span.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
         UpstreamSpan { span }
     }
 
