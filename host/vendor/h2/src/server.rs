@@ -387,6 +387,8 @@ where
 
         // Create the codec.
         let mut codec = Codec::new(io);
+        // wasmgate patch: clients cannot push.
+        codec.refuse_push_promise();
 
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);
@@ -1760,6 +1762,12 @@ impl proto::Peer for Peer {
             })?);
         } else if is_connect && has_protocol {
             malformed!("malformed headers: missing path in extended CONNECT");
+        }
+
+        // wasmgate patch: a CONNECT names the host to tunnel to in :authority and nowhere else
+        // (RFC 9113 §8.5): without it the request is malformed, not one for the server to answer.
+        if is_connect && !has_protocol && parts.authority.is_none() {
+            malformed!("malformed headers: missing :authority in CONNECT");
         }
 
         b = b.uri(parts);

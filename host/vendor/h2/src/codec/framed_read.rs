@@ -38,6 +38,9 @@ struct FrameDecoder {
     max_continuation_frames: usize,
 
     partial: Option<Partial>,
+
+    // wasmgate patch: set on a server, which never receives a push (RFC 9113 §8.4).
+    refuse_push_promise: bool,
 }
 
 /// Partially loaded headers frame
@@ -101,6 +104,11 @@ impl<T> FramedRead<T> {
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
     }
+
+    // wasmgate patch: see `FrameDecoder::refuse_push_promise`.
+    pub fn refuse_push_promise(&mut self) {
+        self.decoder.refuse_push_promise = true;
+    }
 }
 
 fn calc_max_continuation_frames(header_max: usize, frame_max: usize) -> usize {
@@ -123,6 +131,7 @@ impl FrameDecoder {
                 max_frame_size,
             ),
             partial: None,
+            refuse_push_promise: false,
         }
     }
 
@@ -302,6 +311,12 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 Error::library_go_away(load_error_reason(&e))
             })?
             .into()
+        }
+        // wasmgate patch: a server refuses a PUSH_PROMISE at once (RFC 9113 §8.4); without
+        // this, one lacking END_HEADERS left the connection waiting for its CONTINUATION.
+        Kind::PushPromise if decoder.refuse_push_promise => {
+            proto_err!(conn: "received PUSH_PROMISE as a server");
+            return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
         }
         Kind::PushPromise => header_block!(PushPromise, head, bytes),
         Kind::Priority => {

@@ -105,6 +105,11 @@ impl<T, B> Codec<T, B> {
         self.inner.set_max_header_list_size(val);
     }
 
+    // wasmgate patch: a server's codec refuses PUSH_PROMISE frames.
+    pub fn refuse_push_promise(&mut self) {
+        self.inner.refuse_push_promise();
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {
