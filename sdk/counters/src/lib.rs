@@ -6,8 +6,15 @@
 //! `counter_add("k", 1, 1h)` count separately. Windows are fixed and aligned on multiples of their
 //! length since the UNIX epoch, so every gateway of a cluster agrees on where a window starts;
 //! a window length of 0 never resets.
+//!
+//! [`limit`] holds the rate limits built on the same windows: fixed window, sliding window and
+//! token bucket (GCRA).
 
 #![warn(missing_docs)]
+
+pub mod limit;
+
+pub use limit::{Algorithm, LimitState, Quota, Verdict, absorb, decide, ttl_ms};
 
 /// The window of length `length_ms` that contains an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
