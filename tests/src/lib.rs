@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 pub use wasmgate_echo as echo;
 
 pub mod otlp;
+pub mod redis;
+
+pub use redis::RedisServer;
 
 /// A folder for one test's config and certificate files, removed when dropped.
 pub fn workdir() -> tempfile::TempDir {

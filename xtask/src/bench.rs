@@ -18,7 +18,6 @@
 //! `target/bench/`; the report is `target/bench/report.json`, and a Markdown table is printed.
 
 use std::collections::BTreeSet;
-use std::env;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
@@ -32,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
+use super::install::{self, find_program, running_as_root};
 use super::{
     build_plugins, cargo, display, ensure_wasm_target, run_step, target_dir, workspace_root,
 };
@@ -363,42 +363,10 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // tools and builds
 
-pub(crate) fn running_as_root() -> Result<bool> {
-    let output = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("failed to run `id -u`")?;
-    ensure!(
-        output.status.success(),
-        "`id -u` failed ({})",
-        output.status
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).trim() == "0")
-}
-
-/// `program` on `PATH`, or in the sbin directories (nginx lives in /usr/sbin, which a non-root
-/// `PATH` may lack).
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Installs `wrk` and `nginx` with apt-get when they are missing (with sudo unless root).
+/// Installs `wrk` and `nginx` when they are missing.
 fn ensure_wrk_and_nginx() -> Result<(PathBuf, PathBuf)> {
-    let missing: Vec<&str> = ["wrk", "nginx"]
-        .into_iter()
-        .filter(|program| find_program(program).is_none())
-        .collect();
-    if !missing.is_empty() {
-        crate::apt_install(&missing)?;
-    }
-    let find = |program: &str| {
-        find_program(program).with_context(|| format!("`{program}` is not installed"))
-    };
-    Ok((find("wrk")?, find("nginx")?))
+    let [wrk, nginx] = install::ensure_programs([("wrk", "wrk"), ("nginx", "nginx")])?;
+    Ok((wrk, nginx))
 }
 
 /// `oha` (fixed-rate load): on `PATH`, else cached in `tools_dir`, else from apt-get when Debian
@@ -460,7 +428,7 @@ fn ensure_oha(tools_dir: &Path) -> Option<PathBuf> {
 /// The release gateway and the three plugins of `wasmgate-3-plugins`; the gateway's path.
 fn build() -> Result<PathBuf> {
     ensure_wasm_target()?;
-    super::ensure_make()?;
+    install::ensure_make()?;
     let target = target_dir()?;
     build_plugins(&target)?;
     run_step(cargo().args(["build", "--release", "-p", "wasmgate"]))?;

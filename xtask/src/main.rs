@@ -4,6 +4,7 @@
 //! don't drag dependencies into CI.
 
 mod bench;
+mod install;
 
 use std::env;
 use std::ffi::OsString;
@@ -21,7 +22,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test [--no-lint] [-- ARGS]  fmt check, clippy and the whole test suite, as CI runs them (ARGS go to `cargo test`)
+  test [--no-lint] [-- ARGS]  fmt check, clippy and the whole test suite, as CI runs them (ARGS go to `cargo test`);
+                              installs make and redis-server (for the tests' own servers) when missing
   demo                        build and start the quickstart gateway and its echo upstream
   plugins                     build every plugins/*/ crate for wasm32-wasip2 into plugins/NAME.wasm
   bench [--quick]             wrk/oha load: nginx vs wasmgate (no plugins, 3 plugins); target/bench/report.json
@@ -125,7 +127,8 @@ impl TestOptions {
 fn test(options: &TestOptions) -> Result<()> {
     let started = Instant::now();
     ensure_wasm_target()?;
-    ensure_make()?;
+    // Both in one apt-get run on a machine that lacks them.
+    install::ensure_programs([install::MAKE, install::REDIS_SERVER])?;
     if options.no_lint {
         println!("==> skipping cargo fmt and cargo clippy (--no-lint)");
     } else {
@@ -314,7 +317,7 @@ fn demo() -> Result<ExitCode> {
         ensure_port_free(addr)?;
     }
     ensure_wasm_target()?;
-    ensure_make()?;
+    install::ensure_make()?;
     let started = Instant::now();
     let target = target_dir()?;
     let fresh = !target.join("debug").join("wasmgate").exists();
@@ -650,34 +653,6 @@ fn run_step(command: &mut Command) -> Result<()> {
         .with_context(|| format!("failed to run `{shown}`"))?;
     ensure!(status.success(), "`{shown}` failed ({status})");
     Ok(())
-}
-
-/// Installs Debian `packages` with apt-get (through sudo unless running as root).
-pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
-    println!("==> installing {} with apt-get", packages.join(", "));
-    let root = bench::running_as_root()?;
-    let apt = |args: &[&str]| {
-        let mut command = if root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.arg("apt-get");
-            sudo
-        };
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        command
-    };
-    run_step(&mut apt(&["update", "-qq"]))?;
-    run_step(apt(&["install", "-y", "-qq", "--no-install-recommends"]).args(packages))
-}
-
-/// The gateway's allocator, jemalloc, is compiled from C by `make` (and `cc`, which linking Rust
-/// needs anyway): installs `make` with apt-get when it is missing.
-fn ensure_make() -> Result<()> {
-    if bench::find_program("make").is_some() {
-        return Ok(());
-    }
-    apt_install(&["make"])
 }
 
 /// Installs the wasm32-wasip2 rustup target if it is missing; only warns without rustup.
