@@ -15,6 +15,8 @@ use crate::state::Counter;
 struct World {
     /// By `wasmgate_counters::storage_key`, as the gateway files them.
     counters: HashMap<String, wasmgate_counters::Stored>,
+    /// By algorithm, window and key, as the gateway files them.
+    limits: HashMap<(crate::state::Algorithm, u64, String), wasmgate_counters::LimitState>,
     kv: HashMap<String, KvSlot>,
     logs: Vec<(Level, String)>,
     metrics: HashMap<String, u64>,
@@ -64,6 +66,32 @@ pub(crate) fn counter_add(key: &str, delta: i64, window_ms: u64) -> Counter {
 
 pub(crate) fn counter_get(key: &str, window_ms: u64) -> Counter {
     with(|world| counter(world, key, 0, window_ms))
+}
+
+/// The gateway's limit semantics (`wasmgate_counters::decide`), on this thread's store: what the
+/// memory backend does, and what Redis does in exact mode.
+pub(crate) fn limit(key: &str, cost: u64, quota: crate::state::Quota) -> crate::state::Verdict {
+    with(|world| {
+        let now = now_ms(world);
+        let window_ms = u64::try_from(quota.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let q = wasmgate_counters::Quota {
+            limit: quota.limit,
+            window_ms,
+            algorithm: quota.algorithm,
+        };
+        let slot = (quota.algorithm, window_ms, key.to_owned());
+        let held = world.limits.get(&slot).copied();
+        let (state, v) = wasmgate_counters::decide(held, now, q, cost);
+        world.limits.insert(slot, state);
+        crate::state::Verdict {
+            allowed: v.allowed,
+            remaining: v.remaining,
+            reset: Duration::from_millis(v.reset_ms),
+            retry_after: Duration::from_millis(v.retry_after_ms),
+        }
+    })
 }
 
 fn live<'w>(world: &'w World, key: &str) -> Option<&'w KvSlot> {

@@ -92,6 +92,75 @@ pub fn kv_delete(key: &str) {
     backend::kv_delete(key)
 }
 
+/// How [`limit`] counts: fixed windows, a sliding window or a token bucket.
+pub use wasmgate_counters::Algorithm;
+
+/// How a limit is counted when several gateways share the state (`[gateway.state] backend =
+/// "redis"`); no difference with the memory backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Accuracy {
+    /// Every decision is the shared backend's: the limit holds exactly across gateways, for one
+    /// round trip per call.
+    Exact,
+    /// Each gateway decides alone while the limit is far and sends its counts every
+    /// `sync_interval` (rounded up to whole milliseconds); near the limit it asks the backend.
+    /// Almost no latency, for a small overshoot when traffic surges.
+    Batched {
+        /// How often counts are sent.
+        sync_interval: Duration,
+    },
+}
+
+/// A rate limit: `limit` units per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    /// Units allowed per window; at least 1.
+    pub limit: u64,
+    /// The window (rounded up to whole milliseconds); at least 1 ms.
+    pub window: Duration,
+    /// How requests are counted.
+    pub algorithm: Algorithm,
+    /// How exactly, across gateways.
+    pub accuracy: Accuracy,
+}
+
+/// The decision [`limit`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request is within the limit.
+    pub allowed: bool,
+    /// Units still allowed right after this decision.
+    pub remaining: u64,
+    /// Time until the limit is entirely available again.
+    pub reset: Duration,
+    /// When refused: how long until the same request would be allowed; zero when allowed.
+    pub retry_after: Duration,
+}
+
+/// Decides a request costing `cost` units (at least 1) against `quota` for `key`, and counts it,
+/// atomically across the plugin's instances (and gateways, with a shared backend).
+///
+/// Keys count separately per algorithm and window, so two quotas on one key with different
+/// windows are two limits.
+///
+/// ```
+/// use std::time::Duration;
+/// use wasmgate_sdk::state::{self, Accuracy, Algorithm, Quota};
+///
+/// let quota = Quota {
+///     limit: 100,
+///     window: Duration::from_secs(60),
+///     algorithm: Algorithm::SlidingWindow,
+///     accuracy: Accuracy::Exact,
+/// };
+/// let verdict = state::limit("203.0.113.7", 1, quota);
+/// assert!(verdict.allowed);
+/// assert_eq!(verdict.remaining, 99);
+/// ```
+pub fn limit(key: &str, cost: u64, quota: Quota) -> Verdict {
+    backend::limit(key, cost.max(1), quota)
+}
+
 /// The gateway's implementation, through the component's imports.
 #[cfg(target_arch = "wasm32")]
 mod host {
@@ -115,6 +184,34 @@ mod host {
 
     pub(super) fn counter_get(key: &str, window_ms: u64) -> Counter {
         from_wit(wit::counter_get(key, window_ms))
+    }
+
+    pub(super) fn limit(key: &str, cost: u64, quota: super::Quota) -> super::Verdict {
+        let algorithm = match quota.algorithm {
+            super::Algorithm::FixedWindow => wit::Algorithm::FixedWindow,
+            super::Algorithm::SlidingWindow => wit::Algorithm::SlidingWindow,
+            super::Algorithm::TokenBucket => wit::Algorithm::TokenBucket,
+        };
+        let sync_ms = match quota.accuracy {
+            super::Accuracy::Exact => 0,
+            super::Accuracy::Batched { sync_interval } => super::millis_ceil(sync_interval).max(1),
+        };
+        let v = wit::limit(
+            key,
+            cost,
+            wit::Quota {
+                limit: quota.limit,
+                window_ms: super::millis_ceil(quota.window).max(1),
+                algorithm,
+                sync_ms,
+            },
+        );
+        super::Verdict {
+            allowed: v.allowed,
+            remaining: v.remaining,
+            reset: Duration::from_millis(v.reset_ms),
+            retry_after: Duration::from_millis(v.retry_after_ms),
+        }
     }
 }
 

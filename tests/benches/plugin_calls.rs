@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
-use wasmgate_runtime::{Context, MemoryState, RequestView, ResponseView, Runtime};
+use wasmgate_runtime::{Context, RequestView, ResponseView, Runtime, SharedState};
 
 const TAGGER: &str = env!("WASM_TAGGER");
 const COPIER: &str = env!("WASM_COPIER");
@@ -35,7 +35,7 @@ fn runtime(rt: &tokio::runtime::Runtime, plugins: &str) -> Runtime {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, toml).expect("write");
     let config = wasmgate_config::load(&path).expect("config");
-    rt.block_on(Runtime::load(&config, Arc::new(MemoryState::new())))
+    rt.block_on(Runtime::load(&config, Arc::new(SharedState::memory())))
         .expect("load plugins")
 }
 

@@ -4,7 +4,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /health` | 200 while the gateway serves, 503 once it drains |
-//! | `GET /ready` | 200 when a configuration is loaded and the gateway is not draining, else 503 |
+//! | `GET /ready` | 200 when a configuration is loaded and the gateway is not draining (nor without Redis with `on_unavailable = "deny"`), else 503; the shared state's health in `state` |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `GET /routes` | the routes served, in match order of the file |
 //! | `GET /plugins` | every plugin entry: file, sha256, route, pooled instances, failures |
@@ -144,11 +144,26 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
         (&Method::GET | &Method::HEAD, "/ready") => {
-            if draining {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))
+            let state = control.state_health();
+            let state_json = json!({
+                "backend": state.backend,
+                "available": state.available,
+                "on_unavailable": state.on_unavailable,
+            });
+            // Without its shared state a gateway with on_unavailable = "deny" refuses the
+            // requests that need it: not ready, so a load balancer sends them elsewhere.
+            let refusing = !state.available && state.on_unavailable == "deny";
+            if draining || refusing {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"ready": false, "draining": draining, "state": state_json}),
+                )
             } else {
                 let routes = control.inspect(|a| a.config.routes.len());
-                json_response(StatusCode::OK, &json!({"ready": true, "routes": routes}))
+                json_response(
+                    StatusCode::OK,
+                    &json!({"ready": true, "routes": routes, "state": state_json}),
+                )
             }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => Response::builder()

@@ -33,6 +33,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "http2",
     "dns",
     "tracing",
+    "state",
     "merge_slashes",
     "escaped_slashes",
     "max_request_body",
@@ -57,6 +58,15 @@ const HTTP2_KEYS: &[&str] = &[
     "keepalive_timeout",
 ];
 const DNS_KEYS: &[&str] = &["nameservers", "lookup", "min_ttl", "max_ttl"];
+const STATE_KEYS: &[&str] = &[
+    "backend",
+    "url",
+    "cluster",
+    "pool_size",
+    "timeout",
+    "on_unavailable",
+    "key_prefix",
+];
 const TRACING_KEYS: &[&str] = &[
     "endpoint",
     "sample_ratio",
@@ -195,6 +205,7 @@ fn default_gateway(base: &Path) -> Gateway {
         },
         dns: Dns::default(),
         tracing: None,
+        state: StateBackend::Memory,
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Reject,
         max_request_body: 100 << 20,
@@ -655,6 +666,11 @@ impl<'r> Reader<'r> {
         if let Some(v) = t.get("tracing") {
             g.tracing = self.tracing(v);
         }
+        if let Some(v) = t.get("state")
+            && let Some(state) = self.state(v)
+        {
+            g.state = state;
+        }
         for (name, field) in [
             ("max_connections", &mut g.max_connections),
             (
@@ -825,6 +841,160 @@ impl<'r> Reader<'r> {
             return None;
         }
         Some(Secret(token.to_owned()))
+    }
+
+    fn state(&mut self, v: &Value<'_>) -> Option<StateBackend> {
+        let t = self.table(v, "gateway.state", STATE_KEYS)?;
+        let backend = match t.get("backend") {
+            None => "memory",
+            Some(b) => match self.string(b, &t.key("backend"))? {
+                s @ ("memory" | "redis") => s,
+                other => {
+                    let message =
+                        format!("unknown backend {other:?} (expected \"memory\" or \"redis\")");
+                    self.err(&b.span(), &t.key("backend"), message);
+                    return None;
+                }
+            },
+        };
+        if backend == "memory" {
+            for (name, _) in t.table.iter() {
+                if name.get_ref() != "backend" {
+                    self.err(
+                        &name.span(),
+                        &t.key(name.get_ref()),
+                        "applies with backend = \"redis\" only",
+                    );
+                }
+            }
+            return Some(StateBackend::Memory);
+        }
+        let url = t.get("url").and_then(|url| {
+            let text = self.string(url, &t.key("url"))?;
+            self.redis_url(text, &url.span(), &t.key("url"))
+        });
+        let cluster = t.get("cluster").and_then(|cluster| {
+            let items = self.array(cluster, &t.key("cluster"))?;
+            if items.is_empty() {
+                self.err(
+                    &cluster.span(),
+                    &t.key("cluster"),
+                    "give at least one node, e.g. [\"redis://10.0.0.1:6379\"]",
+                );
+                return None;
+            }
+            let mut urls = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let key = format!("{}[{i}]", t.key("cluster"));
+                if let Some(url) = self
+                    .string(item, &key)
+                    .and_then(|s| self.redis_url(s, &item.span(), &key))
+                {
+                    urls.push(url);
+                }
+            }
+            (urls.len() == items.len()).then_some(urls)
+        });
+        let servers = match (t.get("url"), t.get("cluster")) {
+            (Some(_), None) => url.map(RedisServers::Single),
+            (None, Some(_)) => cluster.map(RedisServers::Cluster),
+            (Some(_), Some(c)) => {
+                self.err(
+                    &c.span(),
+                    &t.key("cluster"),
+                    "give either url (one server) or cluster (a Redis Cluster's nodes), not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    &v.span(),
+                    &t.key("url"),
+                    "missing: backend = \"redis\" needs url, e.g. \"redis://127.0.0.1:6379\" (or cluster)",
+                );
+                None
+            }
+        };
+        let mut redis = Redis {
+            servers: RedisServers::Cluster(Vec::new()),
+            pool_size: 4,
+            timeout: Duration::from_millis(250),
+            on_unavailable: OnUnavailable::Local,
+            key_prefix: "wasmgate:".to_owned(),
+        };
+        if let Some(v) = t.get("pool_size")
+            && let Some(n) = self.integer(v, &t.key("pool_size"), 1, 64)
+        {
+            redis.pool_size = n as usize;
+        }
+        if let Some(v) = t.get("timeout")
+            && let Some(d) = self.timeout(v, &t.key("timeout"))
+        {
+            redis.timeout = d;
+        }
+        if let Some(v) = t.get("on_unavailable")
+            && let Some(s) = self.string(v, &t.key("on_unavailable"))
+        {
+            redis.on_unavailable = match s {
+                "local" => OnUnavailable::Local,
+                "deny" => OnUnavailable::Deny,
+                "allow" => OnUnavailable::Allow,
+                other => {
+                    let message = format!(
+                        "unknown policy {other:?} (expected \"local\", \"deny\" or \"allow\")"
+                    );
+                    self.err(&v.span(), &t.key("on_unavailable"), message);
+                    OnUnavailable::Local
+                }
+            };
+        }
+        if let Some(v) = t.get("key_prefix")
+            && let Some(s) = self.string(v, &t.key("key_prefix"))
+        {
+            s.clone_into(&mut redis.key_prefix);
+        }
+        redis.servers = servers?;
+        Some(StateBackend::Redis(redis))
+    }
+
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…`.
+    fn redis_url(&mut self, url: &str, span: &Range<usize>, key: &str) -> Option<String> {
+        let problem = match url.split_once("://") {
+            Some(("redis" | "rediss", rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let host_port = authority.rsplit('@').next().unwrap_or("");
+                let db_ok = matches!(path, "" | "/") || path[1..].parse::<u16>().is_ok();
+                // What follows the host: nothing or `:PORT` (after `[…]` for IPv6).
+                let after_host = match host_port.strip_prefix('[') {
+                    Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+                    None => host_port.find(':').map_or("", |i| &host_port[i..]),
+                };
+                let port_ok = after_host.is_empty()
+                    || after_host
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.parse::<u16>().is_ok());
+                match host_port.parse::<http::uri::Authority>() {
+                    _ if host_port.is_empty() => Some("no host"),
+                    Ok(a) if a.host().is_empty() => Some("no host"),
+                    Ok(_) if !port_ok => Some("invalid port"),
+                    Ok(_) if !db_ok => Some("the path must be a database number, e.g. /0"),
+                    Ok(_) => None,
+                    Err(_) => Some("invalid host or port"),
+                }
+            }
+            _ => Some("the scheme must be redis:// or rediss:// (TLS)"),
+        };
+        match problem {
+            None => Some(url.to_owned()),
+            Some(why) => {
+                let message = format!(
+                    "invalid Redis URL {:?}: {why} (expected e.g. \"redis://:password@10.0.0.5:6379/0\")",
+                    redact(url)
+                );
+                self.err(span, key, message);
+                None
+            }
+        }
     }
 
     fn tracing(&mut self, v: &Value<'_>) -> Option<Tracing> {

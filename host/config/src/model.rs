@@ -80,6 +80,9 @@ pub struct Gateway {
     pub dns: Dns,
     /// `[gateway.tracing]`: OpenTelemetry traces; absent (the default): no tracing.
     pub tracing: Option<Tracing>,
+    /// `[gateway.state]`: where plugins' shared state (rate-limit counters, KV) lives. Default
+    /// [`StateBackend::Memory`].
+    pub state: StateBackend,
     /// `max_connections`: the most client connections open at once on each listener (0, the
     /// default: no limit); more are closed as soon as they are accepted.
     pub max_connections: usize,
@@ -172,6 +175,86 @@ pub struct Tracing {
     pub timeout: Duration,
     /// `export_interval`: how often finished spans are sent, in batches. Default 5 s.
     pub export_interval: Duration,
+}
+
+/// `[gateway.state]`: where plugins' shared state lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StateBackend {
+    /// `backend = "memory"`: in this process; every gateway counts for itself. The default.
+    #[default]
+    Memory,
+    /// `backend = "redis"`: in Redis, shared by every gateway using it.
+    Redis(Redis),
+}
+
+/// `[gateway.state]` with `backend = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `url` (one server: `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS) or
+    /// `cluster` (the seed nodes of a Redis Cluster, each such a URL); exactly one is given.
+    pub servers: RedisServers,
+    /// `pool_size`: connections per server, each pipelining every command sent on it. Default 4.
+    pub pool_size: usize,
+    /// `timeout`: how long one command, or connecting, may take before Redis counts as
+    /// unavailable for it. Default 250 ms.
+    pub timeout: Duration,
+    /// `on_unavailable`: what a plugin's shared-state call does when Redis cannot answer.
+    /// Default [`OnUnavailable::Local`].
+    pub on_unavailable: OnUnavailable,
+    /// `key_prefix`: put before every key, so several gateway clusters can share one Redis.
+    /// Default `"wasmgate:"`.
+    pub key_prefix: String,
+}
+
+/// `gateway.state.url` or `gateway.state.cluster`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisServers {
+    /// `url`: one server.
+    Single(String),
+    /// `cluster`: seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisServers {
+    /// URLs without their password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&redact(url)).finish(),
+            Self::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(|u| redact(u)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// A Redis URL with its password replaced by `***`, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `gateway.state.on_unavailable`: what a shared-state call does when Redis cannot answer in
+/// time (down, unreachable, or slower than `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// `"local"`: this gateway's memory answers instead, so each gateway counts its own share
+    /// until Redis is back (a limit of N may admit up to N per gateway). The default.
+    Local,
+    /// `"deny"`: the request is refused with 503 (`state_unavailable`).
+    Deny,
+    /// `"allow"`: the call answers as if nothing were stored: counters read 0 (limits let
+    /// traffic through), values are absent, writes are dropped.
+    Allow,
 }
 
 /// `gateway.dns.lookup`.

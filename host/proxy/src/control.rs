@@ -145,6 +145,11 @@ impl Control {
     pub fn metrics(&self) -> &Metrics {
         &self.services.metrics
     }
+
+    /// The shared state's backend and whether it answers.
+    pub fn state_health(&self) -> wasmgate_runtime::StateHealth {
+        self.services.state_health()
+    }
 }
 
 /// Refuses routes served over https only when the running gateway has no TLS listener (the
@@ -215,6 +220,7 @@ fn keep_running(running: &Gateway, file: &mut Gateway) -> Vec<&'static str> {
     keep!("gateway.shutdown_grace", shutdown_grace);
     keep!("gateway.http2", http2);
     keep!("gateway.tracing", tracing);
+    keep!("gateway.state", state);
     keep!("gateway.watch", watch);
     keep!("gateway.workers", workers);
     keep!("gateway.proxy_protocol", proxy_protocol);

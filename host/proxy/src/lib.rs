@@ -47,7 +47,7 @@ use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmgate_config::{AccessLog as AccessLogConfig, Config, Diagnostic};
-use wasmgate_runtime::{Loader, MemoryState, Runtime};
+use wasmgate_runtime::{Loader, Runtime, SharedState, StateHealth};
 use wasmgate_telemetry::{AccessLog, Metrics, Tracing};
 
 pub use body::{Body, BodyError};
@@ -130,6 +130,7 @@ pub struct Services {
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
     loader: Arc<Loader>,
+    state: Arc<SharedState>,
 }
 
 impl Default for Services {
@@ -142,8 +143,32 @@ impl Services {
     /// Fresh metrics, an in-memory shared state and no compiled plugins.
     pub fn new() -> Self {
         let metrics = Arc::new(Metrics::new());
-        let loader = Arc::new(Loader::new(Arc::new(MemoryState::new()), metrics.clone()));
-        Self { metrics, loader }
+        Self::with_state(metrics, SharedState::memory())
+    }
+
+    /// Fresh metrics, the shared state `config` names (`[gateway.state]`) and no compiled
+    /// plugins. Redis connections open in the background: Redis being down does not stop the
+    /// gateway from starting. Must run inside the tokio runtime the gateway is controlled from.
+    pub fn for_config(config: &Config) -> Result<Self, Diagnostic> {
+        let metrics = Arc::new(Metrics::new());
+        let state = SharedState::from_config(&config.gateway.state, metrics.state().clone())
+            .map_err(|e| config.diagnostic("gateway.state", e.to_string()))?;
+        Ok(Self::with_state(metrics, state))
+    }
+
+    fn with_state(metrics: Arc<Metrics>, state: SharedState) -> Self {
+        let state = Arc::new(state);
+        let loader = Arc::new(Loader::new(state.clone(), metrics.clone()));
+        Self {
+            metrics,
+            loader,
+            state,
+        }
+    }
+
+    /// The shared state's backend and whether it answers.
+    pub fn state_health(&self) -> StateHealth {
+        self.state.health()
     }
 }
 
@@ -254,7 +279,7 @@ impl Gateway {
     /// Loads `config`'s plugins, builds the data path and binds every listener. Must run inside
     /// a tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let services = Services::new();
+        let services = Services::for_config(&config).map_err(|d| StartError::Config(vec![d]))?;
         let prepared = prepare_with(&services, config)
             .await
             .map_err(StartError::Config)?;

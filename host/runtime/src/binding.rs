@@ -19,7 +19,7 @@ use crate::exchange::{Edit, Input, MAX_INPUTS, RequestView, ResponseView};
 use crate::imports::{Exchange, HostState, Tags, header_edits};
 use crate::instances::{Checkout, Instance, Instances, Recipe};
 use crate::invoke::{self, CallError, Hook, RequestVerdict, ResponseVerdict, Verdict};
-use crate::shared::SharedState;
+use wasmgate_state::SharedState;
 
 /// How a plugin call went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,7 +139,7 @@ impl Binding {
     pub(crate) async fn new(
         engine: Arc<Engine>,
         pre: PluginPre<HostState>,
-        shared: Arc<dyn SharedState>,
+        shared: Arc<SharedState>,
         route: &str,
         entry: &PluginEntry,
         workers: usize,

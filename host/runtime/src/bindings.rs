@@ -3,7 +3,11 @@
 wasmtime::component::bindgen!({
     world: "wasmgate:plugin/plugin",
     path: "../../wit",
-    imports: { default: trappable },
+    // Shared-state calls may go to Redis: they await the network instead of blocking the worker.
+    imports: {
+        "wasmgate:plugin/shared-state": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     with: {
         "wasmgate:plugin/types.request": crate::imports::RequestHandle,

@@ -18,7 +18,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::bindings::{Plugin, PluginPre};
 use crate::engine::Engine;
 use crate::imports::{HostState, Tags};
-use crate::shared::SharedState;
+use wasmgate_state::SharedState;
 
 /// How long a request waits for an instance before it gets a 503.
 pub(crate) const CHECKOUT_WAIT: Duration = Duration::from_secs(1);
@@ -39,7 +39,7 @@ pub(crate) struct Recipe {
     pub(crate) engine: Arc<Engine>,
     pub(crate) pre: PluginPre<HostState>,
     pub(crate) tags: Arc<Tags>,
-    pub(crate) shared: Arc<dyn SharedState>,
+    pub(crate) shared: Arc<SharedState>,
     pub(crate) memory: usize,
 }
 

@@ -101,6 +101,7 @@ pub(crate) async fn call(
     hook: Hook,
 ) -> (Exchange, Result<Verdict, CallError>) {
     let filter = instance.plugin.wasmgate_plugin_http_filter();
+    let is_request = matches!(hook, Hook::Request(_));
     // The handles carry no data: the host serves the exchange in the store.
     let result = match hook {
         Hook::Request(inputs) => filter
@@ -112,8 +113,12 @@ pub(crate) async fn call(
             .await
             .map(|r| r.map(Returned::Response)),
     };
-    let exchange = std::mem::take(&mut instance.store.data_mut().exchange);
+    let mut exchange = std::mem::take(&mut instance.store.data_mut().exchange);
+    let refused = exchange.state_refused.take();
     let outcome = match result {
+        // The shared state refused a call (`on_unavailable = "deny"`): whatever the plugin
+        // decided on the neutral answer it got, the request is refused.
+        Ok(_) if refused.is_some() => Ok(state_unavailable(is_request)),
         Ok(Ok(returned)) => returned.check().map_err(CallError::Plugin),
         Ok(Err(e)) => Err(CallError::Plugin(e.message)),
         Err(e) => {
@@ -122,6 +127,32 @@ pub(crate) async fn call(
         }
     };
     (exchange, outcome)
+}
+
+/// The verdict of a hook whose shared-state call was refused: 503 `state_unavailable`.
+fn state_unavailable(request: bool) -> Verdict {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let decision = Decision::Reject(PluginRejection {
+        status: http::StatusCode::SERVICE_UNAVAILABLE,
+        error: "state_unavailable".to_owned(),
+        message: "the gateway's shared state is unavailable; retry shortly".to_owned(),
+        headers,
+    });
+    if request {
+        Verdict::Request(RequestVerdict {
+            decision,
+            request_edits: Vec::new(),
+            response_edits: Vec::new(),
+            context_writes: Vec::new(),
+        })
+    } else {
+        Verdict::Response(ResponseVerdict {
+            decision,
+            response_edits: Vec::new(),
+            context_writes: Vec::new(),
+        })
+    }
 }
 
 enum Returned {

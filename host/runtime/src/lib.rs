@@ -23,7 +23,6 @@ mod guest_output;
 mod imports;
 mod instances;
 mod invoke;
-mod shared;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +38,7 @@ pub use binding::{Binding, Failure, FailureCounts, FailureKind};
 pub use chain::{Chain, RequestOutcome, ResponseOutcome};
 pub use engine::{Engine, EngineError, EngineSettings};
 pub use exchange::{Context, HookCall, RequestView, ResponseView};
-pub use shared::{Counter, MemoryState, SharedState};
+pub use wasmgate_state::{Health as StateHealth, SharedState};
 
 use bindings::PluginPre;
 use imports::HostState;
@@ -94,7 +93,7 @@ pub struct Runtime {
 /// reuse: the engine (while its limits still fit), components compiled from unchanged files, the
 /// shared state (so rate limits survive a reload) and the metrics.
 pub struct Loader {
-    shared: Arc<dyn SharedState>,
+    shared: Arc<SharedState>,
     metrics: Arc<Metrics>,
     cached: Mutex<Option<Cached>>,
 }
@@ -114,7 +113,7 @@ impl std::fmt::Debug for Loader {
 
 impl Loader {
     /// A loader whose plugins share `shared` and report to `metrics`.
-    pub fn new(shared: Arc<dyn SharedState>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(shared: Arc<SharedState>, metrics: Arc<Metrics>) -> Self {
         Self {
             shared,
             metrics,
@@ -311,10 +310,7 @@ impl Loader {
 impl Runtime {
     /// Loads a configuration's plugins with a loader of its own (fresh shared state, metrics
     /// registered nowhere): for `wasmgate check`, tools and benchmarks.
-    pub async fn load(
-        config: &Config,
-        shared: Arc<dyn SharedState>,
-    ) -> Result<Self, Vec<Diagnostic>> {
+    pub async fn load(config: &Config, shared: Arc<SharedState>) -> Result<Self, Vec<Diagnostic>> {
         Loader::new(shared, Arc::new(Metrics::new()))
             .load(config)
             .await

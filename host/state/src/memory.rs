@@ -1,46 +1,15 @@
-//! Shared state behind the `shared-state` interface: windowed counters and a KV store with TTL
-//! and compare-and-swap, shared by every instance of a plugin.
-//!
-//! [`SharedState`] is the seam for a cluster backend (Redis) later; [`MemoryState`] keeps it in
-//! this process, lock-striped by `dashmap`. Counters count with `wasmgate_counters`, as the
-//! SDK's test double does, so a plugin's native tests and the gateway agree: a counter is its key
-//! and its window length, in fixed windows aligned on the UNIX epoch.
+//! Shared state in this process: the `memory` backend, and what the `redis` backend falls back
+//! to with `on_unavailable = "local"`. Counters count with `wasmgate_counters`, as the SDK's
+//! test double does, so a plugin's native tests and the gateway agree: a counter is its key and
+//! its window length, in fixed windows aligned on the UNIX epoch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use wasmgate_counters::{LimitState, Quota, Verdict};
 
-/// A windowed counter's state after an update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter {
-    /// The count in the current window.
-    pub value: i64,
-    /// Time left until the window ends (zero for counters that never reset).
-    pub reset: Duration,
-}
-
-/// Where plugins' shared state lives. Keys arrive already namespaced per plugin.
-pub trait SharedState: Send + Sync + std::fmt::Debug {
-    /// Atomically adds `delta` to `key` in fixed windows of `window` (zero: never resets).
-    fn counter_add(&self, key: &str, delta: i64, window: Duration) -> Counter;
-    /// Reads `key` without changing it.
-    fn counter_get(&self, key: &str, window: Duration) -> Counter;
-    /// The value under `key` unless absent or expired.
-    fn kv_get(&self, key: &str) -> Option<String>;
-    /// Stores `value` under `key`, expiring after `ttl` (zero: never).
-    fn kv_set(&self, key: &str, value: String, ttl: Duration);
-    /// Stores `value` if the current value is `expected` (`None`: absent); whether it stored.
-    fn kv_compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&str>,
-        value: String,
-        ttl: Duration,
-    ) -> bool;
-    /// Removes `key`.
-    fn kv_delete(&self, key: &str);
-}
+use crate::{Counter, millis, now_ms};
 
 /// Shared state in this process's memory. Counters whose window ended and expired values are
 /// swept every [`SWEEP_EVERY`] new keys, so keys chosen by clients (a limit per IP) do not grow
@@ -50,21 +19,13 @@ pub struct MemoryState {
     /// By `wasmgate_counters::storage_key`: the stored count and the window length.
     counters: DashMap<String, (wasmgate_counters::Stored, u64)>,
     kv: DashMap<String, (String, Option<u64>)>,
+    /// Rate limits by key: the algorithm's state and how long it matters (ms since the epoch).
+    limits: DashMap<String, (LimitState, u64)>,
     new_keys: AtomicU64,
 }
 
 /// New keys between two sweeps of dead entries.
 pub(crate) const SWEEP_EVERY: u64 = 4096;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 fn counter(c: wasmgate_counters::Counter) -> Counter {
     Counter {
@@ -79,9 +40,9 @@ impl MemoryState {
         Self::default()
     }
 
-    /// Counters and values held, live or not yet swept.
+    /// Counters, limits and values held, live or not yet swept.
     pub fn len(&self) -> usize {
-        self.counters.len() + self.kv.len()
+        self.counters.len() + self.kv.len() + self.limits.len()
     }
 
     /// Whether nothing is held.
@@ -89,7 +50,7 @@ impl MemoryState {
         self.len() == 0
     }
 
-    fn counter_at(&self, key: &str, delta: i64, window: Duration, now: u64) -> Counter {
+    pub(crate) fn counter_at(&self, key: &str, delta: i64, window: Duration, now: u64) -> Counter {
         let length = millis(window);
         let key = wasmgate_counters::storage_key(key, length);
         if let Some(mut entry) = self.counters.get_mut(&key) {
@@ -113,7 +74,7 @@ impl MemoryState {
         counter(reported)
     }
 
-    fn counter_get_at(&self, key: &str, window: Duration, now: u64) -> Counter {
+    pub(crate) fn counter_get_at(&self, key: &str, window: Duration, now: u64) -> Counter {
         let length = millis(window);
         let stored = self
             .counters
@@ -130,7 +91,37 @@ impl MemoryState {
                 .retain(|_, (stored, length)| !wasmgate_counters::expired(*stored, now, *length));
             self.kv
                 .retain(|_, (_, expires)| expires.is_none_or(|e| e > now));
+            self.limits.retain(|_, (_, until)| *until > now);
         }
+    }
+
+    /// Decides a request costing `cost` against `quota` for `key` at `now`, and records it.
+    pub(crate) fn limit_at(&self, key: &str, quota: Quota, cost: u64, now: u64) -> Verdict {
+        let decide = |held: Option<&(LimitState, u64)>| {
+            let state = held.filter(|(_, until)| *until > now).map(|(s, _)| *s);
+            let (state, verdict) = wasmgate_counters::decide(state, now, quota, cost);
+            let until = now.saturating_add(wasmgate_counters::ttl_ms(state, now, quota));
+            ((state, until), verdict)
+        };
+        if let Some(mut entry) = self.limits.get_mut(key) {
+            let (held, verdict) = decide(Some(&entry));
+            *entry = held;
+            return verdict;
+        }
+        let verdict = match self.limits.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(mut o) => {
+                let (held, verdict) = decide(Some(o.get()));
+                o.insert(held);
+                return verdict;
+            }
+            dashmap::Entry::Vacant(v) => {
+                let (held, verdict) = decide(None);
+                v.insert(held);
+                verdict
+            }
+        };
+        self.created(now);
+        verdict
     }
 }
 
@@ -141,21 +132,25 @@ fn live(entry: &(String, Option<u64>), now: u64) -> Option<&str> {
     }
 }
 
-impl SharedState for MemoryState {
-    fn counter_add(&self, key: &str, delta: i64, window: Duration) -> Counter {
+impl MemoryState {
+    /// Adds `delta` to `key` in fixed windows of `window` (zero: never resets).
+    pub fn counter_add(&self, key: &str, delta: i64, window: Duration) -> Counter {
         self.counter_at(key, delta, window, now_ms())
     }
 
-    fn counter_get(&self, key: &str, window: Duration) -> Counter {
+    /// Reads `key` without changing it.
+    pub fn counter_get(&self, key: &str, window: Duration) -> Counter {
         self.counter_get_at(key, window, now_ms())
     }
 
-    fn kv_get(&self, key: &str) -> Option<String> {
+    /// The value under `key` unless absent or expired.
+    pub fn kv_get(&self, key: &str) -> Option<String> {
         let entry = self.kv.get(key)?;
         live(&entry, now_ms()).map(str::to_owned)
     }
 
-    fn kv_set(&self, key: &str, value: String, ttl: Duration) {
+    /// Stores `value` under `key`, expiring after `ttl` (zero: never).
+    pub fn kv_set(&self, key: &str, value: String, ttl: Duration) {
         if self
             .kv
             .insert(key.to_owned(), (value, expiry(ttl)))
@@ -165,7 +160,8 @@ impl SharedState for MemoryState {
         }
     }
 
-    fn kv_compare_and_swap(
+    /// Stores `value` if the current value is `expected` (`None`: absent); whether it stored.
+    pub fn kv_compare_and_swap(
         &self,
         key: &str,
         expected: Option<&str>,
@@ -200,7 +196,8 @@ impl SharedState for MemoryState {
         true
     }
 
-    fn kv_delete(&self, key: &str) {
+    /// Removes `key`.
+    pub fn kv_delete(&self, key: &str) {
         self.kv.remove(key);
     }
 }

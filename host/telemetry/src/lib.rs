@@ -8,6 +8,6 @@ mod traces;
 pub use access_log::{AccessEntry, AccessLog, millis};
 pub use metrics::{
     CONTENT_TYPE, CheckMetrics, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics,
-    PluginMetrics, RouteMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
+    PluginMetrics, RouteMetrics, StateMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
 };
 pub use traces::{Tracing, TracingError};

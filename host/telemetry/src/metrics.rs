@@ -67,6 +67,16 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -140,6 +150,47 @@ pub struct Metrics {
     connections: Gauge,
     access_log_dropped: Counter,
     send_timeouts: Counter,
+    state: StateMetrics,
+}
+
+/// The shared-state backend's metrics (`wasmgate_state_*`): Redis command latency and errors,
+/// calls answered by the `on_unavailable` policy, and whether Redis answers.
+#[derive(Clone, Debug)]
+pub struct StateMetrics {
+    duration: HistogramFamily<OpLabels>,
+    errors: Family<OpLabels, Counter>,
+    fallbacks: Family<PolicyLabels, Counter>,
+    syncs: Counter,
+    available: Gauge,
+}
+
+impl StateMetrics {
+    /// A Redis command `op` took `elapsed`.
+    pub fn observe(&self, op: &'static str, elapsed: Duration) {
+        self.duration
+            .get_or_create(&OpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A Redis command `op` failed or timed out.
+    pub fn failed(&self, op: &'static str) {
+        self.errors.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// A call was answered by the `on_unavailable` policy (`local`, `deny` or `allow`).
+    pub fn fell_back(&self, policy: &'static str) {
+        self.fallbacks.get_or_create(&PolicyLabels { policy }).inc();
+    }
+
+    /// A batched limit's local counts were sent to Redis.
+    pub fn synced(&self) {
+        self.syncs.inc();
+    }
+
+    /// Whether Redis answers (1) or not (0).
+    pub fn set_available(&self, up: bool) {
+        self.available.set(i64::from(up));
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -316,7 +367,40 @@ impl Metrics {
             "Client connections closed because a response waited longer than gateway.send_timeout for the client to take more of it",
             send_timeouts.clone(),
         );
+        let state = StateMetrics {
+            duration: Family::new_with_constructor(|| Histogram::new(PLUGIN_BUCKETS)),
+            errors: Family::default(),
+            fallbacks: Family::default(),
+            syncs: Counter::default(),
+            available: Gauge::default(),
+        };
+        registry.register(
+            "state_redis_duration_seconds",
+            "Redis commands of the shared state, by operation",
+            state.duration.clone(),
+        );
+        registry.register(
+            "state_redis_errors",
+            "Redis commands of the shared state that failed or timed out, by operation",
+            state.errors.clone(),
+        );
+        registry.register(
+            "state_fallbacks",
+            "Shared-state calls answered by gateway.state.on_unavailable because Redis could not answer",
+            state.fallbacks.clone(),
+        );
+        registry.register(
+            "state_batch_syncs",
+            "Times a batched rate limit's local counts were sent to Redis",
+            state.syncs.clone(),
+        );
+        registry.register(
+            "state_redis_available",
+            "Whether the shared state answers: Redis reachable (1) or not (0); always 1 with the memory backend",
+            state.available.clone(),
+        );
         Self {
+            state,
             registry,
             requests,
             request_duration,
@@ -343,6 +427,11 @@ impl Metrics {
             access_log_dropped,
             send_timeouts,
         }
+    }
+
+    /// The shared-state backend's metrics.
+    pub fn state(&self) -> &StateMetrics {
+        &self.state
     }
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), which Prometheus scrapes.

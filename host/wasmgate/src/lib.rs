@@ -306,9 +306,16 @@ async fn post_reload(
 
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let services = Services::new();
         // The fingerprint of exactly the bytes loaded: the watcher compares later saves with it.
         let file = ConfigFile::read(path);
+        let services = match &file.config {
+            Ok(config) => match Services::for_config(config) {
+                Ok(services) => services,
+                Err(problem) => return Ok(refuse(path, &[problem])),
+            },
+            // Refused below, with every problem.
+            Err(_) => Services::new(),
+        };
         let fingerprint = file.fingerprint;
         let Some(prepared) = prepare(file.config, &services).await else {
             return Ok(refuse(path, &[]));

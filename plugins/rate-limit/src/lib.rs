@@ -32,6 +32,7 @@ use quota::Decision;
 const LIMIT_HEADER: &str = "ratelimit-limit";
 const REMAINING_HEADER: &str = "ratelimit-remaining";
 const RESET_HEADER: &str = "ratelimit-reset";
+const POLICY_HEADER: &str = "ratelimit-policy";
 
 /// The route entry's `config` table.
 #[derive(Debug, Deserialize)]
@@ -55,11 +56,39 @@ pub struct Config {
     /// give entries different namespaces to count separately. Default `""`.
     #[serde(default)]
     pub namespace: String,
+    /// How requests are counted: `"fixed_window"` (windows aligned on the clock; every request
+    /// counts, refused ones too), `"sliding_window"` (the previous window weighted by how much of
+    /// it the last `window` still covers: no double burst across a boundary) or `"token_bucket"`
+    /// (a bucket of `limit` refilling evenly over `window`: bursts up to `limit`, then a steady
+    /// rate). Default `"fixed_window"`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// With `[gateway.state] backend = "redis"`: `"exact"` (every request decided by Redis; the
+    /// limit holds exactly across gateways) or `"batched"` (each gateway decides alone while the
+    /// limit is far and syncs every `sync_interval`; a small overshoot when traffic surges, for
+    /// almost no latency). No effect with the memory backend. Default `"exact"`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// How often a `batched` limit syncs, at least 10ms. Default `"100ms"`.
+    #[serde(default)]
+    pub sync_interval: Option<Duration>,
+}
+
+fn default_algorithm() -> String {
+    "fixed_window".to_owned()
+}
+
+fn default_mode() -> String {
+    "exact".to_owned()
 }
 
 fn default_window() -> Duration {
     Duration::new(std::time::Duration::from_secs(60))
 }
+
+/// The largest limit per window: the Redis scripts count in doubles, exact below 2^53, and a
+/// token bucket multiplies the limit by a window's milliseconds.
+const MAX_LIMIT: u64 = 10_000_000;
 
 fn default_by() -> String {
     "consumer".to_owned()
@@ -72,6 +101,9 @@ pub struct RateLimit {
     limit: u64,
     overrides: HashMap<String, u64>,
     window: std::time::Duration,
+    quota: state::Quota,
+    /// `RateLimit-Policy` of the default limit, e.g. `100;w=60`.
+    policy: String,
     /// Start of every counter key: namespace and window, so that entries share counters only
     /// when both agree (the host namespaces keys per plugin name, not per route or entry; and
     /// one key must never be used with two windows, whose boundaries differ).
@@ -104,13 +136,19 @@ impl Plugin for RateLimit {
     fn on_request(&self, req: &mut Request<'_>, ctx: &Context) -> Result<Action, Error> {
         let identity = self.by.identify(req, ctx);
         let limit = self.limit_for(&identity);
-        let counter = state::counter_add(&identity.counter_key(&self.key_prefix), 1, self.window);
-        let decision = Decision::new(limit, counter.value, counter.reset);
+        let quota = state::Quota {
+            limit,
+            ..self.quota
+        };
+        let verdict = state::limit(&identity.counter_key(&self.key_prefix), 1, quota);
+        let decision = Decision::new(limit, verdict);
+        let policy = self.policy_for(limit);
         if !decision.allowed {
             // This plugin's own response turn does not run after its answer: the answer carries
             // the headers itself.
-            return Ok(self.refusal(&decision));
+            return Ok(self.refusal(&decision, &policy));
         }
+        req.set_response_header(POLICY_HEADER, &policy)?;
         req.set_response_header(LIMIT_HEADER, &decision.limit.to_string())?;
         req.set_response_header(REMAINING_HEADER, &decision.remaining.to_string())?;
         req.set_response_header(RESET_HEADER, &decision.reset_secs.to_string())?;
@@ -146,7 +184,62 @@ impl RateLimit {
                 "overrides.{name} = 0: must be at least 1"
             )));
         }
+        let algorithm = match config.algorithm.as_str() {
+            "fixed_window" => state::Algorithm::FixedWindow,
+            "sliding_window" => state::Algorithm::SlidingWindow,
+            "token_bucket" => state::Algorithm::TokenBucket,
+            other => {
+                return Err(ConfigError::new(format!(
+                    r#"algorithm = {other:?}: expected "fixed_window", "sliding_window" or "token_bucket""#
+                )));
+            }
+        };
+        let accuracy = match (config.mode.as_str(), config.sync_interval) {
+            ("exact", None) => state::Accuracy::Exact,
+            ("exact", Some(_)) => {
+                return Err(ConfigError::new(
+                    r#"sync_interval: applies with mode = "batched" only"#,
+                ));
+            }
+            ("batched", interval) => {
+                let sync_interval =
+                    interval.map_or(std::time::Duration::from_millis(100), |d| d.get());
+                if sync_interval < std::time::Duration::from_millis(10) {
+                    return Err(ConfigError::new(format!(
+                        "sync_interval = {sync_interval:?}: must be at least 10ms"
+                    )));
+                }
+                state::Accuracy::Batched { sync_interval }
+            }
+            (other, _) => {
+                return Err(ConfigError::new(format!(
+                    r#"mode = {other:?}: expected "exact" or "batched""#
+                )));
+            }
+        };
+        let too_high = std::iter::once(&config.limit)
+            .chain(config.overrides.values())
+            .find(|limit| **limit > MAX_LIMIT);
+        if let Some(limit) = too_high {
+            return Err(ConfigError::new(format!(
+                "a limit of {limit}: at most {MAX_LIMIT} per window"
+            )));
+        }
         let window_ms = window.as_millis();
+        let highest = std::iter::once(config.limit)
+            .chain(config.overrides.values().copied())
+            .max()
+            .unwrap_or(config.limit);
+        if u128::from(highest) * window_ms > 1 << 53 {
+            return Err(ConfigError::new(format!(
+                "a limit of {highest} per {window:?}: the limit times the window in milliseconds must stay below 2^53 (use a shorter window)"
+            )));
+        }
+        if algorithm == state::Algorithm::TokenBucket && u128::from(highest) > 1000 * window_ms {
+            return Err(ConfigError::new(format!(
+                "a limit of {highest} per {window:?}: a token bucket refills at most 1000 per millisecond"
+            )));
+        }
         let namespace = config.namespace;
         // Header values are counted per header: `by = "header:x-a"` and `"header:x-b"` entries
         // must not share a counter because two clients sent the same value in different headers.
@@ -160,6 +253,13 @@ impl RateLimit {
             limit: config.limit,
             overrides: config.overrides.into_iter().collect(),
             window,
+            quota: state::Quota {
+                limit: config.limit,
+                window,
+                algorithm,
+                accuracy,
+            },
+            policy: quota::policy(config.limit, window),
         })
     }
 
@@ -171,17 +271,28 @@ impl RateLimit {
             .unwrap_or(self.limit)
     }
 
-    fn refusal(&self, decision: &Decision) -> Action {
+    /// `RateLimit-Policy` for `limit`: computed once for the default limit.
+    fn policy_for(&self, limit: u64) -> std::borrow::Cow<'_, str> {
+        if limit == self.limit {
+            std::borrow::Cow::Borrowed(&self.policy)
+        } else {
+            std::borrow::Cow::Owned(quota::policy(limit, self.window))
+        }
+    }
+
+    fn refusal(&self, decision: &Decision, policy: &str) -> Action {
         let limit = decision.limit.to_string();
         let reset = decision.reset_secs.to_string();
+        let retry_after = decision.retry_after_secs.to_string();
         let message = format!(
             "rate limit of {} requests per {} s exceeded; retry in {} s",
             decision.limit,
             quota::secs_rounded_up(self.window),
-            decision.reset_secs,
+            decision.retry_after_secs,
         );
         Action::reject(429, "rate_limited", message)
-            .header("retry-after", reset.as_str())
+            .header("retry-after", retry_after.as_str())
+            .header(POLICY_HEADER, policy)
             .header(LIMIT_HEADER, limit)
             .header(REMAINING_HEADER, "0")
             .header(RESET_HEADER, reset)

@@ -2,38 +2,47 @@
 
 use std::time::Duration;
 
-/// The outcome of counting one request against its limit in the current window.
+use wasmgate_sdk::state::Verdict;
+
+/// The answer to one request, in the numbers the client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Decision {
     /// The limit that applied (`RateLimit-Limit`).
     pub(crate) limit: u64,
-    /// Requests still allowed in this window after this one (`RateLimit-Remaining`); never
-    /// negative, 0 once the limit is reached.
+    /// Requests still allowed right after this one (`RateLimit-Remaining`); 0 once refused.
     pub(crate) remaining: u64,
-    /// Whole seconds until the window ends, rounded up and at least 1 (`RateLimit-Reset`, and
-    /// `Retry-After` when refused). At least 1 because "0" would invite an immediate retry that
-    /// may still land in the closing window.
+    /// Whole seconds until the limit is entirely available again, rounded up and at least 1
+    /// (`RateLimit-Reset`). At least 1 because "0" would invite an immediate retry that may
+    /// still be refused.
     pub(crate) reset_secs: u64,
+    /// When refused, whole seconds until the same request would pass, rounded up and at least 1
+    /// (`Retry-After`).
+    pub(crate) retry_after_secs: u64,
     /// Whether this request is within the limit.
     pub(crate) allowed: bool,
 }
 
 impl Decision {
-    /// `count` is the window's count after this request was added (so the first request of a
-    /// window has count 1); `reset` is the time left in the window.
-    ///
-    /// Refused requests are counted too (the counter is added to before the answer is known), so
-    /// `count` may exceed `limit` by any amount; a negative count (not produced by this plugin)
-    /// counts as zero.
-    pub(crate) fn new(limit: u64, count: i64, reset: Duration) -> Self {
-        let used = u64::try_from(count).unwrap_or(0);
+    /// The gateway's `verdict` on a request under `limit`.
+    pub(crate) fn new(limit: u64, verdict: Verdict) -> Self {
         Self {
             limit,
-            remaining: limit.saturating_sub(used),
-            reset_secs: secs_rounded_up(reset).max(1),
-            allowed: used <= limit,
+            remaining: if verdict.allowed {
+                verdict.remaining
+            } else {
+                0
+            },
+            reset_secs: secs_rounded_up(verdict.reset).max(1),
+            retry_after_secs: secs_rounded_up(verdict.retry_after).max(1),
+            allowed: verdict.allowed,
         }
     }
+}
+
+/// The `RateLimit-Policy` field (draft-ietf-httpapi-ratelimit-headers): the quota and its
+/// window in seconds, e.g. `100;w=60`.
+pub(crate) fn policy(limit: u64, window: Duration) -> String {
+    format!("{limit};w={}", secs_rounded_up(window))
 }
 
 /// Whole seconds in `duration`, rounded up.
@@ -47,59 +56,47 @@ mod tests {
 
     use super::*;
 
+    fn verdict(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: u64) -> Verdict {
+        Verdict {
+            allowed,
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            retry_after: Duration::from_millis(retry_ms),
+        }
+    }
+
     #[test]
-    fn first_request_of_a_window_leaves_limit_minus_one() {
-        let d = Decision::new(10, 1, Duration::from_millis(59_001));
+    fn an_allowed_request_shows_what_remains_and_when_it_resets() {
+        let d = Decision::new(10, verdict(true, 9, 59_001, 0));
         assert_eq!(
-            d,
-            Decision {
-                limit: 10,
-                remaining: 9,
-                reset_secs: 60,
-                allowed: true
-            }
+            (d.limit, d.remaining, d.reset_secs, d.allowed),
+            (10, 9, 60, true)
         );
     }
 
     #[test]
-    fn the_request_at_the_limit_passes_and_the_next_is_refused() {
-        assert!(Decision::new(3, 3, Duration::from_secs(1)).allowed);
-        let over = Decision::new(3, 4, Duration::from_secs(1));
-        assert!(!over.allowed);
-        assert_eq!(over.remaining, 0);
+    fn a_refusal_shows_nothing_remaining_and_when_to_retry() {
+        let d = Decision::new(3, verdict(false, 0, 30_000, 1_500));
+        assert!(!d.allowed);
+        assert_eq!((d.remaining, d.retry_after_secs), (0, 2));
     }
 
     #[test]
-    fn reset_is_at_least_one_second() {
-        assert_eq!(Decision::new(1, 1, Duration::ZERO).reset_secs, 1);
-        assert_eq!(Decision::new(1, 1, Duration::from_millis(1)).reset_secs, 1);
+    fn reset_and_retry_are_at_least_one_second() {
+        let d = Decision::new(1, verdict(false, 0, 0, 1));
+        assert_eq!((d.reset_secs, d.retry_after_secs), (1, 1));
+    }
+
+    #[test]
+    fn the_policy_names_the_quota_and_its_window_in_seconds() {
+        assert_eq!(policy(100, Duration::from_secs(60)), "100;w=60");
+        assert_eq!(policy(5, Duration::from_millis(1500)), "5;w=2");
     }
 
     proptest! {
         #[test]
-        fn remaining_never_goes_negative_and_counts_down_by_one(
-            limit in 1u64..1_000_000,
-            count in -5i64..2_000_000,
-            reset_ms in 0u64..100_000_000,
-        ) {
-            let d = Decision::new(limit, count, Duration::from_millis(reset_ms));
-            let used = u64::try_from(count).unwrap_or(0);
-            prop_assert!(d.remaining <= limit);
-            prop_assert_eq!(d.allowed, used <= limit);
-            if d.allowed {
-                prop_assert_eq!(d.remaining, limit - used);
-            } else {
-                prop_assert_eq!(d.remaining, 0);
-            }
-            let next = Decision::new(limit, count.saturating_add(1), Duration::from_millis(reset_ms));
-            if count >= 0 {
-                prop_assert_eq!(next.remaining, d.remaining.saturating_sub(1));
-            }
-        }
-
-        #[test]
         fn reset_rounds_the_time_left_up_to_whole_seconds(reset_ms in 0u64..100_000_000) {
-            let d = Decision::new(1, 1, Duration::from_millis(reset_ms));
+            let d = Decision::new(1, verdict(true, 0, reset_ms, 0));
             prop_assert!(d.reset_secs >= 1);
             prop_assert!(d.reset_secs * 1000 >= reset_ms, "never promises a reset too early");
             prop_assert!(reset_ms == 0 || (d.reset_secs - 1) * 1000 < reset_ms, "at most 1 s late");

@@ -31,6 +31,7 @@ mod proxy;
 mod quickstart;
 mod rate_limit;
 mod retries;
+mod shared_state;
 mod tracing;
 mod transform;
 mod upstream_pool;

@@ -16,7 +16,7 @@ use wasmgate_telemetry::PluginMetrics;
 
 use crate::exchange::{Context, RequestView, ResponseView};
 use crate::guest_output::GuestOutput;
-use crate::shared::SharedState;
+use wasmgate_state::SharedState;
 
 pub(crate) use messages::edits as header_edits;
 #[expect(
@@ -32,6 +32,9 @@ pub(crate) struct Exchange {
     pub(crate) response: Option<ResponseView>,
     pub(crate) context: Context,
     pub(crate) request_id: Option<HeaderValue>,
+    /// Why a shared-state call was refused (`on_unavailable = "deny"`): the hook's verdict
+    /// becomes a 503 whatever it returns.
+    pub(crate) state_refused: Option<String>,
 }
 
 /// Who a store belongs to, for logs and state namespacing.
@@ -101,7 +104,7 @@ pub(crate) struct HostState {
     /// The engine's epoch count, shared with its ticker.
     pub(crate) epoch: Arc<AtomicU64>,
     pub(crate) tags: Arc<Tags>,
-    pub(crate) shared: Arc<dyn SharedState>,
+    pub(crate) shared: Arc<SharedState>,
     pub(crate) body_allowed: bool,
 }
 
@@ -117,7 +120,7 @@ impl std::fmt::Debug for HostState {
 impl HostState {
     pub(crate) fn new(
         tags: Arc<Tags>,
-        shared: Arc<dyn SharedState>,
+        shared: Arc<SharedState>,
         memory: usize,
         epoch: Arc<AtomicU64>,
     ) -> Self {

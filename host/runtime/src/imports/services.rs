@@ -1,9 +1,11 @@
 //! The services a plugin imports besides the messages: the per-request context (reads of keys
 //! it did not declare), logging into the gateway's log, its own Prometheus counters, and the
-//! shared state (windowed counters, a KV store) behind [`SharedState`](crate::SharedState).
+//! shared state (windowed counters, rate limits, a KV store) behind
+//! [`SharedState`](crate::SharedState), whose calls may await Redis.
 
 use std::time::Duration;
 
+use wasmgate_state::{Accuracy, Algorithm, Quota, Refused, Verdict};
 use wasmgate_telemetry::{CounterError, MAX_PLUGIN_COUNTERS};
 
 use super::HostState;
@@ -68,65 +70,169 @@ impl metrics::Host for HostState {
     }
 }
 
+impl HostState {
+    /// What is left of the running call's `timeout`: a shared-state call waits no longer for
+    /// the network (the epoch only interrupts guest code, not a host call awaiting Redis).
+    fn budget(&self) -> Duration {
+        let now = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let used = now.saturating_sub(self.ticks.start);
+        let left = self.ticks.limit.saturating_sub(used).max(1);
+        crate::engine::EPOCH_TICK.saturating_mul(u32::try_from(left).unwrap_or(u32::MAX))
+    }
+
+    /// The answer of a shared-state call, or `neutral` when it was refused (`on_unavailable =
+    /// "deny"`): the guest goes on, and the hook's verdict becomes a 503 once it returns.
+    fn answered<T>(&mut self, result: Result<T, Refused>, neutral: T) -> T {
+        result.unwrap_or_else(|refused| {
+            self.exchange.state_refused.get_or_insert(refused.0);
+            neutral
+        })
+    }
+}
+
+fn counter(c: wasmgate_state::Counter) -> shared_state::Counter {
+    shared_state::Counter {
+        value: c.value,
+        reset_ms: u64::try_from(c.reset.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+const NO_COUNTER: shared_state::Counter = shared_state::Counter {
+    value: 0,
+    reset_ms: 0,
+};
+
 impl shared_state::Host for HostState {
-    fn counter_add(
+    async fn counter_add(
         &mut self,
         key: String,
         delta: i64,
         window_ms: u64,
     ) -> wasmtime::Result<shared_state::Counter> {
-        let c = self.shared.counter_add(
-            &self.namespaced(&key),
-            delta,
-            Duration::from_millis(window_ms),
-        );
-        Ok(shared_state::Counter {
-            value: c.value,
-            reset_ms: u64::try_from(c.reset.as_millis()).unwrap_or(u64::MAX),
-        })
+        let shared = self.shared.clone();
+        let result = shared
+            .counter_add(
+                &self.namespaced(&key),
+                delta,
+                Duration::from_millis(window_ms),
+                self.budget(),
+            )
+            .await
+            .map(counter);
+        Ok(self.answered(result, NO_COUNTER))
     }
 
-    fn counter_get(
+    async fn counter_get(
         &mut self,
         key: String,
         window_ms: u64,
     ) -> wasmtime::Result<shared_state::Counter> {
-        let c = self
-            .shared
-            .counter_get(&self.namespaced(&key), Duration::from_millis(window_ms));
-        Ok(shared_state::Counter {
-            value: c.value,
-            reset_ms: u64::try_from(c.reset.as_millis()).unwrap_or(u64::MAX),
-        })
+        let shared = self.shared.clone();
+        let result = shared
+            .counter_get(
+                &self.namespaced(&key),
+                Duration::from_millis(window_ms),
+                self.budget(),
+            )
+            .await
+            .map(counter);
+        Ok(self.answered(result, NO_COUNTER))
     }
 
-    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.shared.kv_get(&self.namespaced(&key)))
+    async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        let shared = self.shared.clone();
+        let result = shared.kv_get(&self.namespaced(&key), self.budget()).await;
+        Ok(self.answered(result, None))
     }
 
-    fn kv_set(&mut self, key: String, value: String, ttl_ms: u64) -> wasmtime::Result<()> {
-        self.shared
-            .kv_set(&self.namespaced(&key), value, Duration::from_millis(ttl_ms));
+    async fn kv_set(&mut self, key: String, value: String, ttl_ms: u64) -> wasmtime::Result<()> {
+        let shared = self.shared.clone();
+        let result = shared
+            .kv_set(
+                &self.namespaced(&key),
+                value,
+                Duration::from_millis(ttl_ms),
+                self.budget(),
+            )
+            .await;
+        self.answered(result, ());
         Ok(())
     }
 
-    fn kv_compare_and_swap(
+    async fn kv_compare_and_swap(
         &mut self,
         key: String,
         expected: Option<String>,
         value: String,
         ttl_ms: u64,
     ) -> wasmtime::Result<bool> {
-        Ok(self.shared.kv_compare_and_swap(
-            &self.namespaced(&key),
-            expected.as_deref(),
-            value,
-            Duration::from_millis(ttl_ms),
-        ))
+        let shared = self.shared.clone();
+        let result = shared
+            .kv_compare_and_swap(
+                &self.namespaced(&key),
+                expected.as_deref(),
+                value,
+                Duration::from_millis(ttl_ms),
+                self.budget(),
+            )
+            .await;
+        Ok(self.answered(result, false))
     }
 
-    fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.shared.kv_delete(&self.namespaced(&key));
+    async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        let shared = self.shared.clone();
+        let result = shared
+            .kv_delete(&self.namespaced(&key), self.budget())
+            .await;
+        self.answered(result, ());
         Ok(())
+    }
+
+    async fn limit(
+        &mut self,
+        key: String,
+        cost: u64,
+        quota: shared_state::Quota,
+    ) -> wasmtime::Result<shared_state::Verdict> {
+        let shared = self.shared.clone();
+        let accuracy = if quota.sync_ms == 0 {
+            Accuracy::Exact
+        } else {
+            Accuracy::Batched {
+                sync_interval: Duration::from_millis(quota.sync_ms),
+            }
+        };
+        let algorithm = match quota.algorithm {
+            shared_state::Algorithm::FixedWindow => Algorithm::FixedWindow,
+            shared_state::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
+            shared_state::Algorithm::TokenBucket => Algorithm::TokenBucket,
+        };
+        let quota = Quota {
+            limit: quota.limit,
+            window_ms: quota.window_ms.max(1),
+            algorithm,
+        };
+        let result = shared
+            .limit(
+                &self.namespaced(&key),
+                quota,
+                cost.max(1),
+                accuracy,
+                self.budget(),
+            )
+            .await;
+        let refused = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_ms: 0,
+            retry_after_ms: 1000,
+        };
+        let v = self.answered(result, refused);
+        Ok(shared_state::Verdict {
+            allowed: v.allowed,
+            remaining: v.remaining,
+            reset_ms: v.reset_ms,
+            retry_after_ms: v.retry_after_ms,
+        })
     }
 }

@@ -1,0 +1,429 @@
+//! Several gateways sharing plugins' state through a real Redis (`[gateway.state] backend =
+//! "redis"`), started by the test on a free port: one rate limit across two gateway processes
+//! (exact and batched), what each `on_unavailable` policy does while Redis is down and that
+//! counting resumes when it is back, and KV, compare-and-swap and counters seen across gateways.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use wasmgate_tests::*;
+
+const RATE_LIMIT: &str = env!("WASM_RATE_LIMIT");
+const KV_STORE: &str = env!("WASM_KV_STORE");
+
+/// Two `wasmgate run` processes on one config file (each listening on a port of its own).
+fn two_gateways(
+    plugins: &[(&str, &str)],
+    config: &str,
+) -> (tempfile::TempDir, [GatewayProcess; 2]) {
+    let dir = workdir_with_plugins(plugins);
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let a = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start gateway a");
+    let b = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start gateway b");
+    (dir, [a, b])
+}
+
+fn limited_config(redis: &str, up: SocketAddr, limit: &str) -> String {
+    format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        admin = "127.0.0.1:0"
+        plugin_cache_dir = ""
+        workers = 2
+        [gateway.state]
+        backend = "redis"
+        url = "{redis}"
+        [upstreams.u]
+        targets = ["{up}"]
+        [[routes]]
+        name = "api"
+        upstream = "u"
+        [[routes.plugins]]
+        name = "rate-limit"
+        config = {limit}
+        "#
+    )
+}
+
+/// Waits until the current minute has at least `need` left, so that a fixed one-minute window
+/// holds the whole load (a window boundary inside it would rightly admit another 1000).
+async fn fresh_minute(need: Duration) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    let into = Duration::from_millis(u64::try_from(now.as_millis() % 60_000).expect("ms"));
+    let left = Duration::from_secs(60) - into;
+    if left < need {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `n` GETs spread evenly over `addrs`, `concurrency` at a time; the statuses, in no
+/// particular order. A request that takes longer than 5 s fails the test (nothing may hang).
+async fn spread(addrs: &[SocketAddr], n: usize, concurrency: usize) -> Vec<u16> {
+    let c = client();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let url = format!("http://{}/x", addrs[i % addrs.len()]);
+            let req = c.get(url).timeout(Duration::from_secs(5));
+            async move {
+                req.send()
+                    .await
+                    .expect("no request hangs or fails")
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test]
+async fn two_gateways_admit_exactly_the_limit_in_exact_mode() {
+    let redis = RedisServer::start().await.expect("redis");
+    let up = echo_upstream("up").await;
+    let config = limited_config(
+        &redis.url(),
+        up,
+        r#"{ limit = 1000, window = "1m", by = "route", mode = "exact" }"#,
+    );
+    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config);
+    fresh_minute(Duration::from_secs(25)).await;
+    let statuses = spread(&[a.addrs[0], b.addrs[0]], 3000, 32).await;
+    assert_eq!(
+        count(&statuses, 200),
+        1000,
+        "exactly the limit across both gateways"
+    );
+    assert_eq!(count(&statuses, 429), 2000);
+}
+
+#[tokio::test]
+async fn two_gateways_stay_within_one_percent_of_the_limit_in_batched_mode() {
+    let redis = RedisServer::start().await.expect("redis");
+    let up = echo_upstream("up").await;
+    let config = limited_config(
+        &redis.url(),
+        up,
+        r#"{ limit = 1000, window = "1m", by = "route", mode = "batched", sync_interval = "100ms" }"#,
+    );
+    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config);
+    fresh_minute(Duration::from_secs(25)).await;
+    let statuses = spread(&[a.addrs[0], b.addrs[0]], 3000, 32).await;
+    let admitted = count(&statuses, 200);
+    assert!(
+        (990..=1010).contains(&admitted),
+        "{admitted} admitted for a limit of 1000"
+    );
+    assert_eq!(admitted + count(&statuses, 429), 3000);
+    // Most decisions were the gateways' own: far fewer round trips than requests.
+    let mut decided_by_redis = 0.0;
+    for gw in [&a, &b] {
+        let m = metric_text(gw.admin().expect("admin")).await;
+        decided_by_redis += metric_value(
+            &m,
+            r#"wasmgate_state_redis_duration_seconds_count{op="limit"}"#,
+        );
+    }
+    assert!(
+        decided_by_redis < 900.0,
+        "{decided_by_redis} of 3000 requests were decided by Redis ({admitted} admitted)"
+    );
+}
+
+/// The value of the series `name` (with its labels) in a metrics text; 0 when absent.
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metric_text(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body")
+}
+
+async fn ready(admin: SocketAddr) -> (u16, serde_json::Value) {
+    let resp = client()
+        .get(format!("http://{admin}/ready"))
+        .send()
+        .await
+        .expect("ready");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json"))
+}
+
+/// A gateway process limiting route `api` to `limit` per hour on Redis with `policy`.
+struct Node {
+    process: GatewayProcess,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn gateway_on(redis: &RedisServer, policy: &str, limit: u64) -> Node {
+    let up = echo_upstream("up").await;
+    let dir = workdir_with_plugins(&[("rate-limit", RATE_LIMIT)]);
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            admin = "127.0.0.1:0"
+            plugin_cache_dir = ""
+            [gateway.state]
+            backend = "redis"
+            url = "{}"
+            timeout = "200ms"
+            on_unavailable = "{policy}"
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "api"
+            upstream = "u"
+            [[routes.plugins]]
+            name = "rate-limit"
+            config = {{ limit = {limit}, window = "1h", by = "route" }}
+            "#,
+            redis.url()
+        ),
+    )
+    .expect("write the config");
+    let process = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start");
+    let admin = process.admin().expect("admin address logged");
+    Node {
+        process,
+        admin,
+        _dir: dir,
+    }
+}
+
+async fn get(gw: &Node) -> reqwest::Response {
+    client()
+        .get(format!("http://{}/x", gw.process.addrs[0]))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("no request hangs")
+}
+
+/// Waits until Redis answers the gateway again (a request is counted there).
+async fn until_counted_in_redis(gw: &Node, redis: &RedisServer) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = get(gw).await.status().as_u16();
+        let keys = redis.cmd(&["DBSIZE"]).await.expect("dbsize");
+        if status == 200 && keys != ":0\r\n" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "counting did not resume on Redis (last status {status}, {keys:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_deny_answers_503_and_is_not_ready_until_it_returns() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let gw = gateway_on(&redis, "deny", 1_000_000).await;
+    let admin = gw.admin;
+    assert_eq!(get(&gw).await.status(), 200);
+    assert_eq!(ready(admin).await.0, 200);
+
+    redis.kill().await;
+    let resp = get(&gw).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "state_unavailable", "{body}");
+    // Under load too: every request gets its 503, none hangs.
+    let statuses = spread(&gw.process.addrs, 200, 16).await;
+    assert_eq!(count(&statuses, 503), 200, "{statuses:?}");
+    let (status, body) = ready(admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["state"]["available"], false, "{body}");
+
+    redis.restart().await.expect("restart redis");
+    until_counted_in_redis(&gw, &redis).await;
+    assert_eq!(ready(admin).await.0, 200);
+    let m = metric_text(admin).await;
+    assert!(
+        m.contains(r#"wasmgate_state_fallbacks_total{policy="deny"}"#),
+        "{m}"
+    );
+    assert!(m.contains("wasmgate_state_redis_errors_total"), "{m}");
+}
+
+#[tokio::test]
+async fn with_redis_down_allow_lets_traffic_through_beyond_the_limit() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let gw = gateway_on(&redis, "allow", 3).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw).await.status(), 200);
+    }
+    assert_eq!(
+        get(&gw).await.status(),
+        429,
+        "the limit holds while Redis is up"
+    );
+
+    redis.kill().await;
+    let statuses = spread(&gw.process.addrs, 100, 16).await;
+    assert_eq!(count(&statuses, 200), 100, "{statuses:?}");
+    assert_eq!(ready(gw.admin).await.0, 200, "allow stays ready");
+
+    redis.restart().await.expect("restart redis");
+    until_counted_in_redis(&gw, &redis).await;
+}
+
+#[tokio::test]
+async fn with_redis_down_local_counts_per_gateway_and_redis_takes_over_again() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let gw = gateway_on(&redis, "local", 5).await;
+    for _ in 0..5 {
+        assert_eq!(get(&gw).await.status(), 200);
+    }
+    assert_eq!(get(&gw).await.status(), 429);
+
+    redis.kill().await;
+    // This gateway's own count starts from zero: 5 more, then refused.
+    let statuses = spread(&gw.process.addrs, 20, 4).await;
+    assert_eq!(count(&statuses, 200), 5, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 15, "{statuses:?}");
+
+    // The restarted Redis kept nothing (no persistence): its count starts again.
+    redis.restart().await.expect("restart redis");
+    until_counted_in_redis(&gw, &redis).await;
+    let remaining = get(&gw).await.headers()["ratelimit-remaining"]
+        .to_str()
+        .expect("ascii")
+        .parse::<u64>()
+        .expect("number");
+    assert!(
+        remaining < 4,
+        "counted on Redis again: {remaining} remaining"
+    );
+}
+
+#[tokio::test]
+async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
+    let redis = RedisServer::start().await.expect("redis");
+    let up = echo_upstream("up").await;
+    let config = format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        plugin_cache_dir = ""
+        [gateway.state]
+        backend = "redis"
+        url = "{}"
+        [upstreams.u]
+        targets = ["{up}"]
+        [[routes]]
+        name = "kv"
+        upstream = "u"
+        [[routes.plugins]]
+        name = "kv-store"
+        "#,
+        redis.url()
+    );
+    let (_dir, [a, b]) = two_gateways(&[("kv-store", KV_STORE)], &config);
+    let c = client();
+    let at = |gw: &GatewayProcess, path: &str| format!("http://{}{path}", gw.addrs[0]);
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let put = c.put(at(&a, "/kv/session")).header("x-value", "alice");
+    assert_eq!(status(put.send().await.expect("put")), 204);
+    let got = c.get(at(&b, "/kv/session")).send().await.expect("get");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.expect("body"), "alice", "b sees a's write");
+
+    let swap = |gw: &GatewayProcess, expected: Option<&str>, value: &str| {
+        let mut req = c.post(at(gw, "/cas/session")).header("x-value", value);
+        if let Some(e) = expected {
+            req = req.header("x-expected", e);
+        }
+        req.send()
+    };
+    assert_eq!(
+        status(swap(&b, Some("alice"), "bob").await.expect("cas")),
+        200
+    );
+    assert_eq!(
+        status(swap(&a, Some("alice"), "carol").await.expect("cas")),
+        409,
+        "a's stale expectation loses"
+    );
+    assert_eq!(
+        status(swap(&a, None, "dave").await.expect("cas")),
+        409,
+        "only if absent: it is not"
+    );
+    let got = c.get(at(&a, "/kv/session")).send().await.expect("get");
+    assert_eq!(got.text().await.expect("body"), "bob");
+
+    assert_eq!(
+        status(c.delete(at(&b, "/kv/session")).send().await.expect("del")),
+        204
+    );
+    assert_eq!(
+        status(c.get(at(&a, "/kv/session")).send().await.expect("get")),
+        404
+    );
+    assert_eq!(
+        status(swap(&a, None, "erin").await.expect("cas")),
+        200,
+        "absent now"
+    );
+
+    let put = c
+        .put(at(&a, "/kv/nonce"))
+        .header("x-value", "n1")
+        .header("x-ttl-ms", "300");
+    assert_eq!(status(put.send().await.expect("put")), 204);
+    assert_eq!(
+        status(c.get(at(&b, "/kv/nonce")).send().await.expect("get")),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        status(c.get(at(&b, "/kv/nonce")).send().await.expect("get")),
+        404,
+        "expired on Redis for every gateway"
+    );
+
+    for (gw, expected) in [(&a, "1"), (&b, "2"), (&a, "3")] {
+        let body = c
+            .post(at(gw, "/counter/hits"))
+            .send()
+            .await
+            .expect("counter")
+            .text()
+            .await
+            .expect("body");
+        assert_eq!(body, expected, "one counter for both gateways");
+    }
+    let keys = redis
+        .cmd(&["KEYS", "wasmgate:kv-store:*"])
+        .await
+        .expect("keys");
+    assert!(keys.contains("wasmgate:kv-store:kv:session"), "{keys}");
+}
