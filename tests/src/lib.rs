@@ -22,7 +22,7 @@ pub use wasmgate_echo as echo;
 pub mod otlp;
 pub mod redis;
 
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 
 /// A folder for one test's config and certificate files, removed when dropped.
 pub fn workdir() -> tempfile::TempDir {

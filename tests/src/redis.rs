@@ -30,6 +30,11 @@ const OUTPUT_FILE: &str = "redis.out";
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// Arguments given to redis-server besides the usual ones, kept for restarts; `PORT` stands
+    /// for the port.
+    extra: Vec<String>,
+    /// Whether it serves TLS only.
+    tls: bool,
     /// `None` once killed.
     process: Option<Process>,
     /// Its working folder (`--dir`) and logs; kept across restarts.
@@ -40,13 +45,27 @@ impl RedisServer {
     /// Starts one (fails with a clear message naming `cargo xtask test` when redis-server is
     /// not installed); returns once it answers PING (within 10 s).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with more arguments for redis-server (`--cluster-enabled yes`).
+    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = crate::workdir();
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         for _ in 0..PORT_ATTEMPTS {
-            // Bound, then released: another process may take it before redis does.
-            let port = crate::closed_port().port();
-            if let Launch::Ready(process) = launch(port, dir.path()).await? {
+            // Bound, then released: another process may take it before redis does. A cluster
+            // node also listens on the port + 10000.
+            let port = loop {
+                let port = crate::closed_port().port();
+                if port < 55_000 {
+                    break port;
+                }
+            };
+            if let Launch::Ready(process) = launch(port, dir.path(), &extra).await? {
                 return Ok(Self {
                     port,
+                    extra,
+                    tls: false,
                     process: Some(process),
                     dir,
                 });
@@ -55,8 +74,34 @@ impl RedisServer {
         bail!("redis-server found each of {PORT_ATTEMPTS} free ports taken when it started")
     }
 
-    /// `redis://127.0.0.1:PORT/`
+    /// One serving TLS only, with `cert` and `key` (PEM files), on a free port: `url` is then
+    /// `rediss://`, and [`cmd`](Self::cmd) cannot reach it.
+    pub async fn start_tls(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let mut server = Self::start_with(&[
+            "--port",
+            "0",
+            "--tls-port",
+            "PORT",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+            "--tls-auth-clients",
+            "no",
+        ])
+        .await?;
+        server.tls = true;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
+        if self.tls {
+            return format!("rediss://127.0.0.1:{}/", self.port);
+        }
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
@@ -78,7 +123,7 @@ impl RedisServer {
     /// otherwise), and waits for PING.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        match launch(self.port, self.dir.path()).await? {
+        match launch(self.port, self.dir.path(), &self.extra).await? {
             Launch::Ready(process) => {
                 self.process = Some(process);
                 Ok(())
@@ -105,6 +150,74 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, each node a
+/// [`RedisServer`]; the slots are spread by `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them and waits until every node reports `cluster_state:ok`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+                .await?,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+        })
+        .await
+        .context("join redis-cli")?
+        .context("run redis-cli (installed with redis-server by `cargo xtask test`)")?;
+        ensure!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let started = Instant::now();
+        for node in &nodes {
+            loop {
+                let info = node.cmd(&["CLUSTER", "INFO"]).await?;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < READY_TIMEOUT,
+                    "the cluster did not become ready: {info}"
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        Ok(Self { nodes })
+    }
+
+    /// The nodes' URLs, for `gateway.state.cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
 /// A redis-server process, killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 struct Process(Child);
@@ -125,7 +238,7 @@ enum Launch {
 }
 
 /// Starts redis-server on `port` in `dir` and waits until it answers `PING`.
-async fn launch(port: u16, dir: &Path) -> anyhow::Result<Launch> {
+async fn launch(port: u16, dir: &Path, extra: &[String]) -> anyhow::Result<Launch> {
     // Each run logs afresh, so that a port taken on an earlier try is not read as this one's.
     match std::fs::remove_file(dir.join(LOG_FILE)) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -146,6 +259,13 @@ async fn launch(port: u16, dir: &Path) -> anyhow::Result<Launch> {
         .arg(dir.join(LOG_FILE))
         .arg("--dir")
         .arg(dir)
+        .args(extra.iter().map(|a| {
+            if a == "PORT" {
+                port.to_string()
+            } else {
+                a.clone()
+            }
+        }))
         .stdin(Stdio::null())
         .stdout(output.try_clone().context("duplicate a file handle")?)
         .stderr(output)
@@ -169,7 +289,14 @@ async fn launch(port: u16, dir: &Path) -> anyhow::Result<Launch> {
                 "redis-server exited ({status}) before answering PING on port {port}; its log:\n{log}"
             );
         }
-        if answers_ping(port).await && is_process(port, process.0.id()).await {
+        let ready = if extra.iter().any(|a| a == "--tls-port") {
+            // No plain port to PING: its own word that it listens (after a taken port would
+            // have made it exit).
+            logs(dir).contains("Ready to accept connections")
+        } else {
+            answers_ping(port).await && is_process(port, process.0.id()).await
+        };
+        if ready {
             return Ok(Launch::Ready(process));
         }
         ensure!(
@@ -362,13 +489,13 @@ mod tests {
         let other = RedisServer::start().await?;
         let dir = crate::workdir();
         // The other answers PING on that port, but it is not the server just started.
-        let launched = launch(other.port(), dir.path()).await?;
+        let launched = launch(other.port(), dir.path(), &[]).await?;
         assert!(
             matches!(launched, Launch::PortTaken(_)),
             "ready on a taken port"
         );
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let launched = launch(listener.local_addr()?.port(), dir.path()).await?;
+        let launched = launch(listener.local_addr()?.port(), dir.path(), &[]).await?;
         assert!(
             matches!(launched, Launch::PortTaken(_)),
             "ready on a taken port"

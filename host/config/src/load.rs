@@ -66,6 +66,7 @@ const STATE_KEYS: &[&str] = &[
     "timeout",
     "on_unavailable",
     "key_prefix",
+    "ca",
 ];
 const TRACING_KEYS: &[&str] = &[
     "endpoint",
@@ -921,6 +922,7 @@ impl<'r> Reader<'r> {
             timeout: Duration::from_millis(250),
             on_unavailable: OnUnavailable::Local,
             key_prefix: "wasmgate:".to_owned(),
+            ca: None,
         };
         if let Some(v) = t.get("pool_size")
             && let Some(n) = self.integer(v, &t.key("pool_size"), 1, 64)
@@ -952,6 +954,23 @@ impl<'r> Reader<'r> {
             && let Some(s) = self.string(v, &t.key("key_prefix"))
         {
             s.clone_into(&mut redis.key_prefix);
+        }
+        if let Some(v) = t.get("ca")
+            && let Some((path, _)) = self.ca_file(v, &t.key("ca"))
+        {
+            let urls = match &servers {
+                Some(RedisServers::Single(url)) => std::slice::from_ref(url),
+                Some(RedisServers::Cluster(urls)) => urls.as_slice(),
+                None => &[],
+            };
+            if urls.iter().any(|u| !u.starts_with("rediss://")) {
+                self.err(
+                    &v.span(),
+                    &t.key("ca"),
+                    "applies to rediss:// (TLS) URLs only",
+                );
+            }
+            redis.ca = Some(path);
         }
         redis.servers = servers?;
         Some(StateBackend::Redis(redis))

@@ -204,6 +204,9 @@ pub struct Redis {
     /// `key_prefix`: put before every key, so several gateway clusters can share one Redis.
     /// Default `"wasmgate:"`.
     pub key_prefix: String,
+    /// `ca`: a PEM file of the certificate authorities a `rediss://` server is verified
+    /// against, instead of the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// `gateway.state.url` or `gateway.state.cluster`.

@@ -177,9 +177,24 @@ impl RedisStore {
             url: redact(url),
             reason: e.to_string(),
         };
+        // A private CA for rediss://, instead of the system's roots.
+        let certificates = match &config.ca {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| StateError::Redis {
+                    url: path.display().to_string(),
+                    reason: format!("cannot read the CA file: {e}"),
+                })?),
+            }),
+            None => None,
+        };
         let (connections, label) = match &config.servers {
             RedisServers::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| invalid(url, e))?;
+                let client = match certificates {
+                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| invalid(url, e))?;
                 let settings = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.timeout))
                     .set_response_timeout(Some(config.timeout))
@@ -202,12 +217,14 @@ impl RedisStore {
                 )
             }
             RedisServers::Cluster(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
                     .connection_timeout(config.timeout)
                     .response_timeout(config.timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(|e| invalid(&urls.join(","), e))?;
+                    .retries(1);
+                if let Some(certs) = certificates {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build().map_err(|e| invalid(&urls.join(","), e))?;
                 (
                     Connections::Cluster {
                         client: Box::new(client),

@@ -427,3 +427,210 @@ async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
         .expect("keys");
     assert!(keys.contains("wasmgate:kv-store:kv:session"), "{keys}");
 }
+
+/// A small deterministic generator (xorshift64*), so a failure names a reproducible case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[tokio::test]
+async fn redis_scripts_decide_every_limit_as_the_memory_backend_does() {
+    use wasmgate_state::{Algorithm, Quota, SharedState};
+    let redis = RedisServer::start().await.expect("redis");
+    let config = wasmgate_config::StateBackend::Redis(wasmgate_config::Redis {
+        servers: wasmgate_config::RedisServers::Single(redis.url()),
+        pool_size: 1,
+        timeout: Duration::from_secs(2),
+        on_unavailable: wasmgate_config::OnUnavailable::Deny,
+        key_prefix: "wasmgate:".to_owned(),
+        ca: None,
+    });
+    let metrics = wasmgate_telemetry::Metrics::new();
+    let on_redis = SharedState::from_config(&config, metrics.state().clone()).expect("redis state");
+    let in_memory = SharedState::memory();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let algorithms = [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    ];
+    // Windows of 1 ms to a day, limits below and above one per ms, costs beyond the limit too;
+    // time moves in steps from nothing to more than a window, from an unaligned start.
+    let mut now = 1_764_500_000_123_u64;
+    for case in 0..3000 {
+        let algorithm = algorithms[usize::try_from(rng.below(3)).expect("index")];
+        let window_ms =
+            [1, 7, 1000, 60_000, 86_400_000][usize::try_from(rng.below(5)).expect("index")];
+        let limit = [1, 3, 100, 5000][usize::try_from(rng.below(4)).expect("index")];
+        let quota = Quota {
+            limit,
+            window_ms,
+            algorithm,
+        };
+        let cost = 1 + rng.below(limit + 2);
+        let key = format!("p\0k{}", rng.below(4));
+        now +=
+            [0, 1, 3, window_ms / 2, window_ms + 1][usize::try_from(rng.below(5)).expect("index")];
+        let expected = in_memory
+            .limit_exact_at(&key, quota, cost, now)
+            .await
+            .expect("memory");
+        let got = on_redis
+            .limit_exact_at(&key, quota, cost, now)
+            .await
+            .expect("redis answers");
+        assert_eq!(
+            got, expected,
+            "case {case}: {quota:?}, cost {cost}, key {key:?} at {now}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_holds_limits_and_values_across_its_nodes() {
+    let cluster = RedisCluster::start().await.expect("a three-node cluster");
+    let up = echo_upstream("up").await;
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = format!(
+        r#"
+        [gateway]
+        listen = ["127.0.0.1:0"]
+        plugin_cache_dir = ""
+        [gateway.state]
+        backend = "redis"
+        cluster = [{nodes}]
+        on_unavailable = "deny"
+        [upstreams.u]
+        targets = ["{up}"]
+        [[routes]]
+        name = "kv"
+        paths = ["/kv", "/cas", "/counter"]
+        upstream = "u"
+        [[routes.plugins]]
+        name = "kv-store"
+        [[routes]]
+        name = "api"
+        upstream = "u"
+        [[routes.plugins]]
+        name = "rate-limit"
+        config = {{ limit = 50, window = "1h", by = "header:x-user", algorithm = "sliding_window" }}
+        "#
+    );
+    let (_dir, [a, b]) = two_gateways(
+        &[("kv-store", KV_STORE), ("rate-limit", RATE_LIMIT)],
+        &config,
+    );
+    let c = client();
+    // Keys hash to slots all over the cluster: each is stored on the node owning its slot, and
+    // both gateways find it there.
+    for i in 0..30 {
+        let put = c
+            .put(format!("http://{}/kv/key-{i}", a.addrs[0]))
+            .header("x-value", format!("v{i}"));
+        assert_eq!(put.send().await.expect("put").status(), 204);
+    }
+    for i in 0..30 {
+        let got = c
+            .get(format!("http://{}/kv/key-{i}", b.addrs[0]))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(got.status(), 200, "key-{i}");
+        assert_eq!(got.text().await.expect("body"), format!("v{i}"));
+    }
+    let mut holding = 0;
+    for node in &cluster.nodes {
+        if node.cmd(&["DBSIZE"]).await.expect("dbsize") != ":0\r\n" {
+            holding += 1;
+        }
+    }
+    assert!(
+        holding >= 2,
+        "keys spread over the nodes: {holding} of 3 hold some"
+    );
+
+    // A limit per user, its scripts run on whichever node owns each user's key.
+    for user in ["ann", "ben", "cat", "dan"] {
+        let mut admitted = 0;
+        for i in 0..60 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            let resp = c
+                .get(format!("http://{}/x", gw.addrs[0]))
+                .header("x-user", user)
+                .send()
+                .await
+                .expect("send");
+            if resp.status() == 200 {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 50, "{user}: the limit across both gateways");
+    }
+}
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_configured_ca() {
+    let certs = workdir();
+    let cert = self_signed(certs.path(), "redis", &["127.0.0.1"]);
+    let redis = RedisServer::start_tls(&cert.cert, &cert.key)
+        .await
+        .expect("a TLS redis");
+    let up = echo_upstream("up").await;
+    let config = |ca: &str| {
+        format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            plugin_cache_dir = ""
+            [gateway.state]
+            backend = "redis"
+            url = "{}"
+            on_unavailable = "deny"
+            {ca}
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "kv"
+            upstream = "u"
+            [[routes.plugins]]
+            name = "kv-store"
+            "#,
+            redis.url()
+        )
+    };
+    let trusted = TestGateway::start_in(
+        workdir_with_plugins(&[("kv-store", KV_STORE)]),
+        &config(&format!("ca = \"{}\"", cert.cert.display())),
+    )
+    .await
+    .expect("start");
+    let c = client();
+    let put = c.put(trusted.url("/kv/k")).header("x-value", "over tls");
+    assert_eq!(put.send().await.expect("put").status(), 204);
+    let got = c.get(trusted.url("/kv/k")).send().await.expect("get");
+    assert_eq!(got.text().await.expect("body"), "over tls");
+
+    // Without the CA the server's certificate is not trusted: Redis is unavailable.
+    let untrusted =
+        TestGateway::start_in(workdir_with_plugins(&[("kv-store", KV_STORE)]), &config(""))
+            .await
+            .expect("start");
+    let got = c.get(untrusted.url("/kv/k")).send().await.expect("get");
+    assert_eq!(got.status(), 503, "an unverified server is never used");
+}
