@@ -248,7 +248,27 @@ async fn with_redis_down_deny_answers_503_and_is_not_ready_until_it_returns() {
     assert_eq!(get(&gw).await.status(), 200);
     assert_eq!(ready(admin).await.0, 200);
 
-    redis.kill().await;
+    // Killed mid-load: every request is answered, from Redis (200) until it dies, then 503.
+    let load = spread(&gw.process.addrs, 600, 8);
+    let outage = async {
+        loop {
+            let info = redis.cmd(&["INFO", "stats"]).await.expect("info");
+            let processed = info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if processed > 150 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        redis.kill().await;
+    };
+    let (statuses, ()) = tokio::join!(load, outage);
+    let (ok, refused) = (count(&statuses, 200), count(&statuses, 503));
+    assert_eq!(ok + refused, 600, "only 200 or 503: {statuses:?}");
+    assert!(ok > 0 && refused > 0, "{ok} served, then {refused} refused");
     let resp = get(&gw).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
