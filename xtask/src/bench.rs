@@ -1,17 +1,24 @@
 //! `cargo xtask bench [--quick]`: Wasmgate side by side with nginx on this machine (issue 6).
 //!
-//! Six scenarios against a 1 KiB response from an nginx upstream, in one invocation:
+//! Ten scenarios against a 1 KiB response from an nginx upstream, in one invocation:
 //!
 //! - `direct`: the load generator talks to the upstream itself (the ceiling);
 //! - `nginx`: nginx as a reverse proxy (1 worker, HTTP/1.1 keep-alive pool to the upstream);
 //! - `wasmgate`: the gateway with no plugins;
-//! - `wasmgate-3-plugins`: key-auth + rate-limit (unreachable limit) + transform;
+//! - `wasmgate-3-plugins`: key-auth + rate-limit (unreachable limit) + transform, the counters
+//!   in the gateway's memory;
+//! - `wasmgate-3-plugins-redis` and `wasmgate-3-plugins-redis-exact`: the same chain with
+//!   `[gateway.state] backend = "redis"` (issue 15), rate-limit in `mode = "batched"`
+//!   (`sync_interval = "100ms"`) and in `mode = "exact"` (one Redis round trip per request);
+//!   the redis-server, started for the run on a free loopback port without persistence, is
+//!   reported with its own CPU time per request, the scripts it ran per request (each one round
+//!   trip) and the commands per request (those the scripts ran included);
 //! - `nginx-https` and `wasmgate-https`: the same two proxies to the upstream over TLS (a
 //!   certificate generated for the run, verified by both, kept-alive connections);
 //! - `nginx-log` and `wasmgate-log`: the plain proxies with a JSON access log to a file.
 //!
-//! The proxy under test runs alone on CPU 0 (`taskset`); the upstream nginx and the load
-//! generator share CPU 1. Each scenario is warmed up, then measured with `wrk` (closed loop, as
+//! The proxy under test runs alone on CPU 0 (`taskset`); the upstream nginx, the redis-server
+//! and the load generator share CPU 1 (so Redis's CPU time is not the proxy's). Each scenario is warmed up, then measured with `wrk` (closed loop, as
 //! fast as the proxy goes): requests/s, p50/p99 latency, errors, and the proxy's CPU time per
 //! request from `/proc/<pid>/stat`. Then `oha` drives each proxy at half of nginx's measured
 //! maximum to show the p99 latency at a fixed rate. Everything is generated under
@@ -44,14 +51,17 @@ const PLUGINS: [(&str, &str); 3] = [
     ),
     (
         "rate-limit",
-        r#"{ limit = 1000000000, window = "1m", by = "consumer" }"#,
+        r#"{ limit = 10000000, window = "1m", by = "consumer" }"#,
     ),
     (
         "transform",
         r#"{ request = { set_headers = { "x-bench" = "1" } }, response = { set_headers = { "x-served-by" = "wasmgate" } } }"#,
     ),
 ];
-/// Sent with every request of every scenario, so that all four serve the same request.
+/// What rate-limit's config gets in addition in the scenarios on Redis, by `mode`.
+const REDIS_BATCHED: &str = r#"mode = "batched", sync_interval = "100ms""#;
+const REDIS_EXACT: &str = r#"mode = "exact""#;
+/// Sent with every request of every scenario, so that all of them serve the same request.
 const API_KEY_HEADER: &str = "x-api-key: k-alice";
 /// The path requested; the upstream answers it with [`BODY_SIZE`] bytes.
 const PATH: &str = "/1k";
@@ -60,7 +70,7 @@ const CONNECTIONS: u32 = 64;
 /// The CPU the proxy under test gets to itself, and the one the upstream and the load share.
 const PROXY_CPU: &str = "0";
 const LOAD_CPU: &str = "1";
-/// How long a started process may take to answer its first HTTP 200.
+/// How long a started process may take to answer its first HTTP 200 (or Redis's PONG).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process gets to exit after SIGTERM before it (and its children) are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,6 +125,8 @@ enum Proxy {
     Nginx,
     Wasmgate,
     WasmgatePlugins,
+    WasmgatePluginsRedis,
+    WasmgatePluginsRedisExact,
     NginxHttps,
     WasmgateHttps,
     NginxLog,
@@ -122,11 +134,15 @@ enum Proxy {
 }
 
 impl Proxy {
-    const ALL: [Self; 8] = [
+    /// In the order they run: the chain on Redis right after the chain in memory, so that the
+    /// ratios compare runs minutes apart at most.
+    const ALL: [Self; 10] = [
         Self::Direct,
         Self::Nginx,
         Self::Wasmgate,
         Self::WasmgatePlugins,
+        Self::WasmgatePluginsRedis,
+        Self::WasmgatePluginsRedisExact,
         Self::NginxHttps,
         Self::WasmgateHttps,
         Self::NginxLog,
@@ -139,12 +155,40 @@ impl Proxy {
             Self::Nginx => "nginx",
             Self::Wasmgate => "wasmgate",
             Self::WasmgatePlugins => "wasmgate-3-plugins",
+            Self::WasmgatePluginsRedis => "wasmgate-3-plugins-redis",
+            Self::WasmgatePluginsRedisExact => "wasmgate-3-plugins-redis-exact",
             Self::NginxHttps => "nginx-https",
             Self::WasmgateHttps => "wasmgate-https",
             Self::NginxLog => "nginx-log",
             Self::WasmgateLog => "wasmgate-log",
         }
     }
+
+    /// Whether the three plugins run (on whichever state backend).
+    fn runs_chain(self) -> bool {
+        matches!(
+            self,
+            Self::WasmgatePlugins | Self::WasmgatePluginsRedis | Self::WasmgatePluginsRedisExact
+        )
+    }
+
+    /// What rate-limit's config gets in addition when the scenario counts on Redis.
+    fn redis_mode(self) -> Option<&'static str> {
+        match self {
+            Self::WasmgatePluginsRedis => Some(REDIS_BATCHED),
+            Self::WasmgatePluginsRedisExact => Some(REDIS_EXACT),
+            _ => None,
+        }
+    }
+}
+
+/// The plugin chain of a gateway scenario, and where its shared state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chain {
+    Off,
+    Memory,
+    /// `[gateway.state] backend = "redis"` at this address; rate-limit's extra config.
+    Redis(SocketAddr, &'static str),
 }
 
 /// The name in the origin's generated certificate, which both proxies verify.
@@ -158,6 +202,7 @@ struct Tools {
     /// The fixed-rate load generator; the fixed-rate run is skipped without it.
     oha: Option<PathBuf>,
     wasmgate: PathBuf,
+    redis: PathBuf,
 }
 
 /// Everything a scenario needs.
@@ -170,6 +215,8 @@ struct Bench {
     /// The upstream's TLS listener, and the PEM file of its certificate (its own CA).
     upstream_tls: SocketAddr,
     origin_cert: PathBuf,
+    /// The run's redis-server: its address and pid, or why it did not start.
+    redis: std::result::Result<(SocketAddr, u32), String>,
     /// Whether the proxy and the load get a CPU each (false on a 1-CPU machine).
     pin: bool,
     ticks_per_sec: u64,
@@ -194,6 +241,12 @@ struct Measured {
     /// to other processes than the proxy: the machine's noise.
     cpu_busy_pct: Vec<f64>,
     proxy_cpu_others_pct: Option<f64>,
+    /// The redis-server's CPU time per request (not in `proxy_cpu_us_per_req`: it runs on the
+    /// load's CPU), the scripts it ran (EVAL, EVALSHA, FCALL: one round trip each) and the
+    /// commands it processed (the scripts' own included) per request, in the scenarios on Redis.
+    redis_cpu_us_per_req: Option<f64>,
+    redis_scripts_per_req: Option<f64>,
+    redis_commands_per_req: Option<f64>,
     wrk: Value,
     fixed_rate: Option<Value>,
     /// The proxy's memory with many idle keep-alive client connections (nginx and wasmgate).
@@ -221,7 +274,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
     stop_stale(&dir);
 
     let running_as_root = running_as_root()?;
-    let (wrk, nginx) = ensure_wrk_and_nginx()?;
+    let (wrk, nginx, redis) = ensure_programs()?;
     let oha = ensure_oha(&dir.join("tools"));
     let wasmgate = build()?;
     let tools = Tools {
@@ -229,6 +282,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         nginx,
         oha,
         wasmgate,
+        redis,
     };
 
     let cpus = thread::available_parallelism().map_or(1, usize::from);
@@ -261,6 +315,18 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         pin.then_some(LOAD_CPU),
     )?;
     wait_ready(&mut upstream, upstream_addr)?;
+    // One redis-server for the run; the scenarios on Redis fail (and only they) without it.
+    let redis = start_redis(&tools.redis, &dir.join("redis"), pin.then_some(LOAD_CPU));
+    if let Err(err) = &redis {
+        eprintln!("xtask: error: redis-server did not start: {err:#}");
+    }
+    let (redis_guard, redis) = match redis {
+        Ok((service, addr)) => {
+            let pid = service.pid();
+            (Some(service), Ok((addr, pid)))
+        }
+        Err(err) => (None, Err(format!("{err:#}"))),
+    };
 
     let bench = Bench {
         tools,
@@ -269,6 +335,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         upstream: upstream_addr,
         upstream_tls,
         origin_cert,
+        redis,
         pin,
         ticks_per_sec: clock_ticks_per_sec(),
         running_as_root,
@@ -304,6 +371,7 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
         }
     }
     drop(upstream);
+    drop(redis_guard);
     let elapsed = started.elapsed();
     let load_after = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load_after = load_after.split_whitespace().take(3).collect::<Vec<_>>();
@@ -363,10 +431,11 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // tools and builds
 
-/// Installs `wrk` and `nginx` when they are missing.
-fn ensure_wrk_and_nginx() -> Result<(PathBuf, PathBuf)> {
-    let [wrk, nginx] = install::ensure_programs([("wrk", "wrk"), ("nginx", "nginx")])?;
-    Ok((wrk, nginx))
+/// Installs `wrk`, `nginx` and `redis-server` when they are missing.
+fn ensure_programs() -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let [wrk, nginx, redis] =
+        install::ensure_programs([("wrk", "wrk"), ("nginx", "nginx"), install::REDIS_SERVER])?;
+    Ok((wrk, nginx, redis))
 }
 
 /// `oha` (fixed-rate load): on `PATH`, else cached in `tools_dir`, else from apt-get when Debian
@@ -447,6 +516,7 @@ fn tool_versions(tools: &Tools) -> Value {
         "wrk": version(&tools.wrk, "-v"),
         "nginx": version(&tools.nginx, "-v"),
         "oha": tools.oha.as_deref().and_then(|oha| version(oha, "--version")),
+        "redis-server": version(&tools.redis, "--version"),
     })
 }
 
@@ -474,6 +544,8 @@ impl Bench {
             }
             Proxy::Wasmgate
             | Proxy::WasmgatePlugins
+            | Proxy::WasmgatePluginsRedis
+            | Proxy::WasmgatePluginsRedisExact
             | Proxy::WasmgateHttps
             | Proxy::WasmgateLog => {
                 let addr = free_port()?;
@@ -483,10 +555,18 @@ impl Bench {
                     _ => Origin::Http(self.upstream),
                 };
                 let access_log = scenario_dir.join("access.log");
+                let chain = match (proxy.runs_chain(), proxy.redis_mode()) {
+                    (false, _) => Chain::Off,
+                    (true, None) => Chain::Memory,
+                    (true, Some(mode)) => match &self.redis {
+                        Ok((redis, _)) => Chain::Redis(*redis, mode),
+                        Err(err) => bail!("no redis-server: {err}"),
+                    },
+                };
                 let toml = wasmgate_config(
                     addr,
                     origin,
-                    proxy == Proxy::WasmgatePlugins,
+                    chain,
                     (proxy == Proxy::WasmgateLog).then_some(access_log.as_path()),
                     &self.dir,
                 );
@@ -527,12 +607,18 @@ impl Bench {
         }
 
         let pids = guard.as_ref().map(|s| process_tree(s.pid()));
+        let redis = match (&self.redis, proxy.redis_mode()) {
+            (Ok(redis), Some(_)) => Some(*redis),
+            _ => None,
+        };
+        let redis_before = redis.map(RedisStats::read).transpose()?;
         let before = pids.as_ref().map(|pids| ProcStats::read(pids));
         let cpus_before = cpu_times();
         println!("    measuring {}s", self.durations.measure);
         let wrk = self.wrk(&url, &script, self.durations.measure)?;
         let cpus_after = cpu_times();
         let after = pids.as_ref().map(|pids| ProcStats::read(pids));
+        let redis_after = redis.map(RedisStats::read).transpose()?;
         fs::write(scenario_dir.join("wrk.json"), wrk.to_string())
             .context("cannot save wrk's result")?;
 
@@ -566,6 +652,16 @@ impl Bench {
             measured.proxy_voluntary_ctx_switches_per_req =
                 Some(per_req(after.voluntary.saturating_sub(before.voluntary)));
         }
+        if let (Some(before), Some(after)) = (&redis_before, &redis_after) {
+            let us = |ticks: u64| ticks * 1_000_000 / self.ticks_per_sec.max(1);
+            measured.redis_cpu_us_per_req = Some(per_req(us(after
+                .cpu_ticks
+                .saturating_sub(before.cpu_ticks))));
+            measured.redis_scripts_per_req =
+                Some(per_req(after.scripts.saturating_sub(before.scripts)));
+            measured.redis_commands_per_req =
+                Some(per_req(after.commands.saturating_sub(before.commands)));
+        }
         measured.wrk = wrk;
         let busy = |cpu: usize| -> Option<(u64, u64)> {
             let (b0, t0) = *cpus_before.get(cpu)?;
@@ -594,6 +690,15 @@ impl Bench {
                 .proxy_cpu_us_per_req
                 .map_or_else(|| "-".to_owned(), |us| format!("{us:.2} µs/req")),
         );
+        if let (Some(cpu), Some(scripts), Some(commands)) = (
+            measured.redis_cpu_us_per_req,
+            measured.redis_scripts_per_req,
+            measured.redis_commands_per_req,
+        ) {
+            println!(
+                "    redis-server: CPU {cpu:.2} µs/req, {scripts:.4} scripts/req, {commands:.4} commands/req"
+            );
+        }
 
         if proxy != Proxy::Direct
             && let (Some(oha), Some(rate)) = (
@@ -768,7 +873,7 @@ fn check_response(proxy: Proxy, head: &str) -> Result<()> {
     );
     let served_by = lower.contains("\r\nx-served-by: wasmgate\r\n");
     ensure!(
-        served_by == (proxy == Proxy::WasmgatePlugins),
+        served_by == proxy.runs_chain(),
         "{}: x-served-by is {} in the response, so the plugin chain did {}run:\n{head}",
         proxy.name(),
         if served_by { "set" } else { "missing" },
@@ -995,7 +1100,7 @@ fn proxy_nginx_conf(listen: SocketAddr, origin: Origin<'_>, log: bool, root: boo
 fn wasmgate_config(
     listen: SocketAddr,
     origin: Origin<'_>,
-    plugins: bool,
+    chain: Chain,
     access_log: Option<&Path>,
     bench_dir: &Path,
 ) -> String {
@@ -1010,6 +1115,17 @@ fn wasmgate_config(
     };
     let plugins_dir = workspace_root().join("plugins");
     let cache_dir = bench_dir.join("plugin-cache");
+    // On Redis, a call Redis cannot answer in time is refused (a 503 that wrk counts) rather
+    // than answered from the gateway's memory, which would measure the memory backend again.
+    let state = match chain {
+        Chain::Redis(redis, _) => format!(
+            "\n[gateway.state]\n\
+             backend = \"redis\"\n\
+             url = \"redis://{redis}\"\n\
+             on_unavailable = \"deny\"\n"
+        ),
+        Chain::Off | Chain::Memory => String::new(),
+    };
     let mut toml = format!(
         "# generated by `cargo xtask bench`\n\
          [gateway]\n\
@@ -1021,6 +1137,7 @@ fn wasmgate_config(
          watch = false\n\
          # one worker for the one CPU it is pinned to, as nginx's `worker_processes 1`\n\
          workers = 1\n\
+         {state}\
          \n\
          [upstreams.origin]\n\
          {upstream}\n\
@@ -1031,8 +1148,15 @@ fn wasmgate_config(
         plugins_dir = plugins_dir.display().to_string(),
         cache_dir = cache_dir.display().to_string(),
     );
-    if plugins {
+    if chain != Chain::Off {
         for (name, config) in PLUGINS {
+            let config = match (name, chain) {
+                ("rate-limit", Chain::Redis(_, mode)) => {
+                    let keys = config.strip_suffix(" }").unwrap_or(config);
+                    format!("{keys}, {mode} }}")
+                }
+                _ => config.to_owned(),
+            };
             let _ = write!(
                 toml,
                 "\n[[routes.plugins]]\nname = \"{name}\"\nconfig = {config}\n"
@@ -1237,6 +1361,118 @@ fn free_port() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// Starts `redis-server` on a free loopback port, without persistence, its files in `dir`, and
+/// waits until it answers PING; the service and its address.
+fn start_redis(redis: &Path, dir: &Path, cpu: Option<&str>) -> Result<(Service, SocketAddr)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let addr = free_port()?;
+    let log = fs::File::create(dir.join("redis.log")).context("cannot create redis's log file")?;
+    let mut command = pinned(cpu, redis);
+    command
+        .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        // `--dir` keeps any file it writes under target/bench/; with its command line left
+        // alone (no process title), a later run finds it there when this one was killed.
+        .arg("--dir")
+        .arg(dir)
+        .args(["--set-proc-title", "no"])
+        .stdin(Stdio::null())
+        .stdout(log);
+    let mut service = Service::spawn("redis-server", dir, &mut command)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(child) = service.child.as_mut()
+            && let Some(status) = child.try_wait().context("failed to poll redis-server")?
+        {
+            service.child = None;
+            bail!(
+                "redis-server exited before serving {addr} ({status}); see {}",
+                dir.join("redis.log").display()
+            );
+        }
+        let last_error = match redis_command(addr, &["PING"]) {
+            Ok(reply) if reply == "+PONG" => return Ok((service, addr)),
+            Ok(reply) => reply,
+            Err(err) => format!("{err:#}"),
+        };
+        ensure!(
+            Instant::now() < deadline,
+            "redis-server did not answer PING on {addr} within {}s (last: {last_error})",
+            READY_TIMEOUT.as_secs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends one command to Redis over a fresh connection; the reply's first line (`+PONG`), or a
+/// bulk string's contents.
+fn redis_command(addr: SocketAddr, args: &[&str]) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        let _ = write!(request, "${}\r\n{arg}\r\n", arg.len());
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line)?;
+    let line = line.trim_end();
+    ensure!(!line.is_empty(), "Redis closed the connection");
+    let Some(length) = line.strip_prefix('$') else {
+        return Ok(line.to_owned());
+    };
+    let length: usize = length
+        .parse()
+        .with_context(|| format!("a bulk reply of length {length:?}"))?;
+    let mut bulk = vec![0; length + 2];
+    reader.read_exact(&mut bulk)?;
+    bulk.truncate(length);
+    Ok(String::from_utf8_lossy(&bulk).into_owned())
+}
+
+/// A redis-server's CPU time (every thread), the scripts it has run and the commands it has
+/// processed (which count the commands scripts run).
+#[derive(Debug)]
+struct RedisStats {
+    cpu_ticks: u64,
+    scripts: u64,
+    commands: u64,
+}
+
+impl RedisStats {
+    fn read((addr, pid): (SocketAddr, u32)) -> Result<Self> {
+        let info = redis_command(addr, &["INFO", "stats", "commandstats"])
+            .context("INFO stats commandstats")?;
+        let commands = info
+            .lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no total_commands_processed in INFO:\n{info}"))?;
+        let scripts = info
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))
+            .filter(|(command, _)| {
+                [
+                    "eval",
+                    "evalsha",
+                    "eval_ro",
+                    "evalsha_ro",
+                    "fcall",
+                    "fcall_ro",
+                ]
+                .contains(command)
+            })
+            .filter_map(|(_, calls)| calls.split(',').next()?.parse::<u64>().ok())
+            .sum();
+        Ok(Self {
+            cpu_ticks: ProcStats::read(&[pid]).cpu_ticks,
+            scripts,
+            commands,
+        })
+    }
+}
+
 /// `pid` and its descendants (nginx's master and workers).
 fn process_tree(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
@@ -1388,6 +1624,9 @@ fn scenario_json(proxy: Proxy, result: &Result<Measured>) -> Value {
             "proxy_voluntary_ctx_switches_per_req": m.proxy_voluntary_ctx_switches_per_req.map(round3),
             "cpu_busy_pct": m.cpu_busy_pct,
             "proxy_cpu_used_by_others_pct": m.proxy_cpu_others_pct,
+            "redis_cpu_us_per_req": m.redis_cpu_us_per_req.map(round3),
+            "redis_scripts_per_req": m.redis_scripts_per_req.map(|n| (n * 1e4).round() / 1e4),
+            "redis_commands_per_req": m.redis_commands_per_req.map(|n| (n * 1e4).round() / 1e4),
             "wrk": m.wrk,
             "idle_memory": m.idle_memory,
         }),
@@ -1434,6 +1673,10 @@ fn fixed_rate_json(
             "wasmgate_vs_nginx": added("wasmgate", "nginx"),
             "wasmgate-3-plugins_vs_wasmgate": added("wasmgate-3-plugins", "wasmgate"),
             "wasmgate-3-plugins_vs_nginx": added("wasmgate-3-plugins", "nginx"),
+            "wasmgate-3-plugins-redis_vs_wasmgate-3-plugins":
+                added("wasmgate-3-plugins-redis", "wasmgate-3-plugins"),
+            "wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins":
+                added("wasmgate-3-plugins-redis-exact", "wasmgate-3-plugins"),
         },
     })
 }
@@ -1457,6 +1700,10 @@ fn ratios_json(results: &[(Proxy, Result<Measured>)]) -> Value {
         "wasmgate-3-plugins_vs_wasmgate_rps": ratio(rps(Proxy::WasmgatePlugins), rps(Proxy::Wasmgate)),
         "wasmgate-3-plugins_vs_wasmgate_cpu_per_req": ratio(cpu(Proxy::WasmgatePlugins), cpu(Proxy::Wasmgate)),
         "wasmgate-3-plugins_vs_nginx_rps": ratio(rps(Proxy::WasmgatePlugins), rps(Proxy::Nginx)),
+        "wasmgate-3-plugins-redis_vs_wasmgate-3-plugins_rps": ratio(rps(Proxy::WasmgatePluginsRedis), rps(Proxy::WasmgatePlugins)),
+        "wasmgate-3-plugins-redis_vs_wasmgate-3-plugins_cpu_per_req": ratio(cpu(Proxy::WasmgatePluginsRedis), cpu(Proxy::WasmgatePlugins)),
+        "wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins_rps": ratio(rps(Proxy::WasmgatePluginsRedisExact), rps(Proxy::WasmgatePlugins)),
+        "wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins_cpu_per_req": ratio(cpu(Proxy::WasmgatePluginsRedisExact), cpu(Proxy::WasmgatePlugins)),
         "wasmgate-https_vs_nginx-https_rps": ratio(rps(Proxy::WasmgateHttps), rps(Proxy::NginxHttps)),
         "wasmgate-https_vs_nginx-https_cpu_per_req": ratio(cpu(Proxy::WasmgateHttps), cpu(Proxy::NginxHttps)),
         "wasmgate-log_vs_nginx-log_rps": ratio(rps(Proxy::WasmgateLog), rps(Proxy::NginxLog)),
@@ -1511,6 +1758,30 @@ fn markdown(report: &Value) -> String {
                 .map_or_else(|| "—".to_owned(), |pct| format!("{pct:.0} %")),
         );
     }
+    let on_redis: Vec<&Value> = report["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["redis_cpu_us_per_req"].is_number())
+        .collect();
+    if !on_redis.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| state on Redis | redis-server CPU µs/req (not in the proxy's) | scripts (round trips)/req | commands/req (scripts' included) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for s in on_redis {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s["name"].as_str().unwrap_or_default(),
+                num(&s["redis_cpu_us_per_req"], 2),
+                num(&s["redis_scripts_per_req"], 4),
+                num(&s["redis_commands_per_req"], 4),
+            );
+        }
+    }
     let idle: Vec<&Value> = report["scenarios"]
         .as_array()
         .into_iter()
@@ -1561,6 +1832,26 @@ fn markdown(report: &Value) -> String {
         (
             "wasmgate-3-plugins / wasmgate, CPU per request",
             "wasmgate-3-plugins_vs_wasmgate_cpu_per_req",
+            "",
+        ),
+        (
+            "wasmgate-3-plugins-redis / wasmgate-3-plugins (batched), requests/s",
+            "wasmgate-3-plugins-redis_vs_wasmgate-3-plugins_rps",
+            "≥ 0.85",
+        ),
+        (
+            "wasmgate-3-plugins-redis / wasmgate-3-plugins (batched), CPU per request",
+            "wasmgate-3-plugins-redis_vs_wasmgate-3-plugins_cpu_per_req",
+            "",
+        ),
+        (
+            "wasmgate-3-plugins-redis-exact / wasmgate-3-plugins, requests/s",
+            "wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins_rps",
+            "",
+        ),
+        (
+            "wasmgate-3-plugins-redis-exact / wasmgate-3-plugins, CPU per request",
+            "wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins_cpu_per_req",
             "",
         ),
         (
@@ -1634,9 +1925,15 @@ fn markdown(report: &Value) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "p99 added at a fixed rate: wasmgate vs nginx {} ms; the 3-plugin chain vs wasmgate {} ms",
+            "p99 added at a fixed rate: wasmgate vs nginx {} ms; the 3-plugin chain vs wasmgate {} ms; \
+             the chain on Redis vs in memory {} ms (batched), {} ms (exact)",
             num(&added["wasmgate_vs_nginx"], 3),
             num(&added["wasmgate-3-plugins_vs_wasmgate"], 3),
+            num(&added["wasmgate-3-plugins-redis_vs_wasmgate-3-plugins"], 3),
+            num(
+                &added["wasmgate-3-plugins-redis-exact_vs_wasmgate-3-plugins"],
+                3
+            ),
         );
     }
     out
@@ -1729,19 +2026,24 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!());
         let upstream: SocketAddr = "127.0.0.1:18081".parse().unwrap_or_else(|_| unreachable!());
         let plain = Origin::Http(upstream);
-        let toml = wasmgate_config(listen, plain, true, None, Path::new("/tmp/bench"));
+        let toml = wasmgate_config(listen, plain, Chain::Memory, None, Path::new("/tmp/bench"));
         for (name, _) in PLUGINS {
             assert!(toml.contains(&format!("name = \"{name}\"")), "{toml}");
         }
         assert!(toml.contains("targets = [\"127.0.0.1:18081\"]"), "{toml}");
         assert!(toml.contains("access_log = \"off\""), "{toml}");
         assert!(
-            !wasmgate_config(listen, plain, false, None, Path::new("/b")).contains("plugins]]")
+            !wasmgate_config(listen, plain, Chain::Off, None, Path::new("/b"))
+                .contains("plugins]]")
+        );
+        assert!(
+            !toml.contains("[gateway.state]") && !toml.contains("mode ="),
+            "{toml}"
         );
         let logged = wasmgate_config(
             listen,
             plain,
-            false,
+            Chain::Off,
             Some(Path::new("/l/a.log")),
             Path::new("/b"),
         );
@@ -1785,13 +2087,51 @@ mod tests {
         ] {
             assert!(nginx.contains(line), "{line} in {nginx}");
         }
-        let toml = wasmgate_config(listen, origin, false, None, Path::new("/b"));
+        let toml = wasmgate_config(listen, origin, Chain::Off, None, Path::new("/b"));
         assert!(
             toml.contains("targets = [\"https://127.0.0.1:18443\"]")
                 && toml
                     .contains("tls = { ca = \"/c/origin.pem\", server_name = \"origin.bench\" }"),
             "{toml}"
         );
+    }
+
+    #[test]
+    fn the_chain_on_redis_counts_there_in_the_scenarios_mode() {
+        let listen: SocketAddr = "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!());
+        let redis: SocketAddr = "127.0.0.1:16379".parse().unwrap_or_else(|_| unreachable!());
+        let plain = Origin::Http("127.0.0.1:18081".parse().unwrap_or_else(|_| unreachable!()));
+        for (proxy, keys) in [
+            (
+                Proxy::WasmgatePluginsRedis,
+                r#"by = "consumer", mode = "batched", sync_interval = "100ms" }"#,
+            ),
+            (
+                Proxy::WasmgatePluginsRedisExact,
+                r#"by = "consumer", mode = "exact" }"#,
+            ),
+        ] {
+            let mode = proxy.redis_mode().unwrap_or_else(|| unreachable!());
+            let toml = wasmgate_config(
+                listen,
+                plain,
+                Chain::Redis(redis, mode),
+                None,
+                Path::new("/b"),
+            );
+            assert!(
+                toml.contains(
+                    "workers = 1\n\n[gateway.state]\nbackend = \"redis\"\n\
+                     url = \"redis://127.0.0.1:16379\"\non_unavailable = \"deny\"\n\n[upstreams"
+                ),
+                "{toml}"
+            );
+            assert!(toml.contains(keys), "{toml}");
+            for (name, _) in PLUGINS {
+                assert!(toml.contains(&format!("name = \"{name}\"")), "{toml}");
+            }
+        }
+        assert_eq!(Proxy::WasmgatePlugins.redis_mode(), None);
     }
 
     #[test]
@@ -1808,6 +2148,14 @@ mod tests {
         assert!(check_response(Proxy::Nginx, plain).is_ok());
         assert!(check_response(Proxy::WasmgatePlugins, plain).is_err());
         assert!(check_response(Proxy::WasmgatePlugins, chained).is_ok());
+        for on_redis in [
+            Proxy::WasmgatePluginsRedis,
+            Proxy::WasmgatePluginsRedisExact,
+        ] {
+            assert!(check_response(on_redis, plain).is_err());
+            assert!(check_response(on_redis, chained).is_ok());
+        }
+        assert!(check_response(Proxy::Wasmgate, chained).is_err());
         assert!(check_response(Proxy::Direct, "HTTP/1.1 200 OK\r\n").is_err());
     }
 }
