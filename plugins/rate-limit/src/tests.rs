@@ -349,6 +349,113 @@ fn refuses_bad_configs_naming_the_key_and_value() {
 }
 
 #[test]
+fn refuses_unknown_algorithms_modes_and_misplaced_sync_intervals() {
+    assert_eq!(
+        refused(r#"{ "limit": 1, "algorithm": "leaky" }"#),
+        r#"algorithm = "leaky": expected "fixed_window", "sliding_window" or "token_bucket""#
+    );
+    assert_eq!(
+        refused(r#"{ "limit": 1, "mode": "eventual" }"#),
+        r#"mode = "eventual": expected "exact" or "batched""#
+    );
+    assert_eq!(
+        refused(r#"{ "limit": 1, "sync_interval": "50ms" }"#),
+        r#"sync_interval: applies with mode = "batched" only"#
+    );
+    assert_eq!(
+        refused(r#"{ "limit": 1, "mode": "batched", "sync_interval": "5ms" }"#),
+        "sync_interval = 5ms: must be at least 10ms"
+    );
+    assert!(
+        refused(r#"{ "limit": 20000000 }"#).contains("at most 10000000"),
+        "a limit Redis's doubles could not count exactly"
+    );
+    assert!(
+        refused(r#"{ "limit": 2000000, "window": "1s", "algorithm": "token_bucket" }"#)
+            .contains("at most 1000 per millisecond")
+    );
+    let p = plugin(r#"{ "limit": 5, "mode": "batched" }"#);
+    assert_eq!(
+        p.quota.accuracy,
+        state::Accuracy::Batched {
+            sync_interval: Duration::from_millis(100)
+        },
+        "sync_interval defaults to 100ms"
+    );
+    assert_eq!(
+        plugin(r#"{ "limit": 5 }"#).quota.accuracy,
+        state::Accuracy::Exact
+    );
+}
+
+#[test]
+fn every_answer_names_the_policy() {
+    frozen(Duration::ZERO);
+    let p =
+        plugin(r#"{ "limit": 1, "window": "1m", "by": "consumer", "overrides": { "bob": 7 } }"#);
+    let ctx = Context::new();
+    let mut req = request("10.0.0.1");
+    testing::on_request(&p, &mut req, &ctx).expect("ok");
+    let mut resp = Response::builder().status(200).build();
+    testing::on_response(&p, &req, &mut resp, &ctx).expect("ok");
+    assert_eq!(resp.header("ratelimit-policy").as_deref(), Some("1;w=60"));
+    let refusal = p.on_request(&mut request("10.0.0.1"), &ctx).expect("ok");
+    let reply = refusal.reply().expect("refused");
+    assert_eq!(reply.header("ratelimit-policy"), Some("1;w=60"));
+    let bob = Context::new();
+    bob.set("consumer", "bob");
+    let mut req = request("10.0.0.2");
+    testing::on_request(&p, &mut req, &bob).expect("ok");
+    let mut resp = Response::builder().status(200).build();
+    testing::on_response(&p, &req, &mut resp, &bob).expect("ok");
+    assert_eq!(
+        resp.header("ratelimit-policy").as_deref(),
+        Some("7;w=60"),
+        "an override's own quota"
+    );
+}
+
+#[test]
+fn a_sliding_window_carries_the_previous_windows_weight() {
+    // 6 s into a minute, after 10 requests in the previous minute: 54/60 of them still count.
+    testing::reset_state();
+    let start = UNIX_EPOCH + Duration::from_secs(1_700_000_040);
+    testing::freeze_clock(start - Duration::from_secs(1));
+    let p = plugin(r#"{ "limit": 10, "window": "1m", "by": "ip", "algorithm": "sliding_window" }"#);
+    for _ in 0..10 {
+        assert_eq!(call(&p, "10.0.0.1", None).0, 200);
+    }
+    testing::freeze_clock(start + Duration::from_secs(6));
+    // 10 × 54/60 = 9: one more fits, the next does not.
+    assert_eq!(call(&p, "10.0.0.1", None).0, 200);
+    let (status, headers) = call(&p, "10.0.0.1", None);
+    assert_eq!(status, 429);
+    // It passes once the previous minute weighs 8 (12 s into this one, 10 × 48/60): 6 s from
+    // now.
+    assert_eq!(headers[3].as_deref(), Some("6"));
+}
+
+#[test]
+fn a_token_bucket_bursts_to_the_limit_then_refills_evenly() {
+    frozen(Duration::ZERO);
+    let p = plugin(r#"{ "limit": 6, "window": "1m", "by": "ip", "algorithm": "token_bucket" }"#);
+    for _ in 0..6 {
+        assert_eq!(call(&p, "10.0.0.1", None).0, 200);
+    }
+    let (status, headers) = call(&p, "10.0.0.1", None);
+    assert_eq!(status, 429);
+    assert_eq!(headers[3].as_deref(), Some("10"), "one token every 10 s");
+    frozen_at_offset(Duration::from_secs(10));
+    assert_eq!(call(&p, "10.0.0.1", None).0, 200);
+    assert_eq!(call(&p, "10.0.0.1", None).0, 429);
+}
+
+/// Moves the frozen clock to `offset` after the start of [`frozen`]'s minute, keeping the state.
+fn frozen_at_offset(offset: Duration) {
+    testing::freeze_clock(UNIX_EPOCH + Duration::from_secs(1_700_000_040) + offset);
+}
+
+#[test]
 fn window_boundaries_follow_the_epoch() {
     // 59.25 s into an hour: the window ends in 3540.75 s, announced as 3541.
     testing::reset_state();

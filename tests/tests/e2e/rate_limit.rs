@@ -321,3 +321,48 @@ async fn refuses_a_bad_config_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sliding_windows_and_token_buckets_limit_in_memory_with_their_policy() {
+    let gw = gateway(
+        r#"
+        [[routes]]
+        name = "sliding"
+        paths = ["/sliding"]
+        upstream = "u"
+        [[routes.plugins]]
+        name = "rate-limit"
+        config = { limit = 4, window = "1h", by = "ip", algorithm = "sliding_window" }
+        [[routes]]
+        name = "bucket"
+        paths = ["/bucket"]
+        upstream = "u"
+        [[routes.plugins]]
+        name = "rate-limit"
+        config = { limit = 4, window = "1h", by = "ip", algorithm = "token_bucket", namespace = "b" }
+        "#,
+    )
+    .await;
+    let c = client();
+    for path in ["/sliding", "/bucket"] {
+        for remaining in [3, 2, 1, 0] {
+            let seen = send(c.get(gw.url(path))).await;
+            assert_eq!(seen.status, 200, "{path}");
+            assert_eq!(seen.remaining, Some(remaining), "{path}");
+            assert_eq!(
+                seen.response.headers()["ratelimit-policy"],
+                "4;w=3600",
+                "{path}"
+            );
+        }
+        let refused = send(c.get(gw.url(path))).await;
+        assert_eq!(refused.status, 429, "{path}");
+        let retry = refused.retry_after.expect("retry-after");
+        if path == "/bucket" {
+            // One token every 15 minutes, not the hour's end.
+            assert!((1..=900).contains(&retry), "{path}: retry after {retry}");
+        } else {
+            assert!(retry >= 1, "{path}: retry after {retry}");
+        }
+    }
+}
