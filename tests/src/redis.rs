@@ -289,9 +289,12 @@ async fn launch(port: u16, dir: &Path, extra: &[String]) -> anyhow::Result<Launc
                 "redis-server exited ({status}) before answering PING on port {port}; its log:\n{log}"
             );
         }
-        let ready = if extra.iter().any(|a| a == "--tls-port") {
-            // No plain port to PING: its own word that it listens (after a taken port would
-            // have made it exit).
+        let ready = if extra
+            .iter()
+            .any(|a| a == "--tls-port" || a == "--requirepass")
+        {
+            // No plain port to PING, or no PING without a password: its own word that it
+            // listens (after a taken port would have made it exit).
             logs(dir).contains("Ready to accept connections")
         } else {
             answers_ping(port).await && is_process(port, process.0.id()).await

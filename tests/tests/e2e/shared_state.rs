@@ -654,3 +654,53 @@ async fn rediss_is_verified_against_the_configured_ca() {
     let got = c.get(untrusted.url("/kv/k")).send().await.expect("get");
     assert_eq!(got.status(), 503, "an unverified server is never used");
 }
+
+#[tokio::test]
+async fn the_url_carries_the_password_and_a_wrong_one_is_unavailable() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"])
+        .await
+        .expect("a redis with a password");
+    let up = echo_upstream("up").await;
+    let config = |password: &str| {
+        format!(
+            r#"
+            [gateway]
+            listen = ["127.0.0.1:0"]
+            plugin_cache_dir = ""
+            [gateway.state]
+            backend = "redis"
+            url = "redis://default:{password}@127.0.0.1:{}/0"
+            on_unavailable = "deny"
+            [upstreams.u]
+            targets = ["{up}"]
+            [[routes]]
+            name = "kv"
+            upstream = "u"
+            [[routes.plugins]]
+            name = "kv-store"
+            "#,
+            redis.port()
+        )
+    };
+    let right = TestGateway::start_in(
+        workdir_with_plugins(&[("kv-store", KV_STORE)]),
+        &config("s3cret"),
+    )
+    .await
+    .expect("start");
+    let c = client();
+    let put = c.put(right.url("/kv/k")).header("x-value", "v");
+    assert_eq!(put.send().await.expect("put").status(), 204);
+    let wrong = TestGateway::start_in(
+        workdir_with_plugins(&[("kv-store", KV_STORE)]),
+        &config("guess"),
+    )
+    .await
+    .expect("start");
+    let got = c.get(wrong.url("/kv/k")).send().await.expect("get");
+    assert_eq!(
+        got.status(),
+        503,
+        "refused by Redis: unavailable, not a miss"
+    );
+}
