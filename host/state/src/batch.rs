@@ -55,6 +55,12 @@ pub(crate) struct Batches {
     entries: DashMap<String, Mutex<Entry>>,
     store: Arc<RedisStore>,
     metrics: StateMetrics,
+    /// The runtime the state was made on (the gateway's control runtime): the sync task runs
+    /// there, not on the worker whose request first used a batched limit.
+    runtime: tokio::runtime::Handle,
+    /// Started with the first batched limit: a gateway without one never wakes for it.
+    sync_started: std::sync::Once,
+    this: Weak<Self>,
 }
 
 /// The units a state has left for a request of one unit: the remaining quota as a count.
@@ -69,15 +75,33 @@ fn refusals_count(quota: Quota) -> bool {
 }
 
 impl Batches {
+    /// Must be called inside the tokio runtime the sync task is to run on.
     pub(crate) fn new(store: Arc<RedisStore>, metrics: StateMetrics) -> Arc<Self> {
-        let batches = Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
             entries: DashMap::new(),
             store,
             metrics,
-        });
-        let weak = Arc::downgrade(&batches);
-        tokio::spawn(sync_task(weak));
-        batches
+            runtime: tokio::runtime::Handle::current(),
+            sync_started: std::sync::Once::new(),
+            this: this.clone(),
+        })
+    }
+
+    fn entry(quota: Quota, sync_interval: Duration, now: u64) -> Mutex<Entry> {
+        Mutex::new(Entry {
+            quota,
+            interval_ms: millis(sync_interval).max(1),
+            known: None,
+            baseline: None,
+            own_since_baseline: 0,
+            pending: 0,
+            margin: u64::MAX,
+            observed_since_ms: now,
+            others_used: 0,
+            own_used: 0,
+            next_sync_ms: now,
+            last_used_ms: now,
+        })
     }
 
     /// Decides a request locally when the view allows it, or Redis when the limit is near.
@@ -90,23 +114,17 @@ impl Batches {
         now: u64,
         budget: Duration,
     ) -> Result<Verdict, Unavailable> {
+        self.sync_started
+            .call_once(|| drop(self.runtime.spawn(sync_task(self.this.clone()))));
         let used = {
-            let entry = self.entries.entry(key.to_owned()).or_insert_with(|| {
-                Mutex::new(Entry {
-                    quota,
-                    interval_ms: millis(sync_interval).max(1),
-                    known: None,
-                    baseline: None,
-                    own_since_baseline: 0,
-                    pending: 0,
-                    margin: u64::MAX,
-                    observed_since_ms: now,
-                    others_used: 0,
-                    own_used: 0,
-                    next_sync_ms: now,
-                    last_used_ms: now,
-                })
-            });
+            let entry = match self.entries.get(key) {
+                Some(entry) => entry,
+                None => self
+                    .entries
+                    .entry(key.to_owned())
+                    .or_insert_with(|| Self::entry(quota, sync_interval, now))
+                    .downgrade(),
+            };
             let mut e = entry
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -276,7 +276,41 @@ impl SharedState {
         accuracy: Accuracy,
         budget: Duration,
     ) -> Result<Verdict, Refused> {
-        let now = now_ms();
+        self.limit_at(key, quota, cost, accuracy, now_ms(), budget)
+            .await
+    }
+
+    /// An exact [`SharedState::limit`] decided as if at `now_ms` (ms since the epoch), for tests
+    /// that hold the backends' arithmetic side by side (Redis's scripts against the memory
+    /// backend's Rust).
+    #[doc(hidden)]
+    pub async fn limit_exact_at(
+        &self,
+        key: &str,
+        quota: Quota,
+        cost: u64,
+        now_ms: u64,
+    ) -> Result<Verdict, Refused> {
+        self.limit_at(
+            key,
+            quota,
+            cost,
+            Accuracy::Exact,
+            now_ms,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    async fn limit_at(
+        &self,
+        key: &str,
+        quota: Quota,
+        cost: u64,
+        accuracy: Accuracy,
+        now: u64,
+        budget: Duration,
+    ) -> Result<Verdict, Refused> {
         let key = &limit_key(key, quota);
         let Some(shared) = &self.redis else {
             return Ok(self.memory.limit_at(key, quota, cost, now));
@@ -307,31 +341,6 @@ impl SharedState {
                 },
             ),
         }
-    }
-}
-
-impl SharedState {
-    /// An exact [`SharedState::limit`] decided as if at `now_ms` (ms since the epoch), for tests
-    /// that hold the backends' arithmetic side by side (Redis's scripts against the memory
-    /// backend's Rust).
-    #[doc(hidden)]
-    pub async fn limit_exact_at(
-        &self,
-        key: &str,
-        quota: Quota,
-        cost: u64,
-        now_ms: u64,
-    ) -> Result<Verdict, Refused> {
-        let key = &limit_key(key, quota);
-        let Some(shared) = &self.redis else {
-            return Ok(self.memory.limit_at(key, quota, cost, now_ms));
-        };
-        shared
-            .store
-            .limit(key, quota, 0, cost, now_ms, Duration::from_secs(5))
-            .await
-            .map(|state| wasmgate_counters::decide(Some(state), now_ms, quota, cost).1)
-            .map_err(|e| Refused(e.to_string()))
     }
 }
 

@@ -71,13 +71,17 @@ impl metrics::Host for HostState {
 }
 
 impl HostState {
-    /// What is left of the running call's `timeout`: a shared-state call waits no longer for
-    /// the network (the epoch only interrupts guest code, not a host call awaiting Redis).
+    /// How long a shared-state call may wait for the network: what is left of the running
+    /// hook's `timeout` (the epoch only interrupts guest code, not a host call awaiting Redis),
+    /// less a fifth of it and at least two ticks, kept for the plugin to finish with the answer.
+    /// Without that reserve a call that waited it all out returned to a guest already past its
+    /// deadline: a timeout trap, whatever `on_unavailable` said.
     fn budget(&self) -> Duration {
         let now = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
         let used = now.saturating_sub(self.ticks.start);
-        let left = self.ticks.limit.saturating_sub(used).max(1);
-        crate::engine::EPOCH_TICK.saturating_mul(u32::try_from(left).unwrap_or(u32::MAX))
+        let left = self.ticks.limit.saturating_sub(used);
+        let wait = left.saturating_sub((left / 5).max(2)).max(1);
+        crate::engine::EPOCH_TICK.saturating_mul(u32::try_from(wait).unwrap_or(u32::MAX))
     }
 
     /// The answer of a shared-state call, or `neutral` when it was refused (`on_unavailable =
@@ -109,8 +113,8 @@ impl shared_state::Host for HostState {
         delta: i64,
         window_ms: u64,
     ) -> wasmtime::Result<shared_state::Counter> {
-        let shared = self.shared.clone();
-        let result = shared
+        let result = self
+            .shared
             .counter_add(
                 &self.namespaced(&key),
                 delta,
@@ -127,8 +131,8 @@ impl shared_state::Host for HostState {
         key: String,
         window_ms: u64,
     ) -> wasmtime::Result<shared_state::Counter> {
-        let shared = self.shared.clone();
-        let result = shared
+        let result = self
+            .shared
             .counter_get(
                 &self.namespaced(&key),
                 Duration::from_millis(window_ms),
@@ -140,14 +144,16 @@ impl shared_state::Host for HostState {
     }
 
     async fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        let shared = self.shared.clone();
-        let result = shared.kv_get(&self.namespaced(&key), self.budget()).await;
+        let result = self
+            .shared
+            .kv_get(&self.namespaced(&key), self.budget())
+            .await;
         Ok(self.answered(result, None))
     }
 
     async fn kv_set(&mut self, key: String, value: String, ttl_ms: u64) -> wasmtime::Result<()> {
-        let shared = self.shared.clone();
-        let result = shared
+        let result = self
+            .shared
             .kv_set(
                 &self.namespaced(&key),
                 value,
@@ -166,8 +172,8 @@ impl shared_state::Host for HostState {
         value: String,
         ttl_ms: u64,
     ) -> wasmtime::Result<bool> {
-        let shared = self.shared.clone();
-        let result = shared
+        let result = self
+            .shared
             .kv_compare_and_swap(
                 &self.namespaced(&key),
                 expected.as_deref(),
@@ -180,8 +186,8 @@ impl shared_state::Host for HostState {
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        let shared = self.shared.clone();
-        let result = shared
+        let result = self
+            .shared
             .kv_delete(&self.namespaced(&key), self.budget())
             .await;
         self.answered(result, ());
@@ -194,7 +200,6 @@ impl shared_state::Host for HostState {
         cost: u64,
         quota: shared_state::Quota,
     ) -> wasmtime::Result<shared_state::Verdict> {
-        let shared = self.shared.clone();
         let accuracy = if quota.sync_ms == 0 {
             Accuracy::Exact
         } else {
@@ -212,7 +217,8 @@ impl shared_state::Host for HostState {
             window_ms: quota.window_ms.max(1),
             algorithm,
         };
-        let result = shared
+        let result = self
+            .shared
             .limit(
                 &self.namespaced(&key),
                 quota,
