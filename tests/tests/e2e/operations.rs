@@ -725,7 +725,12 @@ async fn a_changed_plugin_file_is_recompiled_and_swapped_in() {
     );
     assert!(!metrics.contains("Not A Valid Name"), "{metrics}");
     // Logged once per binding of the entry, not per call (three calls here). Under load the
-    // watcher may see the rename as two changes 250 ms apart, and each reload binds anew.
+    // watcher may see the rename as two changes 250 ms apart, and each reload binds anew. The
+    // log is read from the process's stderr by a thread: wait for the line, not just read.
+    eventually(Duration::from_secs(5), "the invalid name is logged", || {
+        run.gw.log_text().contains("plugin counter ignored")
+    })
+    .await;
     let log = run.gw.log_text();
     let logged = log.matches("plugin counter ignored").count();
     let reloads = log.matches("reloading").count();

@@ -43,6 +43,8 @@ fn limited_config(redis: &str, up: SocketAddr, limit: &str) -> String {
         upstream = "u"
         [[routes.plugins]]
         name = "rate-limit"
+        # Room for two gateway processes and their load on two cores: not what is tested.
+        timeout = "1s"
         config = {limit}
         "#
     )
@@ -199,6 +201,7 @@ async fn gateway_on(redis: &RedisServer, policy: &str, limit: u64) -> Node {
             upstream = "u"
             [[routes.plugins]]
             name = "rate-limit"
+            timeout = "1s"
             config = {{ limit = {limit}, window = "1h", by = "route" }}
             "#,
             redis.url()
@@ -280,11 +283,22 @@ async fn with_redis_down_deny_answers_503_and_is_not_ready_until_it_returns() {
     let (status, body) = ready(admin).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["state"]["available"], false, "{body}");
+    let m = metric_text(admin).await;
+    assert_eq!(
+        metric_value(&m, "wasmgate_state_redis_available"),
+        0.0,
+        "{m}"
+    );
 
     redis.restart().await.expect("restart redis");
     until_counted_in_redis(&gw, &redis).await;
     assert_eq!(ready(admin).await.0, 200);
     let m = metric_text(admin).await;
+    assert_eq!(
+        metric_value(&m, "wasmgate_state_redis_available"),
+        1.0,
+        "{m}"
+    );
     assert!(
         m.contains(r#"wasmgate_state_fallbacks_total{policy="deny"}"#),
         "{m}"
@@ -343,18 +357,17 @@ async fn with_redis_down_local_counts_per_gateway_and_redis_takes_over_again() {
     );
 }
 
-#[tokio::test]
-async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
-    let redis = RedisServer::start().await.expect("redis");
-    let up = echo_upstream("up").await;
-    let config = format!(
+/// A gateway config whose every route answers from the kv-store plugin, with `state` as the
+/// `[gateway.state]` section's keys.
+fn kv_config(up: SocketAddr, state: &str) -> String {
+    format!(
         r#"
         [gateway]
         listen = ["127.0.0.1:0"]
         plugin_cache_dir = ""
         [gateway.state]
         backend = "redis"
-        url = "{}"
+        {state}
         [upstreams.u]
         targets = ["{up}"]
         [[routes]]
@@ -362,9 +375,15 @@ async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
         upstream = "u"
         [[routes.plugins]]
         name = "kv-store"
-        "#,
-        redis.url()
-    );
+        "#
+    )
+}
+
+#[tokio::test]
+async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
+    let redis = RedisServer::start().await.expect("redis");
+    let up = echo_upstream("up").await;
+    let config = kv_config(up, &format!("url = \"{}\"", redis.url()));
     let (_dir, [a, b]) = two_gateways(&[("kv-store", KV_STORE)], &config);
     let c = client();
     let at = |gw: &GatewayProcess, path: &str| format!("http://{}{path}", gw.addrs[0]);
@@ -441,6 +460,10 @@ async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
             .expect("body");
         assert_eq!(body, expected, "one counter for both gateways");
     }
+    let read = c.get(at(&b, "/counter/hits")).send().await.expect("read");
+    assert_eq!(read.text().await.expect("body"), "3", "read without adding");
+    let read = c.get(at(&a, "/counter/unseen")).send().await.expect("read");
+    assert_eq!(read.text().await.expect("body"), "0", "absent reads 0");
     let keys = redis
         .cmd(&["KEYS", "wasmgate:kv-store:*"])
         .await
@@ -536,6 +559,7 @@ async fn a_redis_cluster_holds_limits_and_values_across_its_nodes() {
         backend = "redis"
         cluster = [{nodes}]
         on_unavailable = "deny"
+        key_prefix = "edge:"
         [upstreams.u]
         targets = ["{up}"]
         [[routes]]
@@ -584,6 +608,15 @@ async fn a_redis_cluster_holds_limits_and_values_across_its_nodes() {
         holding >= 2,
         "keys spread over the nodes: {holding} of 3 hold some"
     );
+    let mut named = String::new();
+    for node in &cluster.nodes {
+        named += &node.cmd(&["KEYS", "*"]).await.expect("keys");
+    }
+    assert!(
+        named.contains("edge:kv-store:kv:key-"),
+        "under key_prefix: {named}"
+    );
+    assert!(!named.contains("wasmgate:"), "no key outside it: {named}");
 
     // A limit per user, its scripts run on whichever node owns each user's key.
     for user in ["ann", "ben", "cat", "dan"] {
@@ -613,25 +646,9 @@ async fn rediss_is_verified_against_the_configured_ca() {
         .expect("a TLS redis");
     let up = echo_upstream("up").await;
     let config = |ca: &str| {
-        format!(
-            r#"
-            [gateway]
-            listen = ["127.0.0.1:0"]
-            plugin_cache_dir = ""
-            [gateway.state]
-            backend = "redis"
-            url = "{}"
-            on_unavailable = "deny"
-            {ca}
-            [upstreams.u]
-            targets = ["{up}"]
-            [[routes]]
-            name = "kv"
-            upstream = "u"
-            [[routes.plugins]]
-            name = "kv-store"
-            "#,
-            redis.url()
+        kv_config(
+            up,
+            &format!("url = \"{}\"\non_unavailable = \"deny\"\n{ca}", redis.url()),
         )
     };
     let trusted = TestGateway::start_in(
@@ -662,25 +679,8 @@ async fn the_url_carries_the_password_and_a_wrong_one_is_unavailable() {
         .expect("a redis with a password");
     let up = echo_upstream("up").await;
     let config = |password: &str| {
-        format!(
-            r#"
-            [gateway]
-            listen = ["127.0.0.1:0"]
-            plugin_cache_dir = ""
-            [gateway.state]
-            backend = "redis"
-            url = "redis://default:{password}@127.0.0.1:{}/0"
-            on_unavailable = "deny"
-            [upstreams.u]
-            targets = ["{up}"]
-            [[routes]]
-            name = "kv"
-            upstream = "u"
-            [[routes.plugins]]
-            name = "kv-store"
-            "#,
-            redis.port()
-        )
+        let url = format!("redis://default:{password}@127.0.0.1:{}/0", redis.port());
+        kv_config(up, &format!("url = \"{url}\"\non_unavailable = \"deny\""))
     };
     let right = TestGateway::start_in(
         workdir_with_plugins(&[("kv-store", KV_STORE)]),
@@ -703,4 +703,66 @@ async fn the_url_carries_the_password_and_a_wrong_one_is_unavailable() {
         503,
         "refused by Redis: unavailable, not a miss"
     );
+}
+
+/// A "Redis" that accepts connections and reads them, but never answers.
+async fn silent_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut socket, &mut sink).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_leaves_the_plugin_time_to_answer() {
+    // Redis's timeout (250 ms) is longer than the hook's (50 ms, the default): the wait must
+    // end while the plugin still has time to use the fallback answer, not trap at its deadline.
+    let silent = silent_server().await;
+    let up = echo_upstream("up").await;
+    for policy in ["allow", "local"] {
+        let gw = TestGateway::start_in(
+            workdir_with_plugins(&[("rate-limit", RATE_LIMIT)]),
+            &format!(
+                r#"
+                [gateway]
+                listen = ["127.0.0.1:0"]
+                plugin_cache_dir = ""
+                [gateway.state]
+                backend = "redis"
+                url = "redis://{silent}"
+                on_unavailable = "{policy}"
+                [upstreams.u]
+                targets = ["{up}"]
+                [[routes]]
+                name = "api"
+                upstream = "u"
+                [[routes.plugins]]
+                name = "rate-limit"
+                config = {{ limit = 10000, window = "1h", by = "route" }}
+                "#
+            ),
+        )
+        .await
+        .expect("start");
+        // Each request waits out its budget; the trap this guards against came at the next
+        // epoch tick, so only some of them would show it: enough requests to see it.
+        let statuses = spread(&[gw.http], 300, 16).await;
+        assert_eq!(count(&statuses, 200), 300, "{policy}: {statuses:?}");
+        let m = gw.metrics();
+        assert!(
+            m.contains(&format!(
+                r#"wasmgate_state_fallbacks_total{{policy="{policy}"}}"#
+            )),
+            "{m}"
+        );
+    }
 }
