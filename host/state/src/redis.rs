@@ -6,7 +6,7 @@
 //! its key, so a new window is a new key and the old one expires on its own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -21,6 +21,11 @@ use crate::{Counter, StateError, Unavailable, millis};
 
 /// How often an idle gateway checks that Redis answers, for `/ready` and the metrics.
 const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// [`RedisStore::health`]'s values.
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 /// Adds ARGV[1] to a counter and (re)sets its expiry to ARGV[2] ms (0: none).
 const COUNTER_ADD: &str = r"
@@ -154,7 +159,8 @@ pub(crate) struct RedisStore {
     prefix: String,
     timeout: Duration,
     scripts: Scripts,
-    available: AtomicBool,
+    /// [`UNKNOWN`] until the first command or PING ends, then [`UP`] or [`DOWN`].
+    health: AtomicU8,
     metrics: StateMetrics,
     /// Where the URL is named in errors and logs, password hidden.
     label: String,
@@ -245,35 +251,54 @@ impl RedisStore {
                 sliding: Script::new(LIMIT_SLIDING),
                 bucket: Script::new(LIMIT_BUCKET),
             },
-            available: AtomicBool::new(true),
+            health: AtomicU8::new(UNKNOWN),
             metrics,
             label,
         })
     }
 
-    /// Whether the last command or PING got an answer.
+    /// Whether the last command or PING got an answer (not before the first one did).
     pub(crate) fn available(&self) -> bool {
-        self.available.load(Ordering::Relaxed)
+        self.health.load(Ordering::Relaxed) == UP
     }
 
-    /// PINGs Redis every [`PING_EVERY`] (from a task that ends with the store), so `/ready` and
-    /// the metrics follow Redis even when no plugin calls it.
+    /// Opens every connection of the pool now, then PINGs Redis every [`PING_EVERY`] (from a
+    /// task that ends with the store), so `/ready` and the metrics follow Redis even when no
+    /// plugin calls it. Opening them up front keeps the first requests from paying for it: a
+    /// TLS handshake can take longer than a hook's whole budget.
     pub(crate) fn watch_health(self: &Arc<Self>) {
         let store = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PING_EVERY);
+            let Some(first) = store.upgrade() else { return };
+            let connections = match &first.connections {
+                Connections::Single { pool, .. } => pool.len(),
+                Connections::Cluster { .. } => 1,
+            };
+            // Round-robin hands each of these PINGs its own connection.
+            let mut pings = tokio::task::JoinSet::new();
+            for _ in 0..connections {
+                let store = first.clone();
+                pings.spawn(async move { store.ping().await });
+            }
+            drop(first);
+            pings.join_all().await;
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(store) = store.upgrade() else { return };
-                let timeout = store.timeout;
-                let _: Result<String, _> = store
-                    .run("ping", timeout, |mut c| async move {
-                        redis::cmd("PING").query_async(&mut c).await
-                    })
-                    .await;
+                store.ping().await;
             }
         });
+    }
+
+    async fn ping(&self) {
+        let _: Result<String, _> = self
+            .run("ping", self.timeout, |mut c| async move {
+                redis::cmd("PING").query_async(&mut c).await
+            })
+            .await;
     }
 
     async fn connection(&self) -> Result<Connection, redis::RedisError> {
@@ -318,9 +343,13 @@ impl RedisStore {
         if !up {
             self.metrics.failed(op);
         }
-        if self.available.swap(up, Ordering::Relaxed) != up {
+        let health = if up { UP } else { DOWN };
+        let was = self.health.swap(health, Ordering::Relaxed);
+        if was != health {
             self.metrics.set_available(up);
-            if up {
+            if up && was == UNKNOWN {
+                tracing::info!(redis = %self.label, "shared state: connected to redis");
+            } else if up {
                 tracing::info!(redis = %self.label, "shared state: redis answers again");
             } else if let Err(e) = &outcome {
                 tracing::warn!(redis = %self.label, "shared state: redis unavailable: {e}");

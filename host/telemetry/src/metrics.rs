@@ -396,7 +396,7 @@ impl Metrics {
         );
         registry.register(
             "state_redis_available",
-            "Whether the shared state answers: Redis reachable (1) or not (0); always 1 with the memory backend",
+            "Whether the shared state answers: Redis reachable (1), or not or not yet (0); always 1 with the memory backend",
             state.available.clone(),
         );
         Self {

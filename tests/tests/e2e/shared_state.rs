@@ -13,7 +13,9 @@ const RATE_LIMIT: &str = env!("WASM_RATE_LIMIT");
 const KV_STORE: &str = env!("WASM_KV_STORE");
 
 /// Two `wasmgate run` processes on one config file (each listening on a port of its own).
-fn two_gateways(
+/// Two gateway processes on one config (which has an admin listener), once both are connected
+/// to Redis.
+async fn two_gateways(
     plugins: &[(&str, &str)],
     config: &str,
 ) -> (tempfile::TempDir, [GatewayProcess; 2]) {
@@ -22,7 +24,30 @@ fn two_gateways(
     std::fs::write(&path, config).expect("write the config");
     let a = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start gateway a");
     let b = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start gateway b");
+    for gw in [&a, &b] {
+        connected(gw.admin().expect("an admin listener")).await;
+    }
     (dir, [a, b])
+}
+
+/// Waits until the gateway whose admin listener is `admin` has reached Redis.
+async fn connected(admin: SocketAddr) {
+    let started = std::time::Instant::now();
+    while metric_value(&metric_text(admin).await, "wasmgate_state_redis_available") != 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the gateway did not connect to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until an in-process gateway has reached Redis.
+async fn connected_in_process(gw: &TestGateway) {
+    eventually(Duration::from_secs(10), "connected to redis", || {
+        gw.metric("wasmgate_state_redis_available") == 1
+    })
+    .await;
 }
 
 fn limited_config(redis: &str, up: SocketAddr, limit: &str) -> String {
@@ -97,7 +122,7 @@ async fn two_gateways_admit_exactly_the_limit_in_exact_mode() {
         up,
         r#"{ limit = 1000, window = "1m", by = "route", mode = "exact" }"#,
     );
-    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config);
+    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config).await;
     fresh_minute(Duration::from_secs(25)).await;
     let statuses = spread(&[a.addrs[0], b.addrs[0]], 3000, 32).await;
     assert_eq!(
@@ -117,7 +142,7 @@ async fn two_gateways_stay_within_one_percent_of_the_limit_in_batched_mode() {
         up,
         r#"{ limit = 1000, window = "1m", by = "route", mode = "batched", sync_interval = "100ms" }"#,
     );
-    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config);
+    let (_dir, [a, b]) = two_gateways(&[("rate-limit", RATE_LIMIT)], &config).await;
     fresh_minute(Duration::from_secs(25)).await;
     let statuses = spread(&[a.addrs[0], b.addrs[0]], 3000, 32).await;
     let admitted = count(&statuses, 200);
@@ -210,6 +235,7 @@ async fn gateway_on(redis: &RedisServer, policy: &str, limit: u64) -> Node {
     .expect("write the config");
     let process = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start");
     let admin = process.admin().expect("admin address logged");
+    connected(admin).await;
     Node {
         process,
         admin,
@@ -364,6 +390,7 @@ fn kv_config(up: SocketAddr, state: &str) -> String {
         r#"
         [gateway]
         listen = ["127.0.0.1:0"]
+        admin = "127.0.0.1:0"
         plugin_cache_dir = ""
         [gateway.state]
         backend = "redis"
@@ -384,7 +411,7 @@ async fn kv_compare_and_swap_and_counters_are_seen_across_gateways() {
     let redis = RedisServer::start().await.expect("redis");
     let up = echo_upstream("up").await;
     let config = kv_config(up, &format!("url = \"{}\"", redis.url()));
-    let (_dir, [a, b]) = two_gateways(&[("kv-store", KV_STORE)], &config);
+    let (_dir, [a, b]) = two_gateways(&[("kv-store", KV_STORE)], &config).await;
     let c = client();
     let at = |gw: &GatewayProcess, path: &str| format!("http://{}{path}", gw.addrs[0]);
     let status = |r: reqwest::Response| r.status().as_u16();
@@ -554,6 +581,7 @@ async fn a_redis_cluster_holds_limits_and_values_across_its_nodes() {
         r#"
         [gateway]
         listen = ["127.0.0.1:0"]
+        admin = "127.0.0.1:0"
         plugin_cache_dir = ""
         [gateway.state]
         backend = "redis"
@@ -579,7 +607,8 @@ async fn a_redis_cluster_holds_limits_and_values_across_its_nodes() {
     let (_dir, [a, b]) = two_gateways(
         &[("kv-store", KV_STORE), ("rate-limit", RATE_LIMIT)],
         &config,
-    );
+    )
+    .await;
     let c = client();
     // Keys hash to slots all over the cluster: each is stored on the node owning its slot, and
     // both gateways find it there.
@@ -657,6 +686,7 @@ async fn rediss_is_verified_against_the_configured_ca() {
     )
     .await
     .expect("start");
+    connected_in_process(&trusted).await;
     let c = client();
     let put = c.put(trusted.url("/kv/k")).header("x-value", "over tls");
     assert_eq!(put.send().await.expect("put").status(), 204);
@@ -688,6 +718,7 @@ async fn the_url_carries_the_password_and_a_wrong_one_is_unavailable() {
     )
     .await
     .expect("start");
+    connected_in_process(&right).await;
     let c = client();
     let put = c.put(right.url("/kv/k")).header("x-value", "v");
     assert_eq!(put.send().await.expect("put").status(), 204);
