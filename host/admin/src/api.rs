@@ -10,6 +10,9 @@
 //! | `GET /plugins` | every plugin entry: file, sha256, route, pooled instances, failures |
 //! | `GET /config` | the configuration served, plugin secrets redacted |
 //! | `POST /reload` | reloads the config file; 200 with a summary or 400 with every problem |
+//! | `DELETE /cache` | drops every route's cached responses |
+//! | `DELETE /cache/ROUTE` | drops route `ROUTE`'s cached responses (404 when it has no cache) |
+//! | `DELETE /cache/ROUTE/PATH?QUERY` | drops `ROUTE`'s cached responses of `/PATH` (with a query: of that query only) |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -201,6 +204,12 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 ),
             }
         }
+        (&Method::DELETE, path) if path == "/cache" || path.starts_with("/cache/") => {
+            purge(control, req.uri())
+        }
+        (_, path) if path == "/cache" || path.starts_with("/cache/") => {
+            method_not_allowed("DELETE")
+        }
         (
             _,
             "/health" | "/ready" | "/metrics" | "/routes" | "/plugins" | "/config" | "/upstreams",
@@ -309,11 +318,74 @@ fn route_json(config: &Config, route: &wasmgate_config::Route) -> Value {
                 })).collect::<Vec<_>>(),
             });
         }
+        RouteAction::Split(split) => {
+            out["upstreams"] = split
+                .backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "name": config.upstreams[b.upstream].name,
+                        "weight": b.weight,
+                        "pinned_by": {
+                            "headers": b.headers.iter().map(|(n, v)| {
+                                (n.as_str().to_owned(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            }).collect::<serde_json::Map<_, _>>(),
+                            "cookies": b.cookies.iter().map(|(n, v)| (n.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                        },
+                    })
+                })
+                .collect();
+        }
         RouteAction::Respond(r) => {
             out["respond"] = json!({"status": r.status.as_u16()});
         }
     }
+    if let Some(m) = &route.mirror {
+        out["mirror"] = json!({
+            "upstream": config.upstreams[m.upstream].name,
+            "percent": m.percent,
+        });
+    }
+    out["cache"] = Value::Bool(route.cache.is_some());
+    out["compression"] = match &route.compression {
+        Some(c) => json!(c.rules.codecs.iter().map(|c| c.token()).collect::<Vec<_>>()),
+        None => Value::Bool(false),
+    };
     out
+}
+
+/// `DELETE /cache[/ROUTE[/PATH]]`.
+fn purge(control: &wasmgate_proxy::Control, uri: &http::Uri) -> Response<Full<Bytes>> {
+    let rest = uri.path().strip_prefix("/cache").unwrap_or("");
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let (route, path) = match rest.split_once('/') {
+        Some((route, path)) => (Some(route), Some(format!("/{path}"))),
+        None if rest.is_empty() => (None, None),
+        None => (Some(rest), None),
+    };
+    let path = path.map(|p| match uri.query() {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    });
+    match control.purge_cache(route, path.as_deref()) {
+        Some(purged) => json_response(
+            StatusCode::OK,
+            &json!({
+                "purged": purged
+                    .iter()
+                    .map(|(route, entries)| json!({"route": route, "entries": entries}))
+                    .collect::<Vec<_>>(),
+                "path": path,
+            }),
+        ),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({
+                "error": "not_found",
+                "message": format!("no route {:?} with a cache", route.unwrap_or_default()),
+            }),
+        ),
+    }
 }
 
 fn routes(active: Active<'_>) -> Value {

@@ -49,6 +49,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "access_log",
     "watch",
     "workers",
+    "compression",
 ];
 const HTTP2_KEYS: &[&str] = &[
     "max_concurrent_streams",
@@ -141,6 +142,31 @@ const ROUTE_KEYS: &[&str] = &[
     "case_sensitive",
     "max_body",
     "plugins",
+    "upstreams",
+    "sticky",
+    "mirror",
+    "cache",
+    "compression",
+];
+const BACKEND_KEYS: &[&str] = &["name", "weight", "headers", "cookies"];
+const MIRROR_KEYS: &[&str] = &["upstream", "percent", "max_body", "max_in_flight"];
+const CACHE_KEYS: &[&str] = &[
+    "ttl",
+    "max_size",
+    "max_entry_size",
+    "methods",
+    "vary",
+    "client_no_cache",
+    "lock_timeout",
+];
+const COMPRESSION_KEYS: &[&str] = &[
+    "codecs",
+    "min_size",
+    "types",
+    "gzip_level",
+    "brotli_level",
+    "zstd_level",
+    "decompress_requests",
 ];
 const PLUGIN_KEYS: &[&str] = &[
     "name",
@@ -179,6 +205,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, crate::ConfigErro
         report,
         base: &base,
         tls_listeners: false,
+        compression: None,
     };
     let mut config = reader.config(file, doc.get_ref(), &doc.span());
     config.locations = std::mem::take(&mut reader.report.keys);
@@ -221,6 +248,7 @@ fn default_gateway(base: &Path) -> Gateway {
         access_log: AccessLog::Stdout,
         watch: true,
         workers: default_workers(),
+        compression: None,
     }
 }
 
@@ -243,6 +271,8 @@ struct Reader<'r> {
     base: &'r Path,
     /// Whether `[gateway.tls]` has listeners: routes check `protocols` against it.
     tls_listeners: bool,
+    /// `[gateway.compression]`: what routes without their own `compression` get.
+    compression: Option<Compression>,
 }
 
 /// A table whose keys have been checked against the known ones.
@@ -509,6 +539,7 @@ impl<'r> Reader<'r> {
             None => default_gateway(self.base),
         };
         self.tls_listeners = gateway.tls.as_ref().is_some_and(|t| !t.listen.is_empty());
+        self.compression = gateway.compression.clone();
         let upstreams = match root.get("upstreams") {
             Some(v) => self.upstreams(v),
             None => Vec::new(),
@@ -671,6 +702,9 @@ impl<'r> Reader<'r> {
             && let Some(state) = self.state(v)
         {
             g.state = state;
+        }
+        if let Some(v) = t.get("compression") {
+            g.compression = self.compression(v, &t.key("compression"));
         }
         for (name, field) in [
             ("max_connections", &mut g.max_connections),
@@ -1520,9 +1554,6 @@ impl<'r> Reader<'r> {
         }
         let Some(v) = t.get("hash_on") else { return };
         let key = t.key("hash_on");
-        let Some(s) = self.string(v, &key) else {
-            return;
-        };
         if !matches!(u.balance, Balance::Hash(_)) {
             self.err(
                 &v.span(),
@@ -1531,30 +1562,8 @@ impl<'r> Reader<'r> {
             );
             return;
         }
-        let on = match s.split_once(':') {
-            None if s == "ip" => HashOn::Ip,
-            None if s == "path" => HashOn::Path,
-            Some(("header", name)) => match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(name) => HashOn::Header(name),
-                Err(_) => {
-                    let message = format!("invalid header name {name:?} in {s:?}");
-                    self.err(&v.span(), &key, message);
-                    return;
-                }
-            },
-            Some(("cookie", name)) if is_token(name) => HashOn::Cookie(name.to_owned()),
-            Some(("cookie", name)) => {
-                let message = format!("invalid cookie name {name:?} in {s:?}");
-                self.err(&v.span(), &key, message);
-                return;
-            }
-            _ => {
-                let message = format!(
-                    "invalid hash_on {s:?} (expected \"ip\", \"path\", \"header:NAME\" or \"cookie:NAME\")"
-                );
-                self.err(&v.span(), &key, message);
-                return;
-            }
+        let Some(on) = self.hash_key(v, &key) else {
+            return;
         };
         u.balance = Balance::Hash(on);
     }
@@ -1973,52 +1982,89 @@ impl<'r> Reader<'r> {
         let plugins = t.get("plugins").map_or_else(Vec::new, |v| {
             self.plugins(v, &t.key("plugins"), plugins_dir)
         });
-        let action = match (t.get("upstream"), t.get("respond")) {
-            (Some(u), None) => {
-                let key = t.key("upstream");
-                let wanted = self.string(u, &key)?;
-                match upstreams.iter().position(|x| x.name == wanted) {
-                    Some(i) => Some(RouteAction::Upstream(i)),
-                    None => {
-                        let message = match did_you_mean(
-                            wanted,
-                            upstreams.iter().map(|x| x.name.as_str()),
-                        ) {
-                            Some(m) => format!("unknown upstream {wanted:?}, did you mean {m:?}?"),
-                            None if upstreams.is_empty() => format!(
-                                "unknown upstream {wanted:?} (no [upstreams.NAME] tables are defined)"
-                            ),
-                            None => format!(
-                                "unknown upstream {wanted:?} (defined: {})",
-                                upstreams
-                                    .iter()
-                                    .map(|x| x.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        };
-                        self.err(&u.span(), &key, message);
-                        None
-                    }
-                }
-            }
-            (None, Some(r)) => self.respond(r, &t.key("respond")).map(RouteAction::Respond),
-            (Some(_), Some(r)) => {
-                self.err(
-                    &r.span(),
-                    &t.key("respond"),
-                    "a route has either `upstream` or `respond`, not both",
-                );
-                None
-            }
-            (None, None) => {
+        let action = match (t.get("upstream"), t.get("upstreams"), t.get("respond")) {
+            (Some(u), None, None) => self
+                .upstream_ref(u, &t.key("upstream"), upstreams)
+                .map(RouteAction::Upstream),
+            (None, Some(u), None) => self
+                .split(
+                    u,
+                    t.get("sticky"),
+                    &t.key("upstreams"),
+                    &t.key("sticky"),
+                    upstreams,
+                )
+                .map(RouteAction::Split),
+            (None, None, Some(r)) => self.respond(r, &t.key("respond")).map(RouteAction::Respond),
+            (None, None, None) => {
                 self.err(
                     &t.span,
                     path,
-                    "missing key `upstream` or `respond`: a route must say where requests go",
+                    "missing key `upstream`, `upstreams` or `respond`: a route must say where requests go",
                 );
                 None
             }
+            (first, second, third) => {
+                let named: Vec<&str> = [
+                    ("upstream", first),
+                    ("upstreams", second),
+                    ("respond", third),
+                ]
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, _)| *k)
+                .collect();
+                let last = named[named.len() - 1];
+                let span = t.get(last).map_or(t.span.clone(), |v| v.span());
+                let message = format!(
+                    "a route has one of `upstream`, `upstreams` or `respond`, not {}",
+                    named
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+                self.err(&span, &t.key(last), message);
+                None
+            }
+        };
+        if let Some(v) = t.get("sticky")
+            && t.get("upstreams").is_none()
+        {
+            self.err(
+                &v.span(),
+                &t.key("sticky"),
+                "applies to a split (`upstreams = [...]`) only; use an upstream's balance = \"hash\" to pin clients to targets",
+            );
+        }
+        let mirror = t
+            .get("mirror")
+            .and_then(|v| self.mirror(v, &t.key("mirror"), upstreams));
+        let cache = t.get("cache").and_then(|v| self.cache(v, &t.key("cache")));
+        if cache.is_some()
+            && let Some(RouteAction::Respond(_)) = &action
+        {
+            let span = t.get("cache").map_or(t.span.clone(), |v| v.span());
+            self.err(
+                &span,
+                &t.key("cache"),
+                "a `respond` route answers from memory already; `cache` applies to routes with an upstream",
+            );
+        }
+        let compression = match t.get("compression") {
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(false) => None,
+                DeValue::Boolean(true) => {
+                    self.err(
+                        &v.span(),
+                        &t.key("compression"),
+                        "expected a table of settings, or false to turn [gateway.compression] off for the route",
+                    );
+                    None
+                }
+                _ => self.compression(v, &t.key("compression")),
+            },
+            None => self.compression.clone(),
         };
         Some(Route {
             name: name?,
@@ -2034,7 +2080,343 @@ impl<'r> Reader<'r> {
             case_sensitive,
             max_body,
             plugins,
+            mirror,
+            cache,
+            compression,
             location,
+        })
+    }
+
+    /// The index of the upstream a string names, or an error naming the defined ones.
+    fn upstream_ref(&mut self, v: &Value<'_>, key: &str, upstreams: &[Upstream]) -> Option<usize> {
+        let wanted = self.string(v, key)?;
+        if let Some(i) = upstreams.iter().position(|x| x.name == wanted) {
+            return Some(i);
+        }
+        let message = match did_you_mean(wanted, upstreams.iter().map(|x| x.name.as_str())) {
+            Some(m) => format!("unknown upstream {wanted:?}, did you mean {m:?}?"),
+            None if upstreams.is_empty() => {
+                format!("unknown upstream {wanted:?} (no [upstreams.NAME] tables are defined)")
+            }
+            None => format!(
+                "unknown upstream {wanted:?} (defined: {})",
+                upstreams
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        self.err(&v.span(), key, message);
+        None
+    }
+
+    fn split(
+        &mut self,
+        v: &Value<'_>,
+        sticky: Option<&Value<'_>>,
+        key: &str,
+        sticky_key: &str,
+        upstreams: &[Upstream],
+    ) -> Option<Split> {
+        let items = self.array(v, key)?;
+        if items.is_empty() {
+            self.err(&v.span(), key, "must name at least one upstream");
+            return None;
+        }
+        let mut backends = Vec::new();
+        let mut valid = true;
+        for (i, item) in items.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            let Some(t) = self.table(item, &k, BACKEND_KEYS) else {
+                valid = false;
+                continue;
+            };
+            let upstream = match t.get("name") {
+                Some(n) => self.upstream_ref(n, &t.key("name"), upstreams),
+                None => {
+                    self.err(&t.span, &t.key("name"), "missing key `name` (the upstream)");
+                    None
+                }
+            };
+            if let (Some(u), Some(n)) = (upstream, t.get("name"))
+                && backends.iter().any(|b: &Backend| b.upstream == u)
+            {
+                let message = format!("upstream {:?} is already in the split", upstreams[u].name);
+                self.err(&n.span(), &t.key("name"), message);
+                valid = false;
+            }
+            let weight = match t.get("weight") {
+                Some(w) => self
+                    .integer(w, &t.key("weight"), 0, 10_000)
+                    .map(|n| n as u32),
+                None => Some(1),
+            };
+            let headers = t
+                .get("headers")
+                .map_or_else(Vec::new, |h| self.header_map(h, &t.key("headers")));
+            let cookies = t
+                .get("cookies")
+                .map_or_else(Vec::new, |c| self.cookie_map(c, &t.key("cookies")));
+            match (upstream, weight) {
+                (Some(upstream), Some(weight)) => backends.push(Backend {
+                    upstream,
+                    weight,
+                    headers,
+                    cookies,
+                }),
+                _ => valid = false,
+            }
+        }
+        if valid && backends.iter().all(|b| b.weight == 0) {
+            self.err(
+                &v.span(),
+                key,
+                "every weight is 0: at least one backend must take the requests no pin decides",
+            );
+            valid = false;
+        }
+        let sticky = match sticky {
+            Some(s) => {
+                let on = self.hash_key(s, sticky_key);
+                valid &= on.is_some();
+                on
+            }
+            None => None,
+        };
+        valid.then_some(Split { backends, sticky })
+    }
+
+    /// A table of cookie names to values.
+    fn cookie_map(&mut self, v: &Value<'_>, key: &str) -> Vec<(String, String)> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(v, key, "a table of cookie names to values");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, value) in t.iter() {
+            let k = join(key, name.get_ref());
+            if !is_token(name.get_ref()) {
+                let message = format!("invalid cookie name {:?}", name.get_ref());
+                self.err(&name.span(), &k, message);
+                continue;
+            }
+            if let Some(text) = self.string(value, &k) {
+                out.push((name.get_ref().to_string(), text.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn mirror(&mut self, v: &Value<'_>, key: &str, upstreams: &[Upstream]) -> Option<Mirror> {
+        let t = self.table(v, key, MIRROR_KEYS)?;
+        let upstream = match t.get("upstream") {
+            Some(u) => self.upstream_ref(u, &t.key("upstream"), upstreams),
+            None => {
+                self.err(
+                    &t.span,
+                    &t.key("upstream"),
+                    "missing key `upstream` (where the copies go)",
+                );
+                None
+            }
+        };
+        let percent = match t.get("percent") {
+            Some(p) => self.percent(p, &t.key("percent")),
+            None => Some(100.0),
+        };
+        let max_body = match t.get("max_body") {
+            Some(b) => self.size(b, &t.key("max_body"), 0, 64 << 20),
+            None => Some(64 << 10),
+        };
+        let max_in_flight = match t.get("max_in_flight") {
+            Some(n) => self
+                .integer(n, &t.key("max_in_flight"), 1, 100_000)
+                .map(|n| n as usize),
+            None => Some(64),
+        };
+        Some(Mirror {
+            upstream: upstream?,
+            percent: percent?,
+            max_body: max_body?,
+            max_in_flight: max_in_flight?,
+        })
+    }
+
+    /// A share from 0 to 100, an integer or a float.
+    fn percent(&mut self, v: &Value<'_>, key: &str) -> Option<f64> {
+        let n = match v.get_ref() {
+            DeValue::Integer(_) => self.integer(v, key, 0, 100)? as f64,
+            DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                Ok(f) if (0.0..=100.0).contains(&f) => f,
+                _ => {
+                    let message = format!("{} is out of range (expected 0 to 100)", f.as_str());
+                    self.err(&v.span(), key, message);
+                    return None;
+                }
+            },
+            _ => {
+                self.wrong_type(v, key, "a percentage from 0 to 100");
+                return None;
+            }
+        };
+        Some(n)
+    }
+
+    fn cache(&mut self, v: &Value<'_>, key: &str) -> Option<Cache> {
+        let t = self.table(v, key, CACHE_KEYS)?;
+        let mut c = Cache::default();
+        let mut valid = true;
+        for (name, field) in [("ttl", &mut c.ttl), ("lock_timeout", &mut c.lock_timeout)] {
+            if let Some(v) = t.get(name) {
+                match self.timeout(v, &t.key(name)) {
+                    Some(d) => *field = d,
+                    None => valid = false,
+                }
+            }
+        }
+        if let Some(v) = t.get("max_size") {
+            match self.size(v, &t.key("max_size"), 1024, 1 << 40) {
+                Some(n) => c.max_size = n,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = t.get("max_entry_size") {
+            match self.size(v, &t.key("max_entry_size"), 1, 1 << 30) {
+                Some(n) => c.max_entry_size = n,
+                None => valid = false,
+            }
+        }
+        if c.max_entry_size > c.max_size {
+            let span = t
+                .get("max_entry_size")
+                .or(t.get("max_size"))
+                .map_or(t.span.clone(), |v| v.span());
+            let message = format!(
+                "max_entry_size ({} bytes) is larger than max_size ({} bytes): no entry that large could be kept",
+                c.max_entry_size, c.max_size
+            );
+            self.err(&span, &t.key("max_entry_size"), message);
+            valid = false;
+        }
+        if let Some(v) = t.get("methods") {
+            let methods = self.methods(v, &t.key("methods"));
+            if let Some(m) = methods
+                .iter()
+                .find(|m| **m != Method::GET && **m != Method::HEAD)
+            {
+                let message =
+                    format!("{m} responses are not cached (expected \"GET\" and/or \"HEAD\")");
+                self.err(&v.span(), &t.key("methods"), message);
+                valid = false;
+            } else if methods.is_empty() {
+                self.err(&v.span(), &t.key("methods"), "must name GET and/or HEAD");
+                valid = false;
+            }
+            c.methods = methods;
+        }
+        if let Some(v) = t.get("vary") {
+            let k = t.key("vary");
+            for (s, item, k) in self.string_items(v, &k) {
+                match HeaderName::from_bytes(s.as_bytes()) {
+                    Ok(h) => c.vary.push(h),
+                    Err(_) => {
+                        self.err(&item.span(), &k, format!("invalid header name {s:?}"));
+                        valid = false;
+                    }
+                }
+            }
+        }
+        if let Some(v) = t.get("client_no_cache") {
+            match self.boolean(v, &t.key("client_no_cache")) {
+                Some(b) => c.client_no_cache = b,
+                None => valid = false,
+            }
+        }
+        valid.then_some(c)
+    }
+
+    fn compression(&mut self, v: &Value<'_>, key: &str) -> Option<Compression> {
+        let t = self.table(v, key, COMPRESSION_KEYS)?;
+        let mut rules = wasmgate_compression::Rules::default();
+        let mut valid = true;
+        if let Some(v) = t.get("codecs") {
+            let k = t.key("codecs");
+            let items = self.string_items(v, &k);
+            let mut codecs = Vec::new();
+            for (s, item, k) in items {
+                match wasmgate_compression::Codec::from_token(s) {
+                    Some(c) if !codecs.contains(&c) => codecs.push(c),
+                    Some(_) => {}
+                    None => {
+                        let message =
+                            format!("unknown codec {s:?} (expected \"zstd\", \"br\" or \"gzip\")");
+                        self.err(&item.span(), &k, message);
+                        valid = false;
+                    }
+                }
+            }
+            if codecs.is_empty() && valid {
+                self.err(
+                    &v.span(),
+                    &k,
+                    "must name at least one codec; write compression = false for none",
+                );
+                valid = false;
+            }
+            rules.codecs = codecs;
+        }
+        if let Some(v) = t.get("min_size") {
+            match self.size(v, &t.key("min_size"), 0, 1 << 30) {
+                Some(n) => rules.min_size = n,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = t.get("types") {
+            let k = t.key("types");
+            let mut types = Vec::new();
+            for (s, item, k) in self.string_items(v, &k) {
+                match s.parse::<wasmgate_compression::MediaRange>() {
+                    Ok(m) => types.push(m),
+                    Err(e) => {
+                        self.err(&item.span(), &k, e.to_string());
+                        valid = false;
+                    }
+                }
+            }
+            rules.types = types;
+        }
+        if let Some(v) = t.get("gzip_level") {
+            match self.integer(v, &t.key("gzip_level"), 1, 9) {
+                Some(n) => rules.levels.gzip = n as u32,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = t.get("brotli_level") {
+            match self.integer(v, &t.key("brotli_level"), 0, 11) {
+                Some(n) => rules.levels.brotli = n as u32,
+                None => valid = false,
+            }
+        }
+        if let Some(v) = t.get("zstd_level") {
+            match self.integer(v, &t.key("zstd_level"), 1, 19) {
+                Some(n) => rules.levels.zstd = n as i32,
+                None => valid = false,
+            }
+        }
+        let decompress_requests = match t.get("decompress_requests") {
+            Some(v) => match self.boolean(v, &t.key("decompress_requests")) {
+                Some(b) => b,
+                None => {
+                    valid = false;
+                    false
+                }
+            },
+            None => false,
+        };
+        valid.then_some(Compression {
+            rules,
+            decompress_requests,
         })
     }
 
@@ -2213,6 +2595,38 @@ impl<'r> Reader<'r> {
                 J::Object(out)
             }
         })
+    }
+
+    /// `"ip"`, `"path"`, `"header:NAME"` or `"cookie:NAME"`: what keys a request for hashing.
+    fn hash_key(&mut self, v: &Value<'_>, key: &str) -> Option<HashOn> {
+        let s = self.string(v, key)?;
+        let on = match s.split_once(':') {
+            None if s == "ip" => HashOn::Ip,
+            None if s == "path" => HashOn::Path,
+            Some(("header", name)) => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => HashOn::Header(name),
+                Err(_) => {
+                    let message = format!("invalid header name {name:?} in {s:?}");
+                    self.err(&v.span(), key, message);
+                    return None;
+                }
+            },
+            Some(("cookie", name)) if is_token(name) => HashOn::Cookie(name.to_owned()),
+            Some(("cookie", name)) => {
+                let message = format!("invalid cookie name {name:?} in {s:?}");
+                self.err(&v.span(), key, message);
+                return None;
+            }
+            _ => {
+                let message = format!(
+                    "invalid {} {s:?} (expected \"ip\", \"path\", \"header:NAME\" or \"cookie:NAME\")",
+                    key.rsplit('.').next().unwrap_or(key)
+                );
+                self.err(&v.span(), key, message);
+                return None;
+            }
+        };
+        Some(on)
     }
 
     fn string_items<'t, 'i>(

@@ -126,6 +126,9 @@ pub struct Gateway {
     /// listeners and keeping its own upstream connections. A connection stays on the worker that
     /// accepted it. Default: the CPUs the process may run on.
     pub workers: usize,
+    /// `[gateway.compression]`: compression for every route that does not set its own
+    /// `compression`. Absent: none.
+    pub compression: Option<Compression>,
 }
 
 /// `[gateway.dns]`: the resolver that discovers the addresses of targets given by a DNS name.
@@ -711,6 +714,13 @@ pub struct Route {
     pub max_body: usize,
     /// `[[routes.plugins]]`: the plugin chain, in order.
     pub plugins: Vec<PluginEntry>,
+    /// `mirror`: a copy of some requests sent to another upstream, its answer ignored.
+    pub mirror: Option<Mirror>,
+    /// `cache`: responses kept and answered from memory.
+    pub cache: Option<Cache>,
+    /// `compression`: the route's own, or else `[gateway.compression]`; `compression = false`
+    /// turns the gateway's off for the route.
+    pub compression: Option<Compression>,
     /// Where this route's `[[routes]]` header was written.
     pub location: Location,
 }
@@ -813,6 +823,8 @@ impl PathPattern {
 pub enum RouteAction {
     /// Forward to this upstream (index into [`Config::upstreams`]).
     Upstream(usize),
+    /// `upstreams = [...]`: forward to one of several upstreams.
+    Split(Split),
     /// Answer directly.
     Respond(Respond),
 }
@@ -826,4 +838,110 @@ pub struct Respond {
     pub body: String,
     /// `headers`: sent as given.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `upstreams = [{ name, weight, headers, cookies }, ...]` (with `sticky`): a traffic split
+/// between upstreams, for canary releases, blue/green and A/B tests.
+///
+/// A request goes to the first backend whose `headers` and `cookies` it all carries (a pin),
+/// else to one drawn by weight: at random, or by a hash of its `sticky` key so that the same
+/// key keeps going to the same backend while the weights stay the same (and changing a weight
+/// moves only the keys it must).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// The backends, in file order.
+    pub backends: Vec<Backend>,
+    /// `sticky`: `"ip"`, `"path"`, `"header:NAME"` or `"cookie:NAME"`; a request without the
+    /// key is drawn at random. Absent: every request is drawn at random.
+    pub sticky: Option<HashOn>,
+}
+
+/// One entry of a route's `upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `name`: the upstream (index into [`Config::upstreams`]).
+    pub upstream: usize,
+    /// `weight`: its share of the requests no pin decides, 0 to 10000. Default 1. A backend of
+    /// weight 0 gets pinned requests only.
+    pub weight: u32,
+    /// `headers`: request headers that pin a request here, each with the exact value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `cookies`: request cookies that pin a request here, each with the exact value.
+    pub cookies: Vec<(String, String)>,
+}
+
+impl Backend {
+    /// Whether the backend pins requests at all.
+    pub fn pins(&self) -> bool {
+        !self.headers.is_empty() || !self.cookies.is_empty()
+    }
+}
+
+/// `mirror = { upstream, percent, max_body, max_in_flight }`: copies of a route's requests
+/// sent to another upstream (a new version under real traffic, a shadow environment). Fire and
+/// forget: the mirror's answer, errors and latency never reach the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// `upstream`: where the copies go (index into [`Config::upstreams`]).
+    pub upstream: usize,
+    /// `percent`: the share of requests copied, 0 to 100. Default 100.
+    pub percent: f64,
+    /// `max_body`: the largest request body copied; a request with a larger (or unknown-length
+    /// and then larger) body is not mirrored. Default 64 KiB.
+    pub max_body: u64,
+    /// `max_in_flight`: copies on their way at once, for the whole gateway; beyond, a copy is
+    /// dropped (counted), so a slow mirror cannot hold memory. Default 64.
+    pub max_in_flight: usize,
+}
+
+/// `cache = { ttl, max_size, ... }`: responses of the route kept in memory and answered from
+/// there while fresh (RFC 9111, as a shared cache). Plugins run before the lookup: a request
+/// they refuse never gets a cached answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// `ttl`: how long a response without its own lifetime (`s-maxage`, `max-age`, `Expires`)
+    /// stays fresh. Default 30 s.
+    pub ttl: Duration,
+    /// `max_size`: memory for the route's entries; the least used go beyond it. Default 64 MiB.
+    pub max_size: u64,
+    /// `max_entry_size`: the largest response stored; larger ones pass through. Default 1 MiB.
+    pub max_entry_size: u64,
+    /// `methods`: `GET` and/or `HEAD`. Default both.
+    pub methods: Vec<Method>,
+    /// `vary`: request headers whose values are part of the key (besides those the upstream's
+    /// `Vary` names). Default none.
+    pub vary: Vec<HeaderName>,
+    /// `client_no_cache`: whether a client's `Cache-Control: no-cache` (or `max-age=0`,
+    /// `Pragma: no-cache`) sends the request upstream and refreshes the entry, and `no-store`
+    /// skips the cache. Default `false`: clients cannot make the upstream work.
+    pub client_no_cache: bool,
+    /// `lock_timeout`: how long a request waits for another one fetching the same response
+    /// before going upstream itself. Default 5 s.
+    pub lock_timeout: Duration,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            max_size: 64 << 20,
+            max_entry_size: 1 << 20,
+            methods: vec![Method::GET, Method::HEAD],
+            vary: Vec::new(),
+            client_no_cache: false,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `compression = { codecs, min_size, types, ... }` of a route or `[gateway.compression]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compression {
+    /// `codecs`, `min_size`, `types` and the levels (`gzip_level`, `brotli_level`,
+    /// `zstd_level`): what responses are compressed, and how.
+    pub rules: wasmgate_compression::Rules,
+    /// `decompress_requests`: whether a request body sent with `Content-Encoding` gzip, br or
+    /// zstd is decompressed (up to the route's `max_body`) before plugins that read bodies see
+    /// it and the upstream gets it. Default `false`.
+    pub decompress_requests: bool,
 }

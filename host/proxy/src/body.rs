@@ -41,6 +41,9 @@ enum Kind {
         head: Option<Bytes>,
         rest: Box<Body>,
     },
+    /// Another body passed through a transformation (compression, a cache's recording, a
+    /// mirror's copy).
+    Wrapped(Wrapped),
     /// Streamed from an upstream that must produce each frame within `idle`; its connection
     /// goes back to the pool (`release`) once the body was read to the end.
     Watched {
@@ -50,6 +53,15 @@ enum Kind {
         release: Option<Release>,
         active: Option<Active>,
     },
+}
+
+/// A transformed body, boxed: its type depends on the transformation.
+struct Wrapped(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send>>);
+
+impl std::fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Wrapped").finish_non_exhaustive()
+    }
 }
 
 /// Counts one request in a counter of requests in flight until dropped.
@@ -94,6 +106,10 @@ pub enum BodyError {
     /// The upstream sent nothing for longer than its `timeout`.
     #[error("upstream sent no body data for {0:?}")]
     Idle(Duration),
+    /// Compressing or decompressing the body failed (a corrupt compressed request body, or
+    /// one that decompresses to more than the route's `max_body`).
+    #[error(transparent)]
+    Codec(#[from] wasmgate_compression::CodecError),
 }
 
 impl Body {
@@ -136,6 +152,15 @@ impl Body {
     pub(crate) fn played(playback: Playback) -> Self {
         Self {
             kind: Kind::Played(playback),
+        }
+    }
+
+    /// `body` as one of the data path's bodies.
+    pub(crate) fn wrap(
+        body: impl http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Wrapped(Wrapped(Box::pin(body))),
         }
     }
 
@@ -230,6 +255,7 @@ impl http_body::Body for Body {
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Stream)))
             }
             Kind::Played(playback) => playback.poll_frame(cx),
+            Kind::Wrapped(Wrapped(inner)) => inner.as_mut().poll_frame(cx),
             Kind::Prefixed { head, rest } => match head.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -276,6 +302,7 @@ impl http_body::Body for Body {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Prefixed { head, rest } => head.is_none() && rest.is_end_stream(),
             Kind::Played(playback) => playback.is_end_stream(),
+            Kind::Wrapped(Wrapped(inner)) => inner.is_end_stream(),
             Kind::Stream(inner) | Kind::Watched { inner, .. } | Kind::Counted { inner, .. } => {
                 inner.is_end_stream()
             }
@@ -287,6 +314,7 @@ impl http_body::Body for Body {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Played(playback) => playback.size_hint(),
+            Kind::Wrapped(Wrapped(inner)) => inner.size_hint(),
             Kind::Prefixed { head, rest } => {
                 let extra = head.as_ref().map_or(0, |h| h.len() as u64);
                 let inner = rest.size_hint();

@@ -130,6 +130,27 @@ impl Control {
         snapshot.upstreams.iter().map(|u| u.state()).collect()
     }
 
+    /// Drops cached responses: of every route with a cache (`route` `None`), or of one route;
+    /// all of them (`path` `None`), or those of one path (with a query: that query only).
+    /// Returns each purged route with how many entries went, or `None` when `route` names no
+    /// route with a cache.
+    pub fn purge_cache(
+        &self,
+        route: Option<&str>,
+        path: Option<&str>,
+    ) -> Option<Vec<(String, u64)>> {
+        let snapshot = self.proxy.snapshot.load();
+        let caches = snapshot
+            .routes
+            .iter()
+            .filter_map(|r| r.cache.as_ref())
+            .filter(|c| route.is_none_or(|name| c.route() == name));
+        let purged: Vec<(String, u64)> = caches
+            .map(|c| (c.route().to_owned(), c.purge(path)))
+            .collect();
+        (route.is_none() || !purged.is_empty()).then_some(purged)
+    }
+
     /// Calls `f` with the configuration being served.
     pub fn inspect<R>(&self, f: impl FnOnce(Active<'_>) -> R) -> R {
         let snapshot = self.proxy.snapshot.load();

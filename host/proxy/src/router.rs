@@ -243,6 +243,9 @@ mod tests {
             preserve_host: true,
             case_sensitive: true,
             max_body: 0,
+            mirror: None,
+            cache: None,
+            compression: None,
             plugins: Vec::new(),
             location: Location::default(),
         }

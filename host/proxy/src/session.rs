@@ -28,6 +28,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use wasmgate_cache::{Lookup, Status, X_CACHE};
+use wasmgate_compression::CodecError;
 use wasmgate_runtime::{
     Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView,
 };
@@ -86,6 +88,8 @@ pub(crate) struct Session<'s> {
     /// The request's server span, when `[gateway.tracing]` is on (boxed: the session is moved
     /// with every request, and is one word larger for it when tracing is off).
     span: Option<Box<RequestSpan>>,
+    /// The client's `Accept-Encoding`, kept when the route compresses.
+    accept_encoding: Vec<HeaderValue>,
 }
 
 /// How a client's WebSocket handshake reached the gateway.
@@ -133,6 +137,7 @@ impl<'s> Session<'s> {
             host: None,
             client,
             span,
+            accept_encoding: Vec::new(),
         };
         // Counted (and limited) only when there is a body to count.
         let limit = snapshot.max_request_body;
@@ -161,6 +166,15 @@ impl<'s> Session<'s> {
     /// Runs the phases in order and finishes with what they answered.
     pub(crate) async fn run(mut self, req: Request<Body>) -> Response<Recorded> {
         let result = self.phases(req).await;
+        let result = match (result, self.route.and_then(|r| r.compression.as_ref())) {
+            // The gateway's own error answers are small and stay as they are.
+            (Ok(response), Some(compression))
+                if response.extensions().get::<LocalReply>().is_none() =>
+            {
+                Ok(compression.respond(&self.accept_encoding, &self.method, response))
+            }
+            (result, _) => result,
+        };
         self.finish(result)
     }
 
@@ -288,6 +302,14 @@ impl<'s> Session<'s> {
                 }),
             };
         }
+        if route.compression.is_some() {
+            self.accept_encoding = req
+                .headers()
+                .get_all(http::header::ACCEPT_ENCODING)
+                .iter()
+                .cloned()
+                .collect();
+        }
         self.route = Some(route);
         self.prefix_len = prefix_len;
         self.host = host.map(|(_, value)| value);
@@ -302,7 +324,14 @@ impl<'s> Session<'s> {
         req: Request<Body>,
         ctx: Context,
     ) -> Result<(Context, ControlFlow<(ResponseView, usize), Request<Body>>), Rejection> {
-        let (parts, incoming) = req.into_parts();
+        let (mut parts, mut incoming) = req.into_parts();
+        if chain.needs_body()
+            && let Some(compression) = self.route.and_then(|r| r.compression.as_ref())
+        {
+            incoming = match compression.request(&mut parts, incoming, self.max_body() as u64) {
+                Ok(decoded) | Err(decoded) => decoded,
+            };
+        }
         let (body, stream) = if chain.needs_body() {
             match buffer(incoming, self.max_body(), self.snapshot.body_idle).await? {
                 Buffered::Whole(bytes) => (Some(bytes), None),
@@ -423,9 +452,36 @@ impl<'s> Session<'s> {
     /// streaming behind it.
     async fn upstream(&mut self, req: Request<Body>) -> Result<Response<Body>, Rejection> {
         let route = self.route.ok_or(Rejection::NoRoute)?;
-        match &route.action {
-            Action::Respond(p) => Ok(respond(p, req.method())),
-            Action::Upstream(upstream) => self.forward(route, upstream, req).await,
+        let (upstream, req) = match &route.action {
+            Action::Respond(p) => return Ok(respond(p, req.method())),
+            Action::Upstream(upstream) => (upstream, req),
+            Action::Split(split) => {
+                let (parts, body) = req.into_parts();
+                let upstream = split.choose(&parts, self.client);
+                (upstream, Request::from_parts(parts, body))
+            }
+        };
+        let Some(cache) = &route.cache else {
+            return self.forward(route, upstream, req).await;
+        };
+        // After the request plugins (a request they refuse never sees the cache), before the
+        // upstream.
+        let (parts, body) = req.into_parts();
+        let lookup = cache.lookup(&parts).await;
+        let req = Request::from_parts(parts, body);
+        match lookup {
+            Lookup::Hit(response) => Ok(response.map(Body::full)),
+            Lookup::Miss(fill) => {
+                let response = self.forward(route, upstream, req).await?;
+                Ok(fill.record(response).map(Body::wrap))
+            }
+            Lookup::Bypass => {
+                let mut response = self.forward(route, upstream, req).await?;
+                response
+                    .headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static(Status::Bypass.as_str()));
+                Ok(response)
+            }
         }
     }
 
@@ -511,6 +567,16 @@ impl<'s> Session<'s> {
         }
         forward::add_forwarded(headers, self.conn.peer.ip(), self.conn.tls, client_host);
         headers.insert(REQUEST_ID, self.request_id.clone());
+        let body = match (&route.mirror, &upgrade) {
+            (Some(mirror), None) => mirror.copy(
+                &parts,
+                body,
+                route.preserve_host,
+                self.client,
+                self.conn.worker,
+            ),
+            _ => body,
+        };
 
         // A gRPC call's own deadline, when shorter, bounds the wait as the upstream's `timeout`
         // does.
@@ -986,7 +1052,12 @@ async fn buffer(mut body: Body, limit: usize, idle: Duration) -> Result<Buffered
         };
         let Some(frame) = next else { break };
         let frame = frame.map_err(|e| match e {
-            BodyError::TooLarge(_) => Rejection::PayloadTooLarge,
+            BodyError::TooLarge(_) | BodyError::Codec(CodecError::TooLarge(_)) => {
+                Rejection::PayloadTooLarge
+            }
+            BodyError::Codec(CodecError::Io { .. }) => {
+                Rejection::BadRequest("malformed compressed request body")
+            }
             _ => Rejection::BadRequest("body stream failed"),
         })?;
         let Ok(data) = frame.into_data() else {

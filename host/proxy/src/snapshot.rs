@@ -12,9 +12,13 @@ use wasmgate_config::{Config, Gateway, Protocols, RouteAction};
 use wasmgate_runtime::{Chain, Runtime};
 use wasmgate_telemetry::{AccessLog, Metrics, RouteMetrics, Tracing};
 
+use crate::cache::RouteCache;
 use crate::canonical;
+use crate::compression::Compression;
 use crate::discovery::Resolver;
+use crate::mirror::Mirror;
 use crate::router::Router;
+use crate::split::Split;
 use crate::trusted::TrustedProxies;
 use crate::upstream::Upstream;
 
@@ -63,12 +67,16 @@ pub(crate) struct RouteRuntime {
     pub(crate) preserve_host: bool,
     pub(crate) max_body: usize,
     pub(crate) chain: Option<Arc<Chain>>,
+    pub(crate) mirror: Option<Mirror>,
+    pub(crate) cache: Option<Arc<RouteCache>>,
+    pub(crate) compression: Option<Compression>,
 }
 
 /// What a route does with a request once its plugins let it through.
 #[derive(Debug)]
 pub(crate) enum Action {
     Upstream(Arc<Upstream>),
+    Split(Split),
     Respond(Prepared),
 }
 
@@ -115,6 +123,23 @@ impl Snapshot {
             .iter()
             .enumerate()
             .map(|(i, r)| RouteRuntime {
+                mirror: r
+                    .mirror
+                    .as_ref()
+                    .map(|m| Mirror::new(m, &upstreams, &r.name, metrics)),
+                // A reload keeps what a route cached while its cache settings stay the same.
+                cache: r.cache.as_ref().map(|c| {
+                    previous
+                        .into_iter()
+                        .flat_map(|p| p.routes.iter().filter_map(|old| old.cache.as_ref()))
+                        .find(|old| old.route() == r.name && old.settings() == c)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(RouteCache::new(&r.name, c, metrics)))
+                }),
+                compression: r
+                    .compression
+                    .as_ref()
+                    .map(|c| Compression::new(c, &r.name, metrics)),
                 strip_path: r.strip_path,
                 protocols: r.protocols,
                 https_redirect: r.https_redirect,
@@ -123,6 +148,9 @@ impl Snapshot {
                 chain: runtime.as_ref().and_then(|rt| rt.chain(i)).cloned(),
                 action: match &r.action {
                     RouteAction::Upstream(i) => Action::Upstream(upstreams[*i].clone()),
+                    RouteAction::Split(split) => {
+                        Action::Split(Split::new(split, &upstreams, &r.name, metrics))
+                    }
                     RouteAction::Respond(respond) => {
                         let mut headers: HeaderMap = respond.headers.iter().cloned().collect();
                         if !respond.body.is_empty() && !headers.contains_key(CONTENT_TYPE) {

@@ -7,7 +7,8 @@ mod traces;
 
 pub use access_log::{AccessEntry, AccessLog, millis};
 pub use metrics::{
-    CONTENT_TYPE, CheckMetrics, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS, Metrics,
-    PluginMetrics, RouteMetrics, StateMetrics, TargetMetrics, TunnelGuard, UpstreamOutcome,
+    CONTENT_TYPE, CacheMetrics, CheckMetrics, CounterError, FAILURE_KINDS, MAX_PLUGIN_COUNTERS,
+    Metrics, MirrorMetrics, PluginMetrics, RouteMetrics, SplitMetrics, StateMetrics, TargetMetrics,
+    TunnelGuard, UpstreamOutcome,
 };
 pub use traces::{Tracing, TracingError};

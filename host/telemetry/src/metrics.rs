@@ -121,6 +121,33 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SplitLabels {
+    route: Arc<String>,
+    upstream: Arc<String>,
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    route: Arc<String>,
+    upstream: Arc<String>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    route: Arc<String>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodecLabels {
+    route: Arc<String>,
+    codec: &'static str,
+    direction: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the gateway, registered once.
@@ -151,6 +178,19 @@ pub struct Metrics {
     access_log_dropped: Counter,
     send_timeouts: Counter,
     state: StateMetrics,
+    traffic: TrafficFamilies,
+}
+
+/// The series of traffic splits, mirrors, caches and compression.
+#[derive(Clone, Debug, Default)]
+struct TrafficFamilies {
+    split: Family<SplitLabels, Counter>,
+    mirror: Family<MirrorLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    cache_evictions: Family<RouteLabels, Counter>,
+    cache_bytes: Family<RouteLabels, Gauge>,
+    cache_entries: Family<RouteLabels, Gauge>,
+    compression: Family<CodecLabels, Counter>,
 }
 
 /// The shared-state backend's metrics (`wasmgate_state_*`): Redis command latency and errors,
@@ -399,7 +439,44 @@ impl Metrics {
             "Whether the shared state answers: Redis reachable (1), or not or not yet (0); always 1 with the memory backend",
             state.available.clone(),
         );
+        let traffic = TrafficFamilies::default();
+        registry.register(
+            "split_decisions",
+            "Requests of a traffic split (a route's `upstreams`), by upstream chosen and how: pin (a header or cookie) or weight",
+            traffic.split.clone(),
+        );
+        registry.register(
+            "mirror_requests",
+            "Copies of requests for a route's mirror, by outcome: sent (answered), failed (no answer) or dropped (max_in_flight reached, or a body over max_body)",
+            traffic.mirror.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Requests on routes with a cache, by result: hit, miss or bypass",
+            traffic.cache.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cached responses evicted to keep a route's cache within max_size",
+            traffic.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by a route's cache (bodies, headers and keys)",
+            traffic.cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Responses held by a route's cache",
+            traffic.cache_entries.clone(),
+        );
+        registry.register(
+            "compression_bytes",
+            "Body bytes through compression, by codec and direction: in (as the upstream sent them) and out (as compressed); out / in is the compression ratio",
+            traffic.compression.clone(),
+        );
         Self {
+            traffic,
             state,
             registry,
             requests,
@@ -452,6 +529,75 @@ impl Metrics {
             requests: self.requests.clone(),
             route,
         }
+    }
+
+    /// The handles of a traffic split of route `route` to upstream `upstream`.
+    pub fn split(&self, route: &str, upstream: &str) -> SplitMetrics {
+        let (route, upstream) = (Arc::new(route.to_owned()), Arc::new(upstream.to_owned()));
+        let counter = |by| {
+            self.traffic.split.get_or_create_owned(&SplitLabels {
+                route: route.clone(),
+                upstream: upstream.clone(),
+                by,
+            })
+        };
+        SplitMetrics {
+            pinned: counter("pin"),
+            weighted: counter("weight"),
+        }
+    }
+
+    /// The handles of route `route`'s mirror to `upstream`.
+    pub fn mirror(&self, route: &str, upstream: &str) -> MirrorMetrics {
+        let (route, upstream) = (Arc::new(route.to_owned()), Arc::new(upstream.to_owned()));
+        let counter = |outcome| {
+            self.traffic.mirror.get_or_create_owned(&MirrorLabels {
+                route: route.clone(),
+                upstream: upstream.clone(),
+                outcome,
+            })
+        };
+        MirrorMetrics {
+            sent: counter("sent"),
+            failed: counter("failed"),
+            dropped: counter("dropped"),
+        }
+    }
+
+    /// The handles of route `route`'s cache.
+    pub fn cache(&self, route: &str) -> CacheMetrics {
+        let route = Arc::new(route.to_owned());
+        let counter = |result| {
+            self.traffic.cache.get_or_create_owned(&CacheLabels {
+                route: route.clone(),
+                result,
+            })
+        };
+        let labels = RouteLabels {
+            route: route.clone(),
+        };
+        CacheMetrics {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            bypass: counter("bypass"),
+            evictions: self.traffic.cache_evictions.get_or_create_owned(&labels),
+            bytes: self.traffic.cache_bytes.get_or_create_owned(&labels),
+            entries: self.traffic.cache_entries.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The byte counters of route `route`'s compression with `codec` (`"gzip"`, `"br"`,
+    /// `"zstd"`): in and out.
+    pub fn compression(&self, route: &str, codec: &'static str) -> (Counter, Counter) {
+        let route = Arc::new(route.to_owned());
+        let counter = |direction| {
+            self.traffic.compression.get_or_create_owned(&CodecLabels {
+                route: route.clone(),
+                codec,
+                direction,
+            })
+        };
+        (counter("in"), counter("out"))
     }
 
     /// Counts requests refused because upstream `upstream` had `max_requests` in flight.
@@ -893,4 +1039,41 @@ mod tests {
         assert_eq!(p.counter_add("one_more", 1), Err(CounterError::TooMany));
         assert_eq!(p.counter_add("c0", 1), Ok(()), "existing names still count");
     }
+}
+
+/// A traffic split's decisions for one upstream.
+#[derive(Debug, Clone)]
+pub struct SplitMetrics {
+    /// Requests a header or cookie pinned to it.
+    pub pinned: Counter,
+    /// Requests the weights gave it.
+    pub weighted: Counter,
+}
+
+/// A route mirror's copies.
+#[derive(Debug, Clone)]
+pub struct MirrorMetrics {
+    /// Copies the mirror answered (whatever the status).
+    pub sent: Counter,
+    /// Copies that got no answer (connection failure, timeout).
+    pub failed: Counter,
+    /// Copies not made: `max_in_flight` reached, or a body over `max_body`.
+    pub dropped: Counter,
+}
+
+/// A route cache's counts.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Requests answered from the cache.
+    pub hit: Counter,
+    /// Requests looked up and sent upstream.
+    pub miss: Counter,
+    /// Requests the cache does not apply to.
+    pub bypass: Counter,
+    /// Entries evicted for room.
+    pub evictions: Counter,
+    /// Bytes held now.
+    pub bytes: Gauge,
+    /// Entries held now.
+    pub entries: Gauge,
 }
