@@ -21,8 +21,10 @@ pub use wasmgate_echo as echo;
 
 pub mod otlp;
 pub mod redis;
+mod scripted;
 
 pub use redis::{RedisCluster, RedisServer};
+pub use scripted::{ScriptedUpstream, Seen};
 
 /// A folder for one test's config and certificate files, removed when dropped.
 pub fn workdir() -> tempfile::TempDir {
@@ -50,6 +52,25 @@ pub async fn echo_upstream(name: &str) -> SocketAddr {
     echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), name)
         .await
         .expect("bind an echo upstream")
+}
+
+/// The name of the echo upstream that answered (`x-echo-server`), after checking it was a 200.
+pub fn served_by(resp: &reqwest::Response) -> String {
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-echo-server"]
+        .to_str()
+        .expect("name")
+        .to_owned()
+}
+
+/// A config with one plain listener, upstream `origin` at `origin`, and a route `api` to it with
+/// `route_keys` added (e.g. `cache = {}`).
+pub fn origin_route(origin: SocketAddr, route_keys: &str) -> String {
+    format!(
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\n\
+         [upstreams.origin]\ntargets = [\"{origin}\"]\n\
+         [[routes]]\nname = \"api\"\nupstream = \"origin\"\n{route_keys}\n"
+    )
 }
 
 /// An address nothing listens on: bound, then released.

@@ -7,10 +7,12 @@
 
 mod balance;
 mod basic_auth;
+mod cache;
 mod chain;
 mod chaos;
 mod circuit_breaking;
 mod client_tls;
+mod compression;
 mod config_errors;
 mod cors;
 mod discovery;
@@ -33,6 +35,7 @@ mod rate_limit;
 mod retries;
 mod shared_state;
 mod tracing;
+mod traffic;
 mod transform;
 mod upstream_pool;
 mod upstream_tls;
