@@ -15,7 +15,14 @@
 //!   trip) and the commands per request (those the scripts ran included);
 //! - `nginx-https` and `wasmgate-https`: the same two proxies to the upstream over TLS (a
 //!   certificate generated for the run, verified by both, kept-alive connections);
-//! - `nginx-log` and `wasmgate-log`: the plain proxies with a JSON access log to a file.
+//! - `nginx-log` and `wasmgate-log`: the plain proxies with a JSON access log to a file;
+//! - `nginx-return` and `wasmgate-cache-hit` (issue 17): nginx answering the 1 KiB body itself
+//!   (`return 200`), and the gateway answering it from its response cache (`cache = { ttl =
+//!   "1h" }`: after the first request, every one is a hit), neither touching the upstream;
+//! - `nginx-gzip` and `wasmgate-gzip`: the plain proxies compressing the 1 KiB `text/plain`
+//!   body with gzip at level 1 (nginx's `gzip on; gzip_comp_level 1`, the gateway's
+//!   `compression = { codecs = ["gzip"], gzip_level = 1 }`), every request sending
+//!   `Accept-Encoding: gzip`.
 //!
 //! The proxy under test runs alone on CPU 0 (`taskset`); the upstream nginx, the redis-server
 //! and the load generator share CPU 1 (so Redis's CPU time is not the proxy's). Each scenario is warmed up, then measured with `wrk` (closed loop, as
@@ -63,6 +70,8 @@ const REDIS_BATCHED: &str = r#"mode = "batched", sync_interval = "100ms""#;
 const REDIS_EXACT: &str = r#"mode = "exact""#;
 /// Sent with every request of every scenario, so that all of them serve the same request.
 const API_KEY_HEADER: &str = "x-api-key: k-alice";
+/// Sent by the compression scenarios.
+const GZIP_HEADER: &str = "Accept-Encoding: gzip";
 /// The path requested; the upstream answers it with [`BODY_SIZE`] bytes.
 const PATH: &str = "/1k";
 const BODY_SIZE: usize = 1024;
@@ -131,12 +140,16 @@ enum Proxy {
     WasmgateHttps,
     NginxLog,
     WasmgateLog,
+    NginxReturn,
+    WasmgateCacheHit,
+    NginxGzip,
+    WasmgateGzip,
 }
 
 impl Proxy {
     /// In the order they run: the chain on Redis right after the chain in memory, so that the
     /// ratios compare runs minutes apart at most.
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 14] = [
         Self::Direct,
         Self::Nginx,
         Self::Wasmgate,
@@ -147,6 +160,10 @@ impl Proxy {
         Self::WasmgateHttps,
         Self::NginxLog,
         Self::WasmgateLog,
+        Self::NginxReturn,
+        Self::WasmgateCacheHit,
+        Self::NginxGzip,
+        Self::WasmgateGzip,
     ];
 
     fn name(self) -> &'static str {
@@ -161,7 +178,28 @@ impl Proxy {
             Self::WasmgateHttps => "wasmgate-https",
             Self::NginxLog => "nginx-log",
             Self::WasmgateLog => "wasmgate-log",
+            Self::NginxReturn => "nginx-return",
+            Self::WasmgateCacheHit => "wasmgate-cache-hit",
+            Self::NginxGzip => "nginx-gzip",
+            Self::WasmgateGzip => "wasmgate-gzip",
         }
+    }
+
+    /// Whether every request asks for gzip (and the proxy compresses).
+    fn gzip(self) -> bool {
+        matches!(self, Self::NginxGzip | Self::WasmgateGzip)
+    }
+
+    /// Whether the scenario also runs at half of nginx's rate (the proxying scenarios).
+    fn fixed_rate(self) -> bool {
+        !matches!(
+            self,
+            Self::Direct
+                | Self::NginxReturn
+                | Self::WasmgateCacheHit
+                | Self::NginxGzip
+                | Self::WasmgateGzip
+        )
     }
 
     /// Whether the three plugins run (on whichever state backend).
@@ -531,14 +569,23 @@ impl Bench {
         let pin = self.pin.then_some(PROXY_CPU);
         let (mut guard, addr) = match proxy {
             Proxy::Direct => (None, self.upstream),
-            Proxy::Nginx | Proxy::NginxHttps | Proxy::NginxLog => {
+            Proxy::Nginx
+            | Proxy::NginxHttps
+            | Proxy::NginxLog
+            | Proxy::NginxReturn
+            | Proxy::NginxGzip => {
                 let addr = free_port()?;
                 let origin = match proxy {
                     Proxy::NginxHttps => Origin::Https(self.upstream_tls, &self.origin_cert),
                     _ => Origin::Http(self.upstream),
                 };
-                let log = proxy == Proxy::NginxLog;
-                let conf = proxy_nginx_conf(addr, origin, log, self.running_as_root);
+                let mode = match proxy {
+                    Proxy::NginxLog => NginxMode::Log,
+                    Proxy::NginxReturn => NginxMode::Return,
+                    Proxy::NginxGzip => NginxMode::Gzip,
+                    _ => NginxMode::Plain,
+                };
+                let conf = proxy_nginx_conf(addr, origin, mode, self.running_as_root);
                 let guard = start_nginx(&self.tools.nginx, &scenario_dir, &conf, pin)?;
                 (Some(guard), addr)
             }
@@ -547,7 +594,9 @@ impl Bench {
             | Proxy::WasmgatePluginsRedis
             | Proxy::WasmgatePluginsRedisExact
             | Proxy::WasmgateHttps
-            | Proxy::WasmgateLog => {
+            | Proxy::WasmgateLog
+            | Proxy::WasmgateCacheHit
+            | Proxy::WasmgateGzip => {
                 let addr = free_port()?;
                 let config = scenario_dir.join("gateway.toml");
                 let origin = match proxy {
@@ -563,13 +612,20 @@ impl Bench {
                         Err(err) => bail!("no redis-server: {err}"),
                     },
                 };
+                let route_keys = match proxy {
+                    Proxy::WasmgateCacheHit => "cache = { ttl = \"1h\" }\n",
+                    Proxy::WasmgateGzip => {
+                        "compression = { codecs = [\"gzip\"], gzip_level = 1 }\n"
+                    }
+                    _ => "",
+                };
                 let toml = wasmgate_config(
                     addr,
                     origin,
                     chain,
                     (proxy == Proxy::WasmgateLog).then_some(access_log.as_path()),
                     &self.dir,
-                );
+                ) + route_keys;
                 fs::write(&config, toml)
                     .with_context(|| format!("cannot write {}", config.display()))?;
                 let log = fs::File::create(scenario_dir.join("wasmgate.log"))
@@ -593,12 +649,22 @@ impl Bench {
             None => http_get(addr)?,
         };
         check_response(proxy, &head)?;
+        if proxy.gzip() {
+            let head = http_get_with(addr, GZIP_HEADER)?;
+            ensure!(
+                head.to_ascii_lowercase()
+                    .contains("\r\ncontent-encoding: gzip\r\n"),
+                "{}: the response is not gzipped:\n{head}",
+                proxy.name()
+            );
+        }
 
         let url = format!("http://{addr}{PATH}");
+        let extra = proxy.gzip().then_some(GZIP_HEADER);
         let script = self.dir.join("report.lua");
         fs::write(&script, WRK_SCRIPT).context("cannot write the wrk script")?;
         println!("    warm-up {}s", self.durations.warmup);
-        let warm = self.wrk(&url, &script, self.durations.warmup)?;
+        let warm = self.wrk(&url, &script, self.durations.warmup, extra)?;
         if wrk_errors(&warm) > 0 {
             eprintln!(
                 "xtask: warning: {} errors during the warm-up: {warm}",
@@ -615,7 +681,15 @@ impl Bench {
         let before = pids.as_ref().map(|pids| ProcStats::read(pids));
         let cpus_before = cpu_times();
         println!("    measuring {}s", self.durations.measure);
-        let wrk = self.wrk(&url, &script, self.durations.measure)?;
+        if proxy == Proxy::WasmgateCacheHit {
+            let head = http_get(addr)?;
+            ensure!(
+                head.to_ascii_lowercase().contains("\r\nx-cache: hit\r\n"),
+                "{}: not answered from the cache after the warm-up:\n{head}",
+                proxy.name()
+            );
+        }
+        let wrk = self.wrk(&url, &script, self.durations.measure, extra)?;
         let cpus_after = cpu_times();
         let after = pids.as_ref().map(|pids| ProcStats::read(pids));
         let redis_after = redis.map(RedisStats::read).transpose()?;
@@ -700,7 +774,7 @@ impl Bench {
             );
         }
 
-        if proxy != Proxy::Direct
+        if proxy.fixed_rate()
             && let (Some(oha), Some(rate)) = (
                 &self.tools.oha,
                 half_nginx_rate.or_else(|| {
@@ -751,14 +825,15 @@ impl Bench {
     }
 
     /// Runs wrk for `seconds` and returns what the script's `done()` printed.
-    fn wrk(&self, url: &str, script: &Path, seconds: u32) -> Result<Value> {
+    fn wrk(&self, url: &str, script: &Path, seconds: u32, extra: Option<&str>) -> Result<Value> {
         let mut command = pinned(self.pin.then_some(LOAD_CPU), &self.tools.wrk);
         command
             .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
-            .args(["--timeout", "5s", "-H", API_KEY_HEADER, "-s"])
-            .arg(script)
-            .arg(url)
-            .stdin(Stdio::null());
+            .args(["--timeout", "5s", "-H", API_KEY_HEADER]);
+        if let Some(header) = extra {
+            command.args(["-H", header]);
+        }
+        command.arg("-s").arg(script).arg(url).stdin(Stdio::null());
         let output = command
             .output()
             .with_context(|| format!("failed to run `{}`", display(&command)))?;
@@ -1027,7 +1102,7 @@ fn upstream_nginx_conf(
     (tls_listen, cert, key): (SocketAddr, &Path, &Path),
     root: bool,
 ) -> String {
-    let body = "x".repeat(BODY_SIZE);
+    let body = return_body();
     format!(
         "# generated by `cargo xtask bench`: the origin, answering {PATH} with {BODY_SIZE} bytes\n\
          {common}http {{\n{NGINX_HTTP_COMMON}    default_type text/plain;\n\
@@ -1056,8 +1131,41 @@ const NGINX_JSON_LOG: &str = concat!(
     "    access_log logs/access.log json;\n",
 );
 
-fn proxy_nginx_conf(listen: SocketAddr, origin: Origin<'_>, log: bool, root: bool) -> String {
-    let log = if log { NGINX_JSON_LOG } else { "" };
+/// What the nginx under test does besides proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NginxMode {
+    Plain,
+    /// A JSON access log to a file.
+    Log,
+    /// Answers the 1 KiB body itself, as the origin does (`return 200`).
+    Return,
+    /// gzip at level 1 for `text/plain`, the origin's type.
+    Gzip,
+}
+
+/// The 1 KiB body, as nginx's `return` writes it.
+fn return_body() -> String {
+    "x".repeat(BODY_SIZE)
+}
+
+fn proxy_nginx_conf(listen: SocketAddr, origin: Origin<'_>, mode: NginxMode, root: bool) -> String {
+    let log = match mode {
+        NginxMode::Log => NGINX_JSON_LOG,
+        NginxMode::Gzip => concat!(
+            "    gzip on;\n",
+            "    gzip_comp_level 1;\n",
+            "    gzip_min_length 256;\n",
+            "    gzip_types text/plain;\n",
+        ),
+        NginxMode::Plain | NginxMode::Return => "",
+    };
+    let action = match mode {
+        NginxMode::Return => format!(
+            "\x20           default_type text/plain;\n\x20           return 200 \"{}\";\n",
+            return_body()
+        ),
+        _ => String::new(),
+    };
     // Over TLS nginx verifies the origin as the gateway does, and reuses sessions and
     // kept-alive connections.
     let (scheme, upstream, tls) = match origin {
@@ -1086,6 +1194,7 @@ fn proxy_nginx_conf(listen: SocketAddr, origin: Origin<'_>, log: bool, root: boo
          \x20   server {{\n\
          \x20       listen {listen};\n\
          \x20       location / {{\n\
+         {action}\
          \x20           proxy_pass {scheme}://origin;\n\
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Connection \"\";\n\
@@ -1338,11 +1447,16 @@ fn wait_ready(service: &mut Service, addr: SocketAddr) -> Result<String> {
 /// One `GET PATH` with the benchmark's header over a fresh connection; the response head.
 /// Only a readiness probe: the measuring is wrk's and oha's.
 fn http_get(addr: SocketAddr) -> Result<String> {
+    http_get_with(addr, "X-Bench-Probe: 1")
+}
+
+/// [`http_get`] with one more header line.
+fn http_get_with(addr: SocketAddr, header: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n{API_KEY_HEADER}\r\nConnection: close\r\n\r\n"
+        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n{API_KEY_HEADER}\r\n{header}\r\nConnection: close\r\n\r\n"
     )?;
     // No half-close: nginx would take it for a client abort and answer nothing.
     let mut response = Vec::new();
@@ -1710,6 +1824,12 @@ fn ratios_json(results: &[(Proxy, Result<Measured>)]) -> Value {
         "wasmgate-log_vs_nginx-log_cpu_per_req": ratio(cpu(Proxy::WasmgateLog), cpu(Proxy::NginxLog)),
         "wasmgate_access_log_cpu_us_per_req": cpu(Proxy::WasmgateLog).zip(cpu(Proxy::Wasmgate)).map(|(a, b)| round3(a - b)),
         "nginx_access_log_cpu_us_per_req": cpu(Proxy::NginxLog).zip(cpu(Proxy::Nginx)).map(|(a, b)| round3(a - b)),
+        "wasmgate-cache-hit_vs_nginx-return_rps": ratio(rps(Proxy::WasmgateCacheHit), rps(Proxy::NginxReturn)),
+        "wasmgate-cache-hit_vs_nginx-return_cpu_per_req": ratio(cpu(Proxy::WasmgateCacheHit), cpu(Proxy::NginxReturn)),
+        "wasmgate-gzip_vs_nginx-gzip_rps": ratio(rps(Proxy::WasmgateGzip), rps(Proxy::NginxGzip)),
+        "wasmgate-gzip_vs_nginx-gzip_cpu_per_req": ratio(cpu(Proxy::WasmgateGzip), cpu(Proxy::NginxGzip)),
+        "wasmgate_gzip_cpu_us_per_req": cpu(Proxy::WasmgateGzip).zip(cpu(Proxy::Wasmgate)).map(|(a, b)| round3(a - b)),
+        "nginx_gzip_cpu_us_per_req": cpu(Proxy::NginxGzip).zip(cpu(Proxy::Nginx)).map(|(a, b)| round3(a - b)),
     })
 }
 
@@ -1884,6 +2004,36 @@ fn markdown(report: &Value) -> String {
             "nginx_access_log_cpu_us_per_req",
             "",
         ),
+        (
+            "wasmgate-cache-hit / nginx-return, requests/s",
+            "wasmgate-cache-hit_vs_nginx-return_rps",
+            "≥ 1",
+        ),
+        (
+            "wasmgate-cache-hit / nginx-return, CPU per request",
+            "wasmgate-cache-hit_vs_nginx-return_cpu_per_req",
+            "",
+        ),
+        (
+            "wasmgate-gzip / nginx-gzip, requests/s",
+            "wasmgate-gzip_vs_nginx-gzip_rps",
+            "",
+        ),
+        (
+            "wasmgate-gzip / nginx-gzip, CPU per request",
+            "wasmgate-gzip_vs_nginx-gzip_cpu_per_req",
+            "< 1",
+        ),
+        (
+            "wasmgate's gzip, CPU µs per request (wasmgate-gzip − wasmgate)",
+            "wasmgate_gzip_cpu_us_per_req",
+            "",
+        ),
+        (
+            "nginx's gzip, CPU µs per request (nginx-gzip − nginx)",
+            "nginx_gzip_cpu_us_per_req",
+            "",
+        ),
     ] {
         let _ = writeln!(out, "| {label} | {} | {goal} |", num(&r[key], 3));
     }
@@ -2048,17 +2198,17 @@ mod tests {
             Path::new("/b"),
         );
         assert!(logged.contains("access_log = \"/l/a.log\""), "{logged}");
-        let nginx = proxy_nginx_conf(listen, plain, false, false);
+        let nginx = proxy_nginx_conf(listen, plain, NginxMode::Plain, false);
         assert!(!nginx.contains("log_format"), "{nginx}");
         assert!(
-            proxy_nginx_conf(listen, plain, true, false)
+            proxy_nginx_conf(listen, plain, NginxMode::Log, false)
                 .contains("access_log logs/access.log json;")
         );
         assert!(
             nginx.contains("keepalive 64;") && !nginx.contains("user "),
             "{nginx}"
         );
-        assert!(proxy_nginx_conf(listen, plain, false, true).starts_with("# generated"));
+        assert!(proxy_nginx_conf(listen, plain, NginxMode::Plain, true).starts_with("# generated"));
         let tls = (
             upstream,
             Path::new("/c/origin.pem"),
@@ -2078,7 +2228,7 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!());
         let upstream: SocketAddr = "127.0.0.1:18443".parse().unwrap_or_else(|_| unreachable!());
         let origin = Origin::Https(upstream, Path::new("/c/origin.pem"));
-        let nginx = proxy_nginx_conf(listen, origin, false, false);
+        let nginx = proxy_nginx_conf(listen, origin, NginxMode::Plain, false);
         for line in [
             "proxy_pass https://origin;",
             "proxy_ssl_verify on;",
