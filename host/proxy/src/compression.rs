@@ -33,13 +33,14 @@ impl Compression {
         }
     }
 
-    /// Compresses `response` when the rules and the client's `Accept-Encoding` say so.
+    /// Compresses `response` when the rules and the client's `Accept-Encoding` say so, and
+    /// names the codec it used.
     pub(crate) fn respond(
         &self,
         accept_encoding: &[HeaderValue],
         method: &Method,
         response: Response<Body>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Option<Codec>) {
         let decision = self.rules.decide(
             accept_encoding,
             method,
@@ -47,6 +48,10 @@ impl Compression {
             response.headers(),
         );
         let (mut parts, body) = response.into_parts();
+        let used = match decision {
+            Decision::Compress(codec) => Some(codec),
+            _ => None,
+        };
         let body = match decision {
             Decision::Identity => body,
             Decision::IdentityVaried => {
@@ -66,7 +71,7 @@ impl Compression {
                 Body::wrap(encoder)
             }
         };
-        Response::from_parts(parts, body)
+        (Response::from_parts(parts, body), used)
     }
 
     /// A compressed request body decompressed (for plugins that read bodies), at most `limit`

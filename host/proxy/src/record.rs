@@ -28,6 +28,10 @@ pub(crate) struct Trace {
     pub(crate) target: Option<Authority>,
     /// Time spent in plugin hooks.
     pub(crate) plugins: Duration,
+    /// The route cache's answer: `HIT`, `MISS` or `BYPASS`.
+    pub(crate) cache: Option<&'static str>,
+    /// The coding the gateway compressed the response with.
+    pub(crate) encoding: Option<&'static str>,
 }
 
 /// The access log's fields known when the request arrives; gathered only when the log is on.
@@ -85,6 +89,8 @@ impl Record {
             plugin_ms: millis(self.trace.plugins),
             client_cert: arrival.client_cert.as_deref(),
             trace_id: trace_id.as_deref(),
+            cache: self.trace.cache,
+            encoding: self.trace.encoding,
         });
     }
 }

@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use wasmgate_cache::{Lookup, Status, X_CACHE};
-use wasmgate_compression::CodecError;
+use wasmgate_compression::{Codec, CodecError};
 use wasmgate_runtime::{
     Chain, Context, RequestOutcome, RequestView, ResponseOutcome, ResponseView,
 };
@@ -171,7 +171,10 @@ impl<'s> Session<'s> {
             (Ok(response), Some(compression))
                 if response.extensions().get::<LocalReply>().is_none() =>
             {
-                Ok(compression.respond(&self.accept_encoding, &self.method, response))
+                let (response, codec) =
+                    compression.respond(&self.accept_encoding, &self.method, response);
+                self.trace.encoding = codec.map(Codec::token);
+                Ok(response)
             }
             (result, _) => result,
         };
@@ -469,6 +472,11 @@ impl<'s> Session<'s> {
         let (parts, body) = req.into_parts();
         let lookup = cache.lookup(&parts).await;
         let req = Request::from_parts(parts, body);
+        self.trace.cache = Some(match &lookup {
+            Lookup::Hit(_) => Status::Hit.as_str(),
+            Lookup::Miss(_) => Status::Miss.as_str(),
+            Lookup::Bypass => Status::Bypass.as_str(),
+        });
         match lookup {
             Lookup::Hit(response) => Ok(response.map(Body::full)),
             Lookup::Miss(fill) => {

@@ -54,6 +54,13 @@ pub struct AccessEntry<'a> {
     /// The request's trace ID, 32 hex digits (`[gateway.tracing]`); omitted when tracing is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<&'a str>,
+    /// The route cache's answer (`HIT`, `MISS`, `BYPASS`); omitted on routes without a cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    /// The coding the gateway compressed the response with (`gzip`, `br`, `zstd`); omitted when
+    /// it did not compress it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -200,6 +207,8 @@ mod tests {
                 plugin_ms: 0.0,
                 client_cert: (status == 200).then_some("CN=app,O=Example"),
                 trace_id: None,
+                cache: (status == 200).then_some("HIT"),
+                encoding: None,
             });
         }
         drop(log);
@@ -223,6 +232,9 @@ mod tests {
         assert_eq!(lines[1]["status"], 404);
         assert_eq!(lines[0]["client_cert"], "CN=app,O=Example");
         assert!(lines[1].get("client_cert").is_none(), "omitted without one");
+        assert_eq!(lines[0]["cache"], "HIT");
+        assert!(lines[1].get("cache").is_none());
+        assert!(lines[0].get("encoding").is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -349,8 +349,10 @@ async fn the_admin_api_purges_a_path_a_route_or_everything() {
     let path = dir.path().join("gateway.toml");
     std::fs::write(
         &path,
-        origin_route(origin.addr, "cache = {}")
-            .replace("[gateway]", "[gateway]\nadmin = \"127.0.0.1:0\""),
+        origin_route(origin.addr, "cache = {}").replace(
+            "[gateway]",
+            "[gateway]\nadmin = \"127.0.0.1:0\"\naccess_log = \"access.log\"",
+        ),
     )
     .expect("write");
     let gw = GatewayProcess::start(wasmgate_bin!(), &path, 1).expect("start");
@@ -381,4 +383,15 @@ async fn the_admin_api_purges_a_path_a_route_or_everything() {
     assert_eq!(get(&url("/b"), &[]).await.x_cache, "MISS");
     let unknown = purge("/nope").await.expect("purge");
     assert_eq!(unknown.status(), 404);
+    // The access log says how each request was answered.
+    let log = dir.path().join("access.log");
+    eventually(
+        Duration::from_secs(5),
+        "the access log names cache results",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains(r#""cache":"HIT""#) && text.contains(r#""cache":"MISS""#)
+        },
+    )
+    .await;
 }

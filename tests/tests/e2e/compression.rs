@@ -305,7 +305,7 @@ async fn what_arrived_is_sent_compressed_while_the_upstream_waits() {
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(data).expect("gzip");
     encoder.finish().expect("gzip")
 }
