@@ -7,17 +7,16 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use compression_codecs::brotli::params::EncoderParams;
-use compression_codecs::flate::params::FlateEncoderParams;
 use compression_codecs::zstd::params::{CParameter, DParameter};
 use compression_codecs::{
-    BrotliDecoder, BrotliEncoder, DecodeV2, EncodeV2, GzipDecoder, GzipEncoder, ZstdDecoder,
-    ZstdEncoder,
+    BrotliDecoder, BrotliEncoder, DecodeV2, EncodeV2, GzipDecoder, ZstdDecoder, ZstdEncoder,
 };
 use compression_core::Level;
 use compression_core::util::{PartialBuffer, WriteBuffer};
 use http::HeaderMap;
 use http_body::{Body, Frame};
 
+use crate::gzip::PooledGzip;
 use crate::{Codec, Levels};
 
 /// The size of a data frame the codecs fill before it is sent: large enough that a big body
@@ -86,6 +85,7 @@ impl Output {
     /// Lets `f` write into the rest of the frame; returns its result and how much it wrote.
     fn fill<R>(
         &mut self,
+        step: usize,
         f: impl FnOnce(&mut WriteBuffer<'_>) -> io::Result<R>,
     ) -> io::Result<(R, usize)> {
         let filled = self.buf.len();
@@ -97,9 +97,14 @@ impl Output {
             self.buf
                 .reserve(FRAME.saturating_sub(filled).max(MIN_SPARE));
         }
-        let end = self.buf.capacity().min(FRAME.max(filled + 1));
-        // The codecs write into initialised memory only (no unsafe here): zeroing the spare
-        // part costs far less than compressing into it.
+        // The codecs write into initialised memory only (no unsafe here), so what they get is
+        // zeroed first, `step` bytes at a time: compressed frames are mostly small, and zeroing
+        // a whole frame for a 1 KiB response cost more than compressing it.
+        let end = self
+            .buf
+            .capacity()
+            .min(FRAME.max(filled + 1))
+            .min(filled + step);
         self.buf.resize(end, 0);
         let mut out = WriteBuffer::new_initialized(&mut self.buf[filled..]);
         let result = f(&mut out);
@@ -130,7 +135,7 @@ enum Phase {
 }
 
 enum Compressor {
-    Gzip(GzipEncoder),
+    Gzip(PooledGzip),
     // The brotli state is large; boxed so a body does not carry it inline.
     Brotli(Box<BrotliEncoder>),
     Zstd(ZstdEncoder),
@@ -140,9 +145,7 @@ impl Compressor {
     fn new(codec: Codec, levels: Levels) -> Self {
         let precise = |level: u32| Level::Precise(i32::try_from(level).unwrap_or(i32::MAX));
         match codec {
-            Codec::Gzip => Self::Gzip(GzipEncoder::new(FlateEncoderParams::from(precise(
-                levels.gzip,
-            )))),
+            Codec::Gzip => Self::Gzip(PooledGzip::new(levels.gzip)),
             Codec::Brotli => Self::Brotli(Box::new(BrotliEncoder::new(
                 EncoderParams::default().quality(precise(levels.brotli)),
             ))),
@@ -222,7 +225,7 @@ impl<B> Encoder<B> {
             let input = &self.input;
             let (consumed, written) = self
                 .out
-                .fill(|out| {
+                .fill(MIN_SPARE, |out| {
                     let mut partial = PartialBuffer::new(&input[..]);
                     codec.encode(&mut partial, out)?;
                     Ok(partial.written_len())
@@ -242,7 +245,7 @@ impl<B> Encoder<B> {
         let codec = self.compressor.get();
         let (done, written) = self
             .out
-            .fill(|out| {
+            .fill(MIN_SPARE, |out| {
                 if finish {
                     codec.finish(out)
                 } else {
@@ -470,7 +473,7 @@ impl<B> Decoder<B> {
                 let decompressor = &mut self.decompressor;
                 let (ended, written) = self
                     .out
-                    .fill(|out| decompressor.drain(out))
+                    .fill(FRAME, |out| decompressor.drain(out))
                     .map_err(failed)?;
                 self.count(written)?;
                 self.ended |= ended;
@@ -492,7 +495,7 @@ impl<B> Decoder<B> {
             let input = &self.input;
             let ((done, consumed), written) = self
                 .out
-                .fill(|out| {
+                .fill(FRAME, |out| {
                     let mut partial = PartialBuffer::new(&input[..]);
                     let done = decoder.decode(&mut partial, out)?;
                     Ok((done, partial.written_len()))

@@ -15,6 +15,7 @@
 
 mod body;
 mod codec;
+mod gzip;
 mod headers;
 mod negotiate;
 mod rules;

@@ -530,3 +530,21 @@ async fn decoder_streams_what_arrived() {
     decoded.extend(concat(&rest));
     assert_eq!(decoded, text(10_000));
 }
+
+#[test]
+fn a_reused_gzip_compressor_starts_each_response_afresh() {
+    // One thread: the second and third streams run on the compressor the first gave back,
+    // including one given back mid-stream.
+    let mut abandoned = Compressor::new(Codec::Gzip, Levels::default());
+    let mut input = PartialBuffer::new(&b"never finished"[..]);
+    let mut buf = vec![0; 64];
+    let mut write = WriteBuffer::new_initialized(&mut buf);
+    abandoned.get().encode(&mut input, &mut write).unwrap();
+    drop(abandoned);
+    for plain in [text(50_000), b"second".repeat(7), noise(3000)] {
+        assert_eq!(
+            decompress(Codec::Gzip, &compress(Codec::Gzip, &plain)),
+            plain
+        );
+    }
+}
