@@ -395,3 +395,29 @@ async fn the_admin_api_purges_a_path_a_route_or_everything() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_entries_of_a_cache_whose_settings_did_not_change() {
+    let origin = origin().await;
+    let config = |cache: &str| origin_route(origin.addr, cache);
+    let gw = TestGateway::start_in(workdir(), &config("cache = {}"))
+        .await
+        .expect("start");
+    let url = gw.url("/kept");
+    get(&url, &[]).await;
+    assert_eq!(get(&url, &[]).await.x_cache, "HIT");
+    gw.reload(&config("cache = {}")).await.expect("reload");
+    assert_eq!(
+        get(&url, &[]).await.x_cache,
+        "HIT",
+        "same settings: entries kept"
+    );
+    gw.reload(&config(r#"cache = { ttl = "1m" }"#))
+        .await
+        .expect("reload");
+    assert_eq!(
+        get(&url, &[]).await.x_cache,
+        "MISS",
+        "new settings: a new cache"
+    );
+}
