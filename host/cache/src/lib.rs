@@ -14,15 +14,24 @@
 //! [`Fill`], the others wait (at most [`Rules::lock_timeout`]) and are answered from what it stored,
 //! like nginx's `proxy_cache_lock`.
 //!
+//! Validators (RFC 9111 §4.3):
+//!
+//! - A conditional request (`If-None-Match`, or `If-Modified-Since` without it) that hits is
+//!   answered `304 Not Modified` when the stored response satisfies it.
+//! - A stale entry carrying an `ETag` or `Last-Modified` is kept for [`Rules::keep`]; a miss on it
+//!   gets [`Fill::revalidate`], which turns the upstream request into a conditional one with the
+//!   stored validators. A `304` from the upstream refreshes the entry (its headers updated from
+//!   the `304`, a new lifetime) and the client is answered from it (`x-cache: REVALIDATED`), so
+//!   the body is not sent again.
+//!
 //! What this version does not do, on purpose:
 //!
-//! - No revalidation: a stale entry is a miss, the request goes upstream unconditionally (as the
-//!   client sent it), and the new response replaces the entry. For the same reason a response
-//!   with `Cache-Control: no-cache` (which may only be reused after revalidation) is not stored,
-//!   and `stale-while-revalidate` / `stale-if-error` / request `max-stale` are ignored.
+//! - A response with `Cache-Control: no-cache` (reusable only after revalidating every time) is
+//!   not stored, and `stale-while-revalidate` / `stale-if-error` / request `max-stale` are
+//!   ignored: a stale entry is never served without asking the upstream.
 //! - Whole responses only: a request with `Range` bypasses the cache and a `206` is never stored.
-//! - Conditional requests (`If-None-Match`, `If-Modified-Since`) that hit are answered with the
-//!   full stored response, not a `304`.
+//! - A conditional request that misses goes upstream with its own conditions, so a `304` from
+//!   the upstream passes to the client and nothing is stored.
 //! - Memory only: entries do not survive a restart or a configuration reload that builds a new
 //!   [`Cache`].
 
@@ -34,9 +43,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, LastModified};
 use http::header::{
-    AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, EXPIRES, PRAGMA, RANGE, SET_COOKIE, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    AGE, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, EXPIRES,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
@@ -100,6 +111,10 @@ pub struct Rules {
     /// How long a lookup waits for another request filling the same key before it goes upstream
     /// itself (nginx's `proxy_cache_lock_timeout`). Default 5 s.
     pub lock_timeout: Duration,
+    /// How long a stale response with a validator (`ETag`, `Last-Modified`) is kept for
+    /// revalidation (Varnish's `keep`); within [`Rules::max_size`] like any entry. Zero drops
+    /// entries when they go stale. Default 10 minutes.
+    pub keep: Duration,
 }
 
 impl Default for Rules {
@@ -112,6 +127,7 @@ impl Default for Rules {
             vary: Vec::new(),
             client_no_cache: false,
             lock_timeout: Duration::from_secs(5),
+            keep: Duration::from_secs(600),
         }
     }
 }
@@ -125,15 +141,30 @@ pub enum Status {
     Miss,
     /// Sent upstream, the cache took no part.
     Bypass,
+    /// A stale entry the upstream confirmed with a `304`: answered from the cache, refreshed.
+    Revalidated,
 }
 
 impl Status {
-    /// The header value: `HIT`, `MISS` or `BYPASS`.
+    /// The header value: `HIT`, `MISS`, `BYPASS` or `REVALIDATED`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
             Self::Bypass => "BYPASS",
+            Self::Revalidated => "REVALIDATED",
+        }
+    }
+
+    /// How a response from [`Lookup::Hit`] or [`Fill::record`] was answered, from its
+    /// `x-cache` header.
+    pub fn of<B>(response: &Response<B>) -> Option<Self> {
+        match response.headers().get(X_CACHE)?.as_bytes() {
+            b"HIT" => Some(Self::Hit),
+            b"MISS" => Some(Self::Miss),
+            b"BYPASS" => Some(Self::Bypass),
+            b"REVALIDATED" => Some(Self::Revalidated),
+            _ => None,
         }
     }
 
@@ -146,10 +177,11 @@ impl Status {
 #[derive(Debug)]
 pub enum Lookup {
     /// A fresh stored response: status and headers as stored plus `Age` and `x-cache: HIT`;
-    /// the stored body, or an empty one for `HEAD` (its `Content-Length` stays as stored).
+    /// the stored body, or an empty one for `HEAD` (its `Content-Length` stays as stored). A
+    /// `304` with no body when the request's `If-None-Match` / `If-Modified-Since` holds for it.
     Hit(Response<Bytes>),
-    /// Not stored, stale, or a client refresh (when honoured): send the request upstream and pass
-    /// the response through [`Fill::record`].
+    /// Not stored, stale, or a client refresh (when honoured): call [`Fill::revalidate`] on the
+    /// request, send it upstream and pass the response through [`Fill::record`].
     Miss(Fill),
     /// Not cacheable (a method not in [`Rules::methods`], a `HEAD` miss, a `Range` request, a
     /// client `no-store` when honoured): send the request upstream untouched and answer with
@@ -382,17 +414,18 @@ impl Inner {
         if max_age.is_some_and(|max_age| age > max_age) {
             return None;
         }
-        let mut response = Response::new(if head {
-            Bytes::new()
-        } else {
-            variant.body.clone()
-        });
-        *response.status_mut() = variant.status;
-        let headers = response.headers_mut();
-        headers.clone_from(&variant.headers);
-        headers.insert(AGE, HeaderValue::from(age.as_secs()));
-        headers.insert(X_CACHE, Status::Hit.header_value());
-        Some(response)
+        Some(variant.answer(headers, head, age, Status::Hit))
+    }
+
+    /// The newest variant of `key` matching `headers` that can be revalidated, fresh or stale.
+    fn revalidatable(&self, key: &Key, headers: &HeaderMap) -> Option<Arc<Variant>> {
+        let slot = self.store.get(key)?;
+        let now = self.clock.now();
+        slot.variants
+            .iter()
+            .rev()
+            .find(|v| v.has_validator() && now < v.kept_until(self.rules.keep) && v.matches(headers))
+            .cloned()
     }
 
     /// The exclusive fill of `key` if no one fills it, else a wait for the fill in progress.
@@ -530,6 +563,10 @@ pub struct Fill {
     request: Box<Request<()>>,
     epoch: u64,
     lead: Option<Lead>,
+    /// The stored response the upstream may confirm, and whether [`Fill::revalidate`] asked it
+    /// to.
+    stale: Option<Arc<Variant>>,
+    revalidating: bool,
 }
 
 impl fmt::Debug for Fill {
@@ -550,13 +587,36 @@ impl Fill {
         headers.clone_from(&req.headers);
         headers.remove(CACHE_CONTROL);
         headers.remove(PRAGMA);
+        let stale = inner.revalidatable(&key, &req.headers);
         Self {
             inner: Arc::clone(inner),
             key,
             request: Box::new(request),
             epoch: *read(&inner.epoch),
             lead,
+            stale,
+            revalidating: false,
         }
+    }
+
+    /// Makes the upstream request (its `headers`) conditional on the stored response this miss
+    /// found stale (or the client asked to refresh), if it has a validator: the client's own
+    /// `If-None-Match` and `If-Modified-Since` are replaced by the stored `ETag` and
+    /// `Last-Modified`, so that a `304` can refresh the entry. The client's conditions still
+    /// decide its answer (see [`Fill::record`]). Does nothing when there is no such response.
+    pub fn revalidate(&mut self, headers: &mut HeaderMap) {
+        let Some(stale) = &self.stale else {
+            return;
+        };
+        headers.remove(IF_NONE_MATCH);
+        headers.remove(IF_MODIFIED_SINCE);
+        if let Some(etag) = stale.headers.get(http::header::ETAG) {
+            headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(last_modified) = stale.headers.get(LAST_MODIFIED) {
+            headers.insert(IF_MODIFIED_SINCE, last_modified.clone());
+        }
+        self.revalidating = true;
     }
 
     /// Marks the lead as having left something to find, so that waiters look again.
@@ -587,10 +647,19 @@ impl Fill {
     /// The entry keeps the response headers minus hop-by-hop ones (`Connection` and the fields
     /// it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade`, `Proxy-*`), `Age`
     /// and `x-cache`.
+    ///
+    /// After [`Fill::revalidate`], a `304` from the upstream refreshes the stored response instead:
+    /// its headers are updated from the `304`'s (all but `Content-Length`, `Content-Encoding` and
+    /// the hop-by-hop ones), its lifetime computed again as for a new response, and the client is
+    /// answered from it with `x-cache: REVALIDATED` — or `304` itself when its own conditions
+    /// hold. Should the updated headers forbid storing it, the client still gets it, once.
     pub fn record<B>(self, response: Response<B>) -> Response<Recording<B>>
     where
         B: http_body::Body<Data = Bytes> + Unpin,
     {
+        if self.revalidating && response.status() == StatusCode::NOT_MODIFIED {
+            return self.refresh(response.into_parts().0);
+        }
         let (mut parts, body) = response.into_parts();
         let recorder = match self.plan(&parts, body.size_hint().lower()) {
             Some(plan) => Some(record::Recorder::new(self, plan)),
@@ -685,30 +754,64 @@ impl Fill {
         })
     }
 
+    /// The stored response confirmed by the upstream's `304` (`confirmed`), refreshed and stored
+    /// again, as the client's answer.
+    fn refresh<B>(self, confirmed: http::response::Parts) -> Response<Recording<B>> {
+        let Some(stale) = self.stale.clone() else {
+            unreachable!("revalidating needs a stored response");
+        };
+        let mut headers = stale.headers.clone();
+        for name in confirmed.headers.keys() {
+            if *name == CONTENT_LENGTH || *name == CONTENT_ENCODING || *name == CONTENT_RANGE {
+                continue;
+            }
+            headers.remove(name);
+            for value in confirmed.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let (mut head, ()) = Response::new(()).into_parts();
+        head.status = stale.status;
+        head.headers = headers;
+        let now = self.inner.clock.now();
+        let (variant, plan) = match self.plan(&head, stale.body.len() as u64) {
+            Some(plan) => {
+                let variant = Arc::new(Variant::new(&plan, stale.body.clone()));
+                (variant, Some(plan))
+            }
+            // No longer storable: answer once with what the upstream said now.
+            None => {
+                let plan = Plan {
+                    status: stale.status,
+                    headers: stored_headers(&head.headers),
+                    vary: stale.vary.clone(),
+                    stored_at: now,
+                    expires_at: now,
+                    upstream_age: Duration::ZERO,
+                    content_length: None,
+                };
+                (Arc::new(Variant::new(&plan, stale.body.clone())), None)
+            }
+        };
+        let answer = variant.answer(
+            self.request.headers(),
+            false,
+            variant.age(now),
+            Status::Revalidated,
+        );
+        if plan.is_some() {
+            self.put(variant);
+        }
+        answer.map(Recording::stored)
+    }
+
     /// Stores a recorded response under this fill's key, next to the variants the key holds.
-    fn store(mut self, plan: Plan, body: Bytes) {
-        let weight = VARIANT_OVERHEAD
-            + body.len() as u64
-            + plan
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().len() + v.len()) as u64)
-                .sum::<u64>()
-            + plan
-                .vary
-                .iter()
-                .map(|(n, v)| (n.as_str().len() + v.as_ref().map_or(0, |v| v.len())) as u64)
-                .sum::<u64>();
-        let variant = Arc::new(Variant {
-            status: plan.status,
-            headers: plan.headers,
-            body,
-            vary: plan.vary,
-            stored_at: plan.stored_at,
-            expires_at: plan.expires_at,
-            upstream_age: plan.upstream_age,
-            weight,
-        });
+    fn store(self, plan: Plan, body: Bytes) {
+        self.put(Arc::new(Variant::new(&plan, body)));
+    }
+
+    fn put(mut self, variant: Arc<Variant>) {
+        let keep = self.inner.rules.keep;
         let inner = &self.inner;
         {
             let epoch = read(&inner.epoch);
@@ -729,7 +832,7 @@ impl Fill {
                                 .variants
                                 .iter()
                                 // The new response supersedes what this request would have found.
-                                .filter(|v| now < v.expires_at && !v.matches(request.headers()))
+                                .filter(|v| now < v.kept_until(keep) && !v.matches(request.headers()))
                                 .cloned()
                                 .collect()
                         })
@@ -738,11 +841,38 @@ impl Fill {
                     if variants.len() > MAX_VARIANTS {
                         variants.remove(0);
                     }
-                    Op::Put(Arc::new(Slot::new(variants, key_weight, now)))
+                    Op::Put(Arc::new(Slot::new(variants, key_weight, now, keep)))
                 });
         }
         if let Some(lead) = &mut self.lead {
             lead.outcome = Outcome::Stored;
+        }
+    }
+}
+
+impl Variant {
+    fn new(plan: &Plan, body: Bytes) -> Self {
+        let weight = VARIANT_OVERHEAD
+            + body.len() as u64
+            + plan
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().len() + v.len()) as u64)
+                .sum::<u64>()
+            + plan
+                .vary
+                .iter()
+                .map(|(n, v)| (n.as_str().len() + v.as_ref().map_or(0, |v| v.len())) as u64)
+                .sum::<u64>();
+        Variant {
+            status: plan.status,
+            headers: plan.headers.clone(),
+            body,
+            vary: plan.vary.clone(),
+            stored_at: plan.stored_at,
+            expires_at: plan.expires_at,
+            upstream_age: plan.upstream_age,
+            weight,
         }
     }
 }
@@ -815,16 +945,17 @@ impl Key {
 struct Slot {
     variants: Vec<Arc<Variant>>,
     weight: u32,
-    /// Until the last variant expires; moka drops the slot then.
+    /// Until the last variant is dropped (expired, and past `keep` when it can be revalidated);
+    /// moka drops the slot then.
     ttl: Duration,
 }
 
 impl Slot {
-    fn new(variants: Vec<Arc<Variant>>, key_weight: u64, now: Instant) -> Self {
+    fn new(variants: Vec<Arc<Variant>>, key_weight: u64, now: Instant, keep: Duration) -> Self {
         let weight = key_weight + variants.iter().map(|v| v.weight).sum::<u64>();
         let ttl = variants
             .iter()
-            .map(|v| v.expires_at.saturating_duration_since(now))
+            .map(|v| v.kept_until(keep).saturating_duration_since(now))
             .max()
             .unwrap_or_default();
         Self {
@@ -850,6 +981,73 @@ struct Variant {
 }
 
 impl Variant {
+    /// This response as the answer to a request with `headers`: `304` (no body, no
+    /// representation metadata) when its preconditions say the client's copy is current.
+    fn answer(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        age: Duration,
+        status: Status,
+    ) -> Response<Bytes> {
+        let not_modified = self.status == StatusCode::OK && !self.modified_for(headers);
+        let mut response = Response::new(if head || not_modified {
+            Bytes::new()
+        } else {
+            self.body.clone()
+        });
+        if not_modified {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.headers_mut() = not_modified_headers(&self.headers);
+        } else {
+            *response.status_mut() = self.status;
+            response.headers_mut().clone_from(&self.headers);
+        }
+        let headers = response.headers_mut();
+        headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        headers.insert(X_CACHE, status.header_value());
+        response
+    }
+
+    /// RFC 9110 §13.2.2: `If-None-Match` decides when present (weak comparison, `*` matches any
+    /// stored response); otherwise `If-Modified-Since` against `Last-Modified`. Unparsable
+    /// conditions are ignored, as the RFC asks.
+    fn modified_for(&self, request: &HeaderMap) -> bool {
+        if request.contains_key(IF_NONE_MATCH) {
+            let Some(condition) = request.typed_get::<IfNoneMatch>() else {
+                return true;
+            };
+            return match self.headers.typed_get::<ETag>() {
+                Some(etag) => condition.precondition_passes(&etag),
+                // Only `*` matches a response without a tag.
+                None => condition != IfNoneMatch::any(),
+            };
+        }
+        match (
+            request.typed_get::<IfModifiedSince>(),
+            self.headers.typed_get::<LastModified>(),
+        ) {
+            (Some(since), Some(last_modified)) => {
+                since.is_modified(SystemTime::from(last_modified))
+            }
+            _ => true,
+        }
+    }
+
+    fn has_validator(&self) -> bool {
+        self.headers.contains_key(http::header::ETAG) || self.headers.contains_key(LAST_MODIFIED)
+    }
+
+    /// Until when the entry is kept: its freshness, and `keep` beyond it when it can be
+    /// revalidated.
+    fn kept_until(&self, keep: Duration) -> Instant {
+        if self.has_validator() {
+            self.expires_at + keep
+        } else {
+            self.expires_at
+        }
+    }
+
     fn matches(&self, headers: &HeaderMap) -> bool {
         self.vary
             .iter()
@@ -947,6 +1145,24 @@ fn stored_headers(headers: &HeaderMap) -> HeaderMap {
         stored.append(name, value.clone());
     }
     stored
+}
+
+/// The headers of a `304` for a stored response (RFC 9110 §15.4.5): those a cache needs to
+/// update its copy (`Cache-Control`, `Date`, `ETag`, `Expires`, `Last-Modified`, `Vary`,
+/// `Content-Location`, and the rest of the fields that are not about the representation), without
+/// `Content-Length`, `Content-Type` and the other `Content-*` metadata of a body not sent.
+fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.len());
+    for (name, value) in stored {
+        let name_str = name.as_str();
+        if name_str.starts_with("content-") && *name != http::header::CONTENT_LOCATION
+            || *name == http::header::ACCEPT_RANGES
+        {
+            continue;
+        }
+        headers.append(name, value.clone());
+    }
+    headers
 }
 
 /// The response's Cache-Control without one directive, `None` if nothing is left.

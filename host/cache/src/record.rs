@@ -12,9 +12,17 @@ use crate::{Fill, Plan};
 /// A response body passed through unchanged, frame by frame as it arrives, while it is recorded
 /// for the cache (from [`Fill::record`]). Once it ends cleanly the entry is stored; dropping it
 /// earlier, an error, trailers, or more bytes than fit leave nothing stored.
+///
+/// After a revalidation it is the stored body instead, the upstream's (empty) one dropped.
 pub struct Recording<B> {
-    inner: B,
+    inner: Source<B>,
     recorder: Option<Recorder>,
+}
+
+enum Source<B> {
+    Upstream(B),
+    /// Taken when polled.
+    Stored(Option<Bytes>),
 }
 
 impl<B> Recording<B> {
@@ -22,12 +30,32 @@ impl<B> Recording<B> {
     where
         B: Body,
     {
-        let mut recording = Self { inner, recorder };
+        let mut recording = Self {
+            inner: Source::Upstream(inner),
+            recorder,
+        };
         // hyper never polls a body that says it has ended (an empty one), so store it now.
-        if recording.inner.is_end_stream() {
+        if recording.is_end_stream_inner() {
             recording.finish();
         }
         recording
+    }
+
+    pub(crate) fn stored(body: Bytes) -> Self {
+        Self {
+            inner: Source::Stored((!body.is_empty()).then_some(body)),
+            recorder: None,
+        }
+    }
+
+    fn is_end_stream_inner(&self) -> bool
+    where
+        B: Body,
+    {
+        match &self.inner {
+            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Stored(body) => body.is_none(),
+        }
     }
 
     fn finish(&mut self) {
@@ -57,7 +85,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let inner = match &mut this.inner {
+            Source::Upstream(inner) => inner,
+            Source::Stored(body) => return Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(recorder) = &mut this.recorder {
@@ -68,7 +100,7 @@ where
                     }
                 }
                 // The client's side stops polling once the body says it has ended.
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.finish();
                 }
             }
@@ -80,11 +112,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.is_end_stream_inner()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Upstream(inner) => inner.size_hint(),
+            Source::Stored(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

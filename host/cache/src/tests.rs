@@ -141,7 +141,9 @@ fn defaults_and_status_strings() {
     assert!(rules.vary.is_empty());
     assert!(!rules.client_no_cache);
     assert_eq!(rules.lock_timeout, Duration::from_secs(5));
+    assert_eq!(rules.keep, Duration::from_secs(600));
     assert_eq!(Status::Hit.as_str(), "HIT");
+    assert_eq!(Status::Revalidated.as_str(), "REVALIDATED");
     assert_eq!(Status::Miss.as_str(), "MISS");
     assert_eq!(Status::Bypass.as_str(), "BYPASS");
     assert_eq!(X_CACHE, "x-cache");
@@ -1030,5 +1032,178 @@ proptest! {
                 assert!(stored.is_none());
             }
         });
+    }
+}
+
+const VALIDATED: &[(&str, &str)] = &[
+    ("cache-control", "max-age=1"),
+    ("etag", "\"v1\""),
+    ("last-modified", "Tue, 01 Dec 2026 00:00:00 GMT"),
+    ("content-type", "text/plain"),
+    ("x-origin", "a"),
+];
+
+#[tokio::test]
+async fn conditional_hit_is_answered_not_modified_when_its_condition_holds() {
+    let cache = Cache::new(Rules::default());
+    fill(&cache, &get("/c"), response(200, VALIDATED, "body")).await;
+    // (request conditions, whether the answer is 304)
+    let table: &[(&[(&str, &str)], bool)] = &[
+        (&[("if-none-match", "\"v1\"")], true),
+        (&[("if-none-match", "W/\"v1\"")], true),
+        (&[("if-none-match", "\"v0\", \"v1\"")], true),
+        (&[("if-none-match", "*")], true),
+        (&[("if-none-match", "\"v2\"")], false),
+        // If-None-Match decides when present, even against a matching date.
+        (
+            &[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Tue, 01 Dec 2026 00:00:00 GMT"),
+            ],
+            false,
+        ),
+        (&[("if-modified-since", "Tue, 01 Dec 2026 00:00:00 GMT")], true),
+        (&[("if-modified-since", "Wed, 02 Dec 2026 00:00:00 GMT")], true),
+        (&[("if-modified-since", "Mon, 30 Nov 2026 23:59:59 GMT")], false),
+        (&[("if-modified-since", "not a date")], false),
+        (&[], false),
+    ];
+    for (conditions, not_modified) in table {
+        let answer = hit(&cache, &request(Method::GET, "/c", conditions)).await;
+        if *not_modified {
+            assert_eq!(answer.status(), StatusCode::NOT_MODIFIED, "{conditions:?}");
+            assert!(answer.body().is_empty());
+            assert_eq!(header(&answer, "etag"), Some("\"v1\""));
+            assert_eq!(header(&answer, "cache-control"), Some("max-age=1"));
+            assert_eq!(header(&answer, "x-origin"), Some("a"));
+            assert_eq!(header(&answer, "content-type"), None, "no representation metadata");
+            assert_eq!(header(&answer, "content-length"), None);
+            assert_eq!(header(&answer, "x-cache"), Some("HIT"));
+        } else {
+            assert_eq!(answer.status(), StatusCode::OK, "{conditions:?}");
+            assert_eq!(answer.body(), "body");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_response_without_etag_matches_only_a_star() {
+    let cache = Cache::new(Rules::default());
+    fill(&cache, &get("/n"), response(200, &[], "body")).await;
+    let tagged = request(Method::GET, "/n", &[("if-none-match", "\"v1\"")]);
+    assert_eq!(hit(&cache, &tagged).await.status(), StatusCode::OK);
+    let any = request(Method::GET, "/n", &[("if-none-match", "*")]);
+    assert_eq!(hit(&cache, &any).await.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let cache = Cache::new(Rules::default());
+    let req = get("/r");
+    fill(&cache, &req, response(200, VALIDATED, "body")).await;
+    cache.inner.clock.advance(Duration::from_millis(1_100));
+
+    let Lookup::Miss(mut refill) = cache.lookup(&req).await else {
+        panic!("expected a miss on the stale entry");
+    };
+    let mut upstream = HeaderMap::new();
+    upstream.insert(IF_NONE_MATCH, HeaderValue::from_static("\"client\""));
+    refill.revalidate(&mut upstream);
+    assert_eq!(upstream.get(IF_NONE_MATCH).unwrap(), "\"v1\"");
+    assert_eq!(
+        upstream.get(IF_MODIFIED_SINCE).unwrap(),
+        "Tue, 01 Dec 2026 00:00:00 GMT"
+    );
+    let confirmed = response(
+        304,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("x-origin", "b"),
+            ("content-length", "0"),
+        ],
+        "",
+    );
+    let answer = read(refill.record(confirmed)).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.body(), "body", "the stored body, not the 304's");
+    assert_eq!(header(&answer, "x-cache"), Some("REVALIDATED"));
+    assert_eq!(header(&answer, "x-origin"), Some("b"), "headers updated");
+    assert_eq!(header(&answer, "content-length"), None);
+    assert_eq!(header(&answer, "content-type"), Some("text/plain"));
+
+    // Fresh again for the 304's max-age, with the updated headers.
+    cache.inner.clock.advance(Duration::from_secs(30));
+    let again = hit(&cache, &req).await;
+    assert_eq!(again.body(), "body");
+    assert_eq!(header(&again, "x-origin"), Some("b"));
+    assert_eq!(header(&again, "cache-control"), Some("max-age=60"));
+}
+
+#[tokio::test]
+async fn a_revalidation_answers_the_clients_own_condition() {
+    let cache = Cache::new(Rules::default());
+    fill(&cache, &get("/o"), response(200, VALIDATED, "body")).await;
+    cache.inner.clock.advance(Duration::from_millis(1_100));
+    let req = request(Method::GET, "/o", &[("if-none-match", "\"v1\"")]);
+    let Lookup::Miss(mut refill) = cache.lookup(&req).await else {
+        panic!("expected a miss");
+    };
+    let mut upstream = req.headers.clone();
+    refill.revalidate(&mut upstream);
+    let answer = read(refill.record(response(304, &[("etag", "\"v1\"")], ""))).await;
+    assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&answer, "x-cache"), Some("REVALIDATED"));
+    assert!(answer.body().is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_response_replaces_the_stale_entry() {
+    let cache = Cache::new(Rules::default());
+    let req = get("/changed");
+    fill(&cache, &req, response(200, VALIDATED, "old")).await;
+    cache.inner.clock.advance(Duration::from_millis(1_100));
+    let Lookup::Miss(mut refill) = cache.lookup(&req).await else {
+        panic!("expected a miss");
+    };
+    refill.revalidate(&mut HeaderMap::new());
+    let answer = read(refill.record(response(
+        200,
+        &[("cache-control", "max-age=60"), ("etag", "\"v2\"")],
+        "new",
+    )))
+    .await;
+    assert_eq!(header(&answer, "x-cache"), Some("MISS"));
+    assert_eq!(answer.body(), "new");
+    assert_eq!(hit(&cache, &req).await.body(), "new");
+}
+
+#[tokio::test]
+async fn without_a_validator_or_with_keep_zero_nothing_is_revalidated() {
+    for (rules, headers) in [
+        (Rules::default(), &[("cache-control", "max-age=1")][..]),
+        (
+            Rules {
+                keep: Duration::ZERO,
+                ..Rules::default()
+            },
+            VALIDATED,
+        ),
+    ] {
+        let cache = Cache::new(rules);
+        let req = get("/plain");
+        fill(&cache, &req, response(200, headers, "x")).await;
+        cache.inner.clock.advance(Duration::from_millis(1_100));
+        let Lookup::Miss(mut refill) = cache.lookup(&req).await else {
+            panic!("expected a miss");
+        };
+        let mut upstream = HeaderMap::new();
+        refill.revalidate(&mut upstream);
+        assert!(upstream.is_empty(), "{headers:?}: {upstream:?}");
+        // A 304 that was not asked for passes through; nothing is refreshed.
+        let answer = read(refill.record(response(304, &[], ""))).await;
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&answer, "x-cache"), Some("MISS"));
+        assert_eq!(status(&cache, &req).await, Status::Miss);
     }
 }

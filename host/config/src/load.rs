@@ -158,6 +158,7 @@ const CACHE_KEYS: &[&str] = &[
     "vary",
     "client_no_cache",
     "lock_timeout",
+    "keep",
 ];
 const COMPRESSION_KEYS: &[&str] = &[
     "codecs",
@@ -2273,6 +2274,12 @@ impl<'r> Reader<'r> {
                     Some(d) => *field = d,
                     None => valid = false,
                 }
+            }
+        }
+        if let Some(v) = t.get("keep") {
+            match self.duration(v, &t.key("keep")) {
+                Some(d) => c.keep = d,
+                None => valid = false,
             }
         }
         if let Some(v) = t.get("max_size") {

@@ -918,6 +918,11 @@ pub struct Cache {
     /// `lock_timeout`: how long a request waits for another one fetching the same response
     /// before going upstream itself. Default 5 s.
     pub lock_timeout: Duration,
+    /// `keep`: how long a response that went stale is still kept when it carries a validator
+    /// (`ETag` or `Last-Modified`), so that the next request for it asks the upstream whether
+    /// it changed (a conditional request) and a `304` refreshes it without sending the body
+    /// again. Default 10 minutes; zero drops stale responses and refetches them whole.
+    pub keep: Duration,
 }
 
 impl Default for Cache {
@@ -930,6 +935,7 @@ impl Default for Cache {
             vary: Vec::new(),
             client_no_cache: false,
             lock_timeout: Duration::from_secs(5),
+            keep: Duration::from_secs(600),
         }
     }
 }

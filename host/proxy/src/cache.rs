@@ -54,6 +54,11 @@ impl RouteCache {
         lookup
     }
 
+    /// Counts a miss the upstream answered with a `304` for the stored response.
+    pub(crate) fn revalidated(&self) {
+        self.metrics.revalidated.inc();
+    }
+
     /// Drops every entry (`path` `None`) or those of one path (with a query: that query only).
     pub(crate) fn purge(&self, path: Option<&str>) -> u64 {
         match path {
@@ -76,6 +81,7 @@ fn rules(c: &wasmgate_config::Cache) -> Rules {
         vary: c.vary.clone(),
         client_no_cache: c.client_no_cache,
         lock_timeout: c.lock_timeout.max(Duration::from_millis(1)),
+        keep: c.keep,
     }
 }
 

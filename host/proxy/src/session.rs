@@ -469,9 +469,8 @@ impl<'s> Session<'s> {
         };
         // After the request plugins (a request they refuse never sees the cache), before the
         // upstream.
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let lookup = cache.lookup(&parts).await;
-        let req = Request::from_parts(parts, body);
         self.trace.cache = Some(match &lookup {
             Lookup::Hit(_) => Status::Hit.as_str(),
             Lookup::Miss(_) => Status::Miss.as_str(),
@@ -479,11 +478,18 @@ impl<'s> Session<'s> {
         });
         match lookup {
             Lookup::Hit(response) => Ok(response.map(Body::full)),
-            Lookup::Miss(fill) => {
-                let response = self.forward(route, upstream, req).await?;
-                Ok(fill.record(response).map(Body::wrap))
+            Lookup::Miss(mut fill) => {
+                fill.revalidate(&mut parts.headers);
+                let req = Request::from_parts(parts, body);
+                let response = fill.record(self.forward(route, upstream, req).await?);
+                if Status::of(&response) == Some(Status::Revalidated) {
+                    cache.revalidated();
+                    self.trace.cache = Some(Status::Revalidated.as_str());
+                }
+                Ok(response.map(Body::wrap))
             }
             Lookup::Bypass => {
+                let req = Request::from_parts(parts, body);
                 let mut response = self.forward(route, upstream, req).await?;
                 response
                     .headers_mut()

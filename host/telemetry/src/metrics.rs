@@ -580,6 +580,7 @@ impl Metrics {
             hit: counter("hit"),
             miss: counter("miss"),
             bypass: counter("bypass"),
+            revalidated: counter("revalidated"),
             evictions: self.traffic.cache_evictions.get_or_create_owned(&labels),
             bytes: self.traffic.cache_bytes.get_or_create_owned(&labels),
             entries: self.traffic.cache_entries.get_or_create_owned(&labels),
@@ -1070,6 +1071,8 @@ pub struct CacheMetrics {
     pub miss: Counter,
     /// Requests the cache does not apply to.
     pub bypass: Counter,
+    /// Misses on a stale entry that the upstream confirmed with a `304` (counted in `miss` too).
+    pub revalidated: Counter,
     /// Entries evicted for room.
     pub evictions: Counter,
     /// Bytes held now.

@@ -421,3 +421,98 @@ async fn a_reload_keeps_the_entries_of_a_cache_whose_settings_did_not_change() {
         "new settings: a new cache"
     );
 }
+
+/// An upstream that tags its answers `ETag: "v<version>"` (fresh for 1 s) and answers `304`
+/// to an `If-None-Match` naming the current version. The version changes when `bump` is in the
+/// query.
+async fn validating_origin() -> ScriptedUpstream {
+    let version = Arc::new(AtomicUsize::new(1));
+    ScriptedUpstream::start(move |seen| {
+        if seen.query("bump").is_some() {
+            version.fetch_add(1, Ordering::SeqCst);
+        }
+        let etag = format!("\"v{}\"", version.load(Ordering::SeqCst));
+        async move {
+            let current = seen
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+            let resp = http::Response::builder()
+                .header("cache-control", "max-age=1")
+                .header("etag", &etag)
+                .header("x-served", etag.trim_matches('"'));
+            if current {
+                resp.status(304).body(Full::new(Bytes::new()))
+            } else {
+                resp.header("content-type", "text/plain")
+                    .body(Full::new(Bytes::from(format!("body of {etag}"))))
+            }
+            .expect("response")
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_conditional_request_that_hits_is_answered_304_without_the_upstream() {
+    let origin = validating_origin().await;
+    let gw = TestGateway::start(&origin_route(origin.addr, "cache = { ttl = \"1h\" }"))
+        .await
+        .expect("start");
+    let url = gw.url("/doc");
+    assert_eq!(get(&url, &[]).await.x_cache, "MISS");
+    let current = get(&url, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!((current.status, current.x_cache.as_str()), (304, "HIT"));
+    assert_eq!(current.body, "");
+    let other = get(&url, &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!((other.status, other.body.as_str()), (200, "body of \"v1\""));
+    assert_eq!(origin.count(), 1, "both answered from the cache");
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_and_only_a_changed_body_crosses_again() {
+    let origin = validating_origin().await;
+    let gw = TestGateway::start(&origin_route(origin.addr, "cache = { ttl = \"1h\" }"))
+        .await
+        .expect("start");
+    let url = gw.url("/doc");
+    assert_eq!(get(&url, &[]).await.x_cache, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Stale: the gateway asks with the stored ETag, the upstream says 304, the stored body goes.
+    let revalidated = get(&url, &[]).await;
+    assert_eq!(revalidated.x_cache, "REVALIDATED");
+    assert_eq!(
+        (revalidated.status, revalidated.body.as_str()),
+        (200, "body of \"v1\"")
+    );
+    let asked = &origin.requests()[1];
+    assert_eq!(asked.headers["if-none-match"], "\"v1\"");
+    assert_eq!(
+        gw.metric(r#"wasmgate_cache_requests_total{route="api",result="revalidated"}"#),
+        1
+    );
+    // Refreshed: fresh again for the 304's max-age.
+    assert_eq!(get(&url, &[]).await.x_cache, "HIT");
+
+    // A client's own condition is answered from the revalidated entry.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let not_modified = get(&url, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(
+        (not_modified.status, not_modified.x_cache.as_str()),
+        (304, "REVALIDATED")
+    );
+
+    // Changed upstream: the new body replaces the entry.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let changed = get(&gw.url("/doc?bump"), &[]).await;
+    assert_eq!(changed.x_cache, "MISS", "another key");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = get(&url, &[]).await;
+    assert_eq!(
+        (fresh.x_cache.as_str(), fresh.body.as_str()),
+        ("MISS", "body of \"v2\"")
+    );
+    assert_eq!(get(&url, &[]).await.body, "body of \"v2\"");
+    assert_eq!(origin.count(), 5);
+}
