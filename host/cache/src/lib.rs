@@ -424,7 +424,9 @@ impl Inner {
         slot.variants
             .iter()
             .rev()
-            .find(|v| v.has_validator() && now < v.kept_until(self.rules.keep) && v.matches(headers))
+            .find(|v| {
+                v.has_validator() && now < v.kept_until(self.rules.keep) && v.matches(headers)
+            })
             .cloned()
     }
 
@@ -832,7 +834,9 @@ impl Fill {
                                 .variants
                                 .iter()
                                 // The new response supersedes what this request would have found.
-                                .filter(|v| now < v.kept_until(keep) && !v.matches(request.headers()))
+                                .filter(|v| {
+                                    now < v.kept_until(keep) && !v.matches(request.headers())
+                                })
                                 .cloned()
                                 .collect()
                         })

@@ -118,7 +118,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Source::Upstream(inner) => inner.size_hint(),
-            Source::Stored(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+            Source::Stored(body) => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

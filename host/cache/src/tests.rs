@@ -1062,9 +1062,18 @@ async fn conditional_hit_is_answered_not_modified_when_its_condition_holds() {
             ],
             false,
         ),
-        (&[("if-modified-since", "Tue, 01 Dec 2026 00:00:00 GMT")], true),
-        (&[("if-modified-since", "Wed, 02 Dec 2026 00:00:00 GMT")], true),
-        (&[("if-modified-since", "Mon, 30 Nov 2026 23:59:59 GMT")], false),
+        (
+            &[("if-modified-since", "Tue, 01 Dec 2026 00:00:00 GMT")],
+            true,
+        ),
+        (
+            &[("if-modified-since", "Wed, 02 Dec 2026 00:00:00 GMT")],
+            true,
+        ),
+        (
+            &[("if-modified-since", "Mon, 30 Nov 2026 23:59:59 GMT")],
+            false,
+        ),
         (&[("if-modified-since", "not a date")], false),
         (&[], false),
     ];
@@ -1076,7 +1085,11 @@ async fn conditional_hit_is_answered_not_modified_when_its_condition_holds() {
             assert_eq!(header(&answer, "etag"), Some("\"v1\""));
             assert_eq!(header(&answer, "cache-control"), Some("max-age=1"));
             assert_eq!(header(&answer, "x-origin"), Some("a"));
-            assert_eq!(header(&answer, "content-type"), None, "no representation metadata");
+            assert_eq!(
+                header(&answer, "content-type"),
+                None,
+                "no representation metadata"
+            );
             assert_eq!(header(&answer, "content-length"), None);
             assert_eq!(header(&answer, "x-cache"), Some("HIT"));
         } else {
