@@ -426,7 +426,20 @@ fn upstreams(states: &[wasmgate_proxy::UpstreamState]) -> Value {
                     })
                 })
                 .collect();
-            json!({"name": u.name, "balance": u.balance, "targets": targets})
+            let b = &u.breaker;
+            json!({
+                "name": u.name,
+                "balance": u.balance,
+                "breaker": {
+                    "open_connections": b.open_connections,
+                    "max_connections": b.max_connections,
+                    "pending": b.pending,
+                    "max_pending": b.max_pending,
+                    "in_flight": b.in_flight,
+                    "max_requests": b.max_requests,
+                },
+                "targets": targets,
+            })
         })
         .collect();
     json!({ "upstreams": upstreams })

@@ -410,7 +410,7 @@ impl std::fmt::Debug for Certificate {
 pub struct Upstream {
     /// The table's name, as routes refer to it.
     pub name: String,
-    /// `targets`: where requests go, balanced by smooth weighted round-robin.
+    /// `targets`: where requests go, each request to the one `balance` chooses.
     pub targets: Vec<Target>,
     /// `connect_timeout`: how long to wait for a TCP connection to a target (502 beyond). Default 5 s.
     pub connect_timeout: Duration,
@@ -437,7 +437,8 @@ pub struct Upstream {
     /// gateway (0, the default: no limit).
     pub max_connections: u32,
     /// `max_pending`: with `max_connections`, the most requests waiting for a connection to free
-    /// up (each for at most `connect_timeout`); beyond, a fast 503. Default 1024.
+    /// up (each for at most `connect_timeout`, then connecting within its own `connect_timeout`
+    /// when what freed up is room for a new connection); beyond, a fast 503. Default 1024.
     pub max_pending: u32,
     /// `health_check`: probes each target on an interval, and takes traffic away from a target
     /// that fails them until it passes again. `None` (the default): no active checks.
@@ -451,7 +452,8 @@ pub struct Upstream {
 }
 
 /// `balance` of an upstream: how each request's target is chosen. Every algorithm honours the
-/// targets' weights and skips ejected targets while another one is healthy.
+/// targets' weights and skips ejected and unhealthy targets while another one is usable; with
+/// none usable (panic mode) it chooses as if every target were.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Balance {
     /// `"round_robin"`: smooth weighted round-robin, as nginx.

@@ -81,9 +81,10 @@ impl Drop for InFlight {
     }
 }
 
-/// A request in flight to a target (for `balance = "least_request"`) and, when the upstream
-/// has `max_requests`, to its upstream: until its response body ended or was abandoned, or it
-/// failed before one.
+/// A request in flight to a target (for `balance = "least_request"`), when the upstream
+/// has `max_requests` to its upstream, and when its response comes from a retry, in the
+/// upstream's retry budget: until its response body ended or was abandoned, or it failed
+/// before one.
 #[derive(Debug)]
 #[expect(
     dead_code,
@@ -92,6 +93,7 @@ impl Drop for InFlight {
 pub(crate) struct Active {
     pub(crate) target: InFlight,
     pub(crate) upstream: Option<InFlight>,
+    pub(crate) retry: Option<InFlight>,
 }
 
 /// Why a body stopped early.

@@ -90,6 +90,15 @@ impl Breaker {
     pub(crate) fn limits(&self) -> (usize, usize) {
         (self.max_connections, self.max_pending)
     }
+
+    /// Connections open now, and requests waiting for one (for the admin API). Capped at the
+    /// limits: a refused slot or wait is counted for a moment before it is taken back.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (
+            self.open.load(Ordering::Relaxed).min(self.max_connections),
+            self.pending.load(Ordering::Relaxed).min(self.max_pending),
+        )
+    }
 }
 
 impl Drop for Slot {

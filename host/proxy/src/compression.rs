@@ -75,21 +75,16 @@ impl Compression {
     }
 
     /// A compressed request body decompressed (for plugins that read bodies), at most `limit`
-    /// bytes of it; `None` when the route does not decompress or the body is not compressed
-    /// with a codec the gateway knows.
-    pub(crate) fn request(
-        &self,
-        parts: &mut http::request::Parts,
-        body: Body,
-        limit: u64,
-    ) -> Result<Body, Body> {
+    /// bytes of it; `body` as it is when the route does not decompress or the body is not
+    /// compressed with a codec the gateway knows.
+    pub(crate) fn request(&self, parts: &mut http::request::Parts, body: Body, limit: u64) -> Body {
         if !self.decompress_requests {
-            return Err(body);
+            return body;
         }
         let Some(codec) = wasmgate_compression::request_codec(&parts.headers) else {
-            return Err(body);
+            return body;
         };
         wasmgate_compression::decoded_headers(&mut parts.headers);
-        Ok(Body::wrap(Decoder::new(body, codec, limit)))
+        Body::wrap(Decoder::new(body, codec, limit))
     }
 }

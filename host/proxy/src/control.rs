@@ -116,11 +116,12 @@ impl Control {
             keys: restart_needed,
             file,
         });
-        // One health checker per upstream at a time: the new snapshot's take over from the old
-        // one's, with the targets' state they share.
+        // One health checker per upstream at a time: the old snapshot's stop before the new
+        // one's start (and probe at once), since both would write the targets' state they
+        // share. Requests on the old snapshot meanwhile only miss a probe or two.
+        old.stop();
         snapshot.start();
         self.proxy.snapshot.store(Arc::new(snapshot));
-        old.stop();
         Ok(reloaded)
     }
 

@@ -1,8 +1,8 @@
 //! Discovery of targets given by a DNS name: every address the name resolves to becomes a
 //! target, and the name is resolved again when its TTL runs out (within `gateway.dns`'s
 //! `min_ttl` and `max_ttl`). A change swaps the upstream's target set in place, keeping the
-//! health of the addresses that stay; no reload is involved. One task per upstream resolves
-//! all of its names.
+//! health and the connections of the addresses that stay; no reload is involved. One task per
+//! upstream resolves all of its names.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -206,7 +206,7 @@ pub(crate) async fn run(
                 }
             }
             let previous = set.load_full();
-            set.store(Arc::new(blueprint.build(&endpoints, Some(&previous))));
+            set.store(Arc::new(blueprint.rebuild(&endpoints, &previous)));
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -31,6 +31,7 @@ pub(crate) async fn run(
     check: HealthCheck,
     set: Arc<ArcSwap<TargetSet>>,
     metrics: Arc<Metrics>,
+    checking: Arc<AtomicBool>,
 ) {
     let check = Arc::new(check);
     // Dropping the set (when this task is aborted) aborts every prober.
@@ -56,6 +57,7 @@ pub(crate) async fn run(
                 health: target.health.clone(),
                 metrics: metrics.target_checks(&upstream, &key),
                 check: check.clone(),
+                checking: checking.clone(),
             };
             running.insert(key.clone(), probers.spawn(prober.run()));
             seen.push(key);
@@ -82,6 +84,8 @@ struct Prober {
     health: Arc<Health>,
     metrics: CheckMetrics,
     check: Arc<HealthCheck>,
+    /// Cleared when the checker is stopped: a probe ending after that is not recorded.
+    checking: Arc<AtomicBool>,
 }
 
 impl Prober {
@@ -146,6 +150,9 @@ impl Prober {
     /// or up after `healthy` passes in a row. A pass also ends an ejection by outlier detection
     /// (as Envoy's `successful_active_health_check_uneject_host`): the target answers again.
     fn record(&self, result: Result<(), String>) {
+        if !self.checking.load(Ordering::Acquire) {
+            return;
+        }
         let health = &self.health;
         health.checked.store(true, Ordering::Relaxed);
         let down = health.down.load(Ordering::Relaxed);

@@ -100,6 +100,28 @@ pub struct UpstreamState {
     pub balance: &'static str,
     /// Its targets, in config order.
     pub targets: Vec<TargetState>,
+    /// Its circuit breaker: the limits and what counts against them now.
+    pub breaker: BreakerState,
+}
+
+/// The circuit breaker of an [`UpstreamState`]. Every count is for the whole gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerState {
+    /// `max_connections`; `None` without the limit.
+    pub max_connections: Option<usize>,
+    /// Connections open to the upstream's targets now; `None` without `max_connections`,
+    /// since they are counted for that limit only.
+    pub open_connections: Option<usize>,
+    /// `max_pending`; `None` without `max_connections` (nothing waits without it).
+    pub max_pending: Option<usize>,
+    /// Requests waiting for a connection to free up now.
+    pub pending: usize,
+    /// `max_requests`; `None` without the limit.
+    pub max_requests: Option<usize>,
+    /// Requests in flight to the upstream now, as `max_requests` counts them (from when the
+    /// upstream takes one until its response ends, retries included); without the limit, the
+    /// sum of its targets' `in_flight`.
+    pub in_flight: usize,
 }
 
 /// One target of an [`UpstreamState`].

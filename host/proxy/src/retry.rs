@@ -70,17 +70,25 @@ impl RetryPolicy {
         !self.statuses.is_empty() && self.statuses.contains(&status.as_u16())
     }
 
-    /// Counts a retry in flight until the guard is dropped, or refuses it (counted) when
-    /// retries in flight are already `budget_percent` of `active` requests and at least
-    /// `min_retry_concurrency`.
-    pub(crate) fn admit(&self, active: usize) -> Option<InFlight> {
+    /// Whether a request may be retried: refused (and counted) when retries in flight are
+    /// already `budget_percent` of `active` requests and at least `min_retry_concurrency`.
+    /// `place` is the request's place among the retries in flight: taken here for its first
+    /// retry (and held until that retry, or the last of them, ends); a request retried again
+    /// keeps it, judged afresh but counted once.
+    pub(crate) fn admit(&self, active: usize, place: &mut Option<InFlight>) -> bool {
         let allowed = (active * self.budget_percent / 100).max(self.min_concurrency);
-        let guard = InFlight::begin(&self.retrying);
+        let taken = match place {
+            Some(_) => None,
+            None => Some(InFlight::begin(&self.retrying)),
+        };
         if self.retrying.load(Ordering::Relaxed) > allowed {
             self.overflows.inc();
-            return None;
+            return false;
         }
-        Some(guard)
+        if taken.is_some() {
+            *place = taken;
+        }
+        true
     }
 
     /// How long to wait before retry number `retry` (1 for the first): a random time up to
@@ -272,13 +280,34 @@ mod tests {
             min_retry_concurrency: 2,
             ..Default::default()
         });
-        let a = p.admit(0).expect("first of the minimum");
-        let b = p.admit(0).expect("second of the minimum");
-        assert!(p.admit(0).is_none(), "beyond the minimum with no load");
-        let c = p.admit(15).expect("20 % of 15 is 3");
-        assert!(p.admit(15).is_none());
+        let (mut a, mut b, mut c, mut d) = (None, None, None, None);
+        assert!(p.admit(0, &mut a), "first of the minimum");
+        assert!(p.admit(0, &mut b), "second of the minimum");
+        assert!(!p.admit(0, &mut c), "beyond the minimum with no load");
+        assert!(c.is_none(), "a refused retry holds no place");
+        assert!(p.admit(15, &mut c), "20 % of 15 is 3");
+        assert!(!p.admit(15, &mut d));
         drop((a, b, c));
-        assert!(p.admit(0).is_some(), "retries ended give their budget back");
+        assert!(p.admit(0, &mut d), "retries ended give their budget back");
+    }
+
+    #[test]
+    fn a_request_retried_again_counts_once_in_the_budget() {
+        let p = policy(wasmgate_config::Retries {
+            min_retry_concurrency: 1,
+            ..Default::default()
+        });
+        let mut place = None;
+        assert!(p.admit(0, &mut place), "the first retry");
+        assert!(
+            p.admit(0, &mut place),
+            "the second retry takes no second place"
+        );
+        assert_eq!(p.retrying.load(Ordering::Relaxed), 1);
+        let mut other = None;
+        assert!(!p.admit(0, &mut other), "the one place is taken");
+        drop(place);
+        assert_eq!(p.retrying.load(Ordering::Relaxed), 0);
     }
 
     #[test]

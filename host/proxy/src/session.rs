@@ -331,9 +331,7 @@ impl<'s> Session<'s> {
         if chain.needs_body()
             && let Some(compression) = self.route.and_then(|r| r.compression.as_ref())
         {
-            incoming = match compression.request(&mut parts, incoming, self.max_body() as u64) {
-                Ok(decoded) | Err(decoded) => decoded,
-            };
+            incoming = compression.request(&mut parts, incoming, self.max_body() as u64);
         }
         let (body, stream) = if chain.needs_body() {
             match buffer(incoming, self.max_body(), self.snapshot.body_idle).await? {
@@ -642,7 +640,9 @@ impl<'s> Session<'s> {
         let mut req = Request::from_parts(parts, body);
         let mut tried = Vec::new();
         let mut retry = 0;
-        let mut _retrying = None;
+        // This request's place in the retry budget while a retry of it is in flight: until the
+        // retry's response has ended (it goes into the body) or the retry failed.
+        let mut retrying: Option<InFlight> = None;
         loop {
             let target = &set.targets[index];
             set_target_host(req.headers_mut(), route, target);
@@ -665,6 +665,7 @@ impl<'s> Session<'s> {
                 retry,
                 deadline,
                 last: retry >= policy.attempts,
+                retrying: &mut retrying,
             };
             // What failed, the request to send again, and the plan for it.
             let (failure, next, plan) = match tokio::time::timeout_at(
@@ -705,6 +706,7 @@ impl<'s> Session<'s> {
                                 Some(Active {
                                     target: active,
                                     upstream: admitted.take(),
+                                    retry: retrying.take(),
                                 }),
                             ),
                         ));
@@ -800,7 +802,6 @@ impl<'s> Session<'s> {
             if !plan.wait.is_zero() {
                 tokio::time::sleep(plan.wait).await;
             }
-            _retrying = Some(plan.budget);
             retry += 1;
             index = plan.index;
             req = next;
@@ -917,13 +918,14 @@ struct Retries<'a> {
     deadline: tokio::time::Instant,
     /// Whether this try was the last the upstream's `retries.attempts` allow.
     last: bool,
+    /// The request's place in the retry budget, held while this try is a retry.
+    retrying: &'a mut Option<InFlight>,
 }
 
-/// A retry decided on: its target, how long to wait first, and its place in the budget.
+/// A retry decided on: its target, and how long to wait first.
 struct Plan {
     index: usize,
     wait: Duration,
-    budget: InFlight,
 }
 
 impl Retries<'_> {
@@ -936,10 +938,11 @@ impl Retries<'_> {
             return None;
         }
         let policy = &self.upstream.retries;
-        let Some(budget) = policy.admit(self.upstream.active_requests(self.set)) else {
+        let first_retry = self.retrying.is_none();
+        if !policy.admit(self.upstream.active_requests(self.set), self.retrying) {
             tracing::debug!(upstream = %self.upstream.name, "not retried: the retry budget is spent");
             return None;
-        };
+        }
         self.tried.push(self.index);
         let index = self.upstream.pick_retry(self.set, self.tried);
         let fresh = !self.tried.contains(&index);
@@ -950,11 +953,15 @@ impl Retries<'_> {
                 policy.backoff(self.retry + 1)
             }
         });
-        (tokio::time::Instant::now() + wait < self.deadline).then_some(Plan {
-            index,
-            wait,
-            budget,
-        })
+        if tokio::time::Instant::now() + wait >= self.deadline {
+            // No retry after all: a place just taken goes back, while one held stays with the
+            // retry whose answer goes to the client.
+            if first_retry {
+                *self.retrying = None;
+            }
+            return None;
+        }
+        Some(Plan { index, wait })
     }
 }
 

@@ -42,6 +42,10 @@ pub(crate) struct Upstream {
     overflows: prometheus_client::metrics::counter::Counter,
     /// The health checker and the discovery of named targets, while this upstream serves.
     background: Mutex<Vec<AbortHandle>>,
+    /// Whether this upstream's health checker may still record probes: cleared by
+    /// [`stop`](Self::stop), because an aborted task can still finish a probe it had begun, and
+    /// its result would then land in the state the next checker (or none) owns.
+    checking: Arc<AtomicBool>,
 }
 
 /// An upstream's targets, with what choosing among them needs.
@@ -101,8 +105,23 @@ pub(crate) struct Blueprint {
 
 impl Blueprint {
     /// The targets of `endpoints` (sorted), keeping the health and in-flight counts of those
-    /// `previous` has too.
+    /// `previous` (of another configuration's upstream) has too; their connections are new.
     pub(crate) fn build(&self, endpoints: &[Endpoint], previous: Option<&TargetSet>) -> TargetSet {
+        self.assemble(endpoints, previous, false)
+    }
+
+    /// The targets of `endpoints` (sorted) after a discovery changed them: those `previous`
+    /// (built from this blueprint) has too keep their health, in-flight counts and connections.
+    pub(crate) fn rebuild(&self, endpoints: &[Endpoint], previous: &TargetSet) -> TargetSet {
+        self.assemble(endpoints, Some(previous), true)
+    }
+
+    fn assemble(
+        &self,
+        endpoints: &[Endpoint],
+        previous: Option<&TargetSet>,
+        keep_pools: bool,
+    ) -> TargetSet {
         let targets: Vec<Target> = endpoints
             .iter()
             .map(|&endpoint| {
@@ -113,11 +132,10 @@ impl Blueprint {
                 let before =
                     previous.and_then(|set| set.targets.iter().find(|t| t.endpoint == endpoint));
                 let metrics = self.metrics.target(&self.name, &key);
-                Target {
-                    host: host_header(defined),
-                    authority: defined.address.clone(),
-                    endpoint,
-                    pool: Arc::new(Pool::new(
+                let pool = match before {
+                    // Same blueprint: same TLS and pool settings, so the connections still fit.
+                    Some(before) if keep_pools => before.pool.clone(),
+                    _ => Arc::new(Pool::new(
                         defined.address.clone(),
                         endpoint.address,
                         self.tls[endpoint.defined].clone(),
@@ -125,6 +143,12 @@ impl Blueprint {
                         metrics.clone(),
                         self.workers,
                     )),
+                };
+                Target {
+                    host: host_header(defined),
+                    authority: defined.address.clone(),
+                    endpoint,
+                    pool,
                     metrics,
                     key,
                     health: before.map_or_else(Arc::default, |b| b.health.clone()),
@@ -171,6 +195,15 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    /// Forgets what active health checks found: for an upstream that no longer has
+    /// `health_check`, since no checker is left to bring a target marked down back.
+    fn forget_checks(&self) {
+        self.down.store(false, Ordering::Relaxed);
+        self.passes_in_row.store(0, Ordering::Relaxed);
+        self.fails_in_row.store(0, Ordering::Relaxed);
+        self.checked.store(false, Ordering::Relaxed);
+    }
+
     fn usable(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         (until == 0 || until <= now) && !self.down.load(Ordering::Relaxed)
@@ -246,7 +279,9 @@ impl Upstream {
     /// `client` is the TLS configuration for its `https://` targets (see
     /// [`client_config`](crate::tls::client_config)).
     /// `previous` is the upstream of the same name in the snapshot being replaced, if any: its
-    /// targets' health is kept when the targets and `outlier_detection` are unchanged.
+    /// targets' health is kept when the targets and `outlier_detection` are unchanged, and its
+    /// connection breaker (the connections it counts open and the requests waiting for one)
+    /// when the targets, `max_connections` and `max_pending` are.
     pub(crate) fn new(
         config: &wasmgate_config::Upstream,
         client: Option<&Arc<rustls::ClientConfig>>,
@@ -257,6 +292,13 @@ impl Upstream {
         let kept = previous.filter(|p| {
             p.blueprint.defined == config.targets && p.outlier == config.outlier_detection
         });
+        let limits = (config.max_connections as usize, config.max_pending as usize);
+        // The old pools' connections stay open (busy or idle) until the old snapshot is gone,
+        // and a fresh count would let the new pools open `max_connections` more beside them.
+        let kept_breaker = previous
+            .filter(|p| p.blueprint.defined == config.targets)
+            .and_then(|p| p.blueprint.settings.breaker.clone())
+            .filter(|b| b.limits() == limits);
         let blueprint = Blueprint {
             name: config.name.clone(),
             defined: config.targets.clone(),
@@ -278,12 +320,14 @@ impl Upstream {
                 idle_timeout: config.pool_idle_timeout,
                 max_idle: config.pool_max_idle,
                 breaker: (config.max_connections > 0).then(|| {
-                    Arc::new(Breaker::new(
-                        config.max_connections as usize,
-                        config.max_pending as usize,
-                        metrics.upstream_overflows(&config.name),
-                        metrics.upstream_pending(&config.name),
-                    ))
+                    kept_breaker.unwrap_or_else(|| {
+                        Arc::new(Breaker::new(
+                            limits.0,
+                            limits.1,
+                            metrics.upstream_overflows(&config.name),
+                            metrics.upstream_pending(&config.name),
+                        ))
+                    })
                 }),
             },
             workers,
@@ -322,6 +366,7 @@ impl Upstream {
             in_flight: kept.map_or_else(Arc::default, |p| p.in_flight.clone()),
             overflows: metrics.upstream_overflows(&config.name),
             background: Mutex::new(Vec::new()),
+            checking: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -346,13 +391,28 @@ impl Upstream {
                 check.clone(),
                 self.set.clone(),
                 self.blueprint.metrics.clone(),
+                self.checking.clone(),
             ));
             background.push(task.abort_handle());
+        } else {
+            // A reload that removed `health_check` kept the targets' state, and with it the
+            // last checker's verdicts: a target it marked down would stay out for good.
+            for target in &self.set.load().targets {
+                if target.health.checked.load(Ordering::Relaxed) {
+                    target.health.forget_checks();
+                    self.blueprint
+                        .metrics
+                        .target_checks(&self.name, &target.key)
+                        .state(true, false);
+                }
+            }
         }
     }
 
     /// Stops what [`start`](Self::start) started: its successor, from a reload, has its own.
+    /// Once this returns, no probe of this upstream's checker changes a target's state.
     pub(crate) fn stop(&self) {
+        self.checking.store(false, Ordering::Release);
         for task in lock(&self.background).drain(..) {
             task.abort();
         }
@@ -454,9 +514,27 @@ impl Upstream {
     pub(crate) fn state(&self) -> crate::UpstreamState {
         let now = now_ms();
         let set = self.set.load();
+        let breaker = self.blueprint.settings.breaker.as_ref();
+        let counts = breaker.map(|b| b.counts());
         crate::UpstreamState {
             name: self.name.clone(),
             balance: self.balance,
+            breaker: crate::BreakerState {
+                max_connections: breaker.map(|b| b.limits().0),
+                open_connections: counts.map(|c| c.0),
+                max_pending: breaker.map(|b| b.limits().1),
+                pending: counts.map_or(0, |c| c.1),
+                max_requests: (self.max_requests > 0).then_some(self.max_requests),
+                // Without `max_requests` the upstream's own count is not kept (it would cost
+                // every request a write shared by all workers).
+                in_flight: if self.max_requests > 0 {
+                    self.in_flight
+                        .load(Ordering::Relaxed)
+                        .min(self.max_requests)
+                } else {
+                    self.active_requests(&set)
+                },
+            },
             targets: set
                 .targets
                 .iter()

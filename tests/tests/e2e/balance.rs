@@ -187,3 +187,66 @@ async fn keys_of_an_ejected_target_stick_to_the_next_one_on_the_ring() {
         }
     }
 }
+
+#[tokio::test]
+async fn hash_on_ip_keeps_each_client_address_on_one_target() {
+    let targets = echo_targets(&["a", "b", "c"]).await;
+    let gw = TestGateway::start(&pool_config(
+        &targets,
+        "balance = \"hash\"\nhash_on = \"ip\"",
+    ))
+    .await
+    .expect("start");
+    let mut owner: HashMap<u8, String> = HashMap::new();
+    // Real peers of their own: every 127.x.y.z is the loopback interface on Linux.
+    for host in 2..22u8 {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(std::net::IpAddr::from([127, 0, 0, host]))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        for path in ["/", "/other", "/third?x=1"] {
+            let resp = c
+                .get(gw.url(path))
+                .header("x-user", path)
+                .send()
+                .await
+                .expect("send");
+            let server = served_by(&resp);
+            let first = owner.entry(host).or_insert_with(|| server.clone());
+            assert_eq!(*first, server, "127.0.0.{host} moved for {path}");
+        }
+    }
+    let used: HashSet<&String> = owner.values().collect();
+    assert!(used.len() >= 2, "20 addresses all on one target: {owner:?}");
+}
+
+#[tokio::test]
+async fn hash_on_path_keeps_each_path_on_one_target_whatever_the_query_or_client() {
+    let targets = echo_targets(&["a", "b", "c"]).await;
+    let gw = TestGateway::start(&pool_config(
+        &targets,
+        "balance = \"hash\"\nhash_on = \"path\"",
+    ))
+    .await
+    .expect("start");
+    let c = client();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for item in 0..20 {
+            let path = format!("/items/{item}");
+            let resp = c
+                .get(gw.url(&format!("{path}?round={round}")))
+                .header("x-user", format!("user-{round}"))
+                .send()
+                .await
+                .expect("send");
+            let server = served_by(&resp);
+            let first = owner.entry(path.clone()).or_insert_with(|| server.clone());
+            assert_eq!(*first, server, "{path} moved in round {round}");
+        }
+    }
+    let used: HashSet<&String> = owner.values().collect();
+    assert!(used.len() >= 2, "20 paths all on one target: {owner:?}");
+}

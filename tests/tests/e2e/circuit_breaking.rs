@@ -132,3 +132,43 @@ async fn a_kept_alive_connection_freed_by_one_request_serves_the_waiting_one() {
     assert!(most <= 2, "{most} connections were open at once");
     assert!(most >= 1);
 }
+
+#[tokio::test]
+async fn a_reload_keeping_the_limits_keeps_counting_the_connections_already_open() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(2)).await;
+    let config = pool_config(
+        &[format!("\"{slow}\"")],
+        "max_connections = 1\nconnect_timeout = \"300ms\"",
+    );
+    let gw = TestGateway::start(&config).await.expect("start");
+    let first = send(&gw, "/first").await;
+    arrived
+        .recv()
+        .await
+        .expect("the first request holds the one connection");
+    // The route changes, the upstream does not.
+    gw.reload(&config.replace("name = \"all\"", "name = \"renamed\""))
+        .await
+        .expect("reload");
+    let breaker = gw
+        .upstreams()
+        .into_iter()
+        .find(|u| u.name == "pool")
+        .expect("pool")
+        .breaker;
+    assert_eq!(breaker.open_connections, Some(1), "{breaker:?}");
+    let waited = client().get(gw.url("/second")).send().await.expect("send");
+    assert_eq!(
+        waited.status(),
+        503,
+        "the new pools opened a connection beside the held one"
+    );
+    assert!(
+        arrived.try_recv().is_err(),
+        "the second request reached the target"
+    );
+    assert_eq!(first.await.expect("task").status(), 200);
+    // The held connection closed: the limit's one connection is free again.
+    let third = client().get(gw.url("/third")).send().await.expect("send");
+    assert_eq!(third.status(), 200);
+}

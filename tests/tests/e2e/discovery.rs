@@ -121,6 +121,47 @@ async fn every_address_of_a_name_is_a_target_and_record_changes_need_no_reload()
 }
 
 #[tokio::test]
+async fn an_address_that_stays_keeps_its_connections_when_the_records_change() {
+    let port = three_addresses().await;
+    let dns = TestDns::start().await;
+    dns.set("api.test", &[ip(2)]);
+    let gw = TestGateway::start(&config(&dns, port))
+        .await
+        .expect("start");
+    eventually(Duration::from_secs(5), "the name is resolved", || {
+        addresses(&gw).len() == 1 && addresses(&gw)[0].1.is_some()
+    })
+    .await;
+    // One client connection, so one worker and its one kept-alive connection to the target.
+    let c = client();
+    let mut seen = HashSet::new();
+    let mut ask = async |n: usize| {
+        for _ in 0..n {
+            seen.insert(served_by(&c.get(gw.url("/")).send().await.expect("send")));
+        }
+    };
+    ask(3).await;
+    let connections = format!(
+        "wasmgate_upstream_connections_total{{upstream=\"api\",target=\"127.0.0.2:{port}\"}}"
+    );
+    let opened = gw.metric(&connections);
+    assert!(opened >= 1);
+
+    dns.set("api.test", &[ip(2), ip(3)]);
+    eventually(Duration::from_secs(5), "the new record is a target", || {
+        addresses(&gw).len() == 2
+    })
+    .await;
+    ask(4).await;
+    assert_eq!(seen, HashSet::from(["2".to_owned(), "3".to_owned()]));
+    assert_eq!(
+        gw.metric(&connections),
+        opened,
+        "the address that stayed opened a new connection"
+    );
+}
+
+#[tokio::test]
 async fn a_name_that_stops_resolving_keeps_its_last_addresses() {
     let port = three_addresses().await;
     let dns = TestDns::start().await;

@@ -195,6 +195,49 @@ async fn a_reload_keeps_the_health_of_an_unchanged_upstream_and_one_checker() {
 }
 
 #[tokio::test]
+async fn a_reload_that_removes_the_health_check_lets_a_target_it_marked_down_serve_again() {
+    let a = KillableUpstream::start("a").await;
+    let b = KillableUpstream::start("b").await;
+    // a fails its probes but serves requests: only the checker keeps it out.
+    a.set_health(503);
+    let gw = TestGateway::start(&checked_pool(&[&a, &b], CHECK))
+        .await
+        .expect("start");
+    eventually(Duration::from_secs(5), "a is marked unhealthy", || {
+        check_state(&gw, &a) == Some(false)
+    })
+    .await;
+    // Same targets, same outlier detection: the targets' state is kept, but no checker is
+    // left to bring a back.
+    gw.reload(&checked_pool(&[&a, &b], ""))
+        .await
+        .expect("reload");
+    assert_eq!(check_state(&gw, &a), None, "no check, no check state");
+    let c = client();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(server(&c, &gw).await);
+    }
+    assert_eq!(
+        seen.iter().filter(|s| *s == "a").count(),
+        2,
+        "round-robin over two usable targets: {seen:?}"
+    );
+    // A check added back starts from what its own probes find.
+    let probes = a.probes();
+    gw.reload(&checked_pool(&[&a, &b], CHECK))
+        .await
+        .expect("reload");
+    eventually(
+        Duration::from_secs(5),
+        "the new checker marks a down",
+        || check_state(&gw, &a) == Some(false),
+    )
+    .await;
+    assert!(a.probes() > probes);
+}
+
+#[tokio::test]
 async fn only_the_listed_statuses_pass_a_check() {
     let a = KillableUpstream::start("a").await;
     let b = KillableUpstream::start("b").await;
@@ -224,4 +267,40 @@ async fn only_the_listed_statuses_pass_a_check() {
         || check_state(&gw, &a) == Some(true),
     )
     .await;
+}
+
+#[tokio::test]
+async fn with_every_target_unhealthy_each_balance_still_sends_requests_to_them() {
+    let a = KillableUpstream::start("a").await;
+    let b = KillableUpstream::start("b").await;
+    // Both fail their probes but answer requests: refusing everything would help no one.
+    a.set_health(503);
+    b.set_health(503);
+    for balance in [
+        "round_robin",
+        "least_request",
+        "random",
+        "hash\"\nhash_on = \"path",
+    ] {
+        let keys = format!("balance = \"{balance}\"\n{CHECK}");
+        let gw = TestGateway::start(&checked_pool(&[&a, &b], &keys))
+            .await
+            .expect("start");
+        eventually(Duration::from_secs(5), "both are marked unhealthy", || {
+            check_state(&gw, &a) == Some(false) && check_state(&gw, &b) == Some(false)
+        })
+        .await;
+        let c = client();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(server(&c, &gw).await);
+        }
+        if balance == "round_robin" {
+            // Its order goes on over every target.
+            assert!(
+                seen.contains(&"a".into()) && seen.contains(&"b".into()),
+                "{seen:?}"
+            );
+        }
+    }
 }

@@ -847,6 +847,68 @@ async fn admin_api_lists_each_upstream_target_with_its_health() {
     panic!("the dead target was never drawn in 40 requests");
 }
 
+#[tokio::test]
+async fn admin_api_shows_each_upstream_s_breaker_limits_and_what_counts_against_them() {
+    let (slow, mut arrived) = holding_upstream(Duration::from_secs(2)).await;
+    let idle = echo_upstream("idle").await;
+    let run = start(
+        &format!(
+            "{}[upstreams.limited]\ntargets = [\"{slow}\"]\n\
+             max_connections = 1\nmax_pending = 5\nmax_requests = 10\n\
+             [upstreams.open]\ntargets = [\"{idle}\"]\n\
+             [[routes]]\nname = \"limited\"\npaths = [\"/limited\"]\nupstream = \"limited\"\n\
+             [[routes]]\nname = \"open\"\nupstream = \"open\"\n",
+            gateway_section("")
+        ),
+        |_| {},
+    );
+    let breaker = |json: &Value, upstream: usize| json["upstreams"][upstream]["breaker"].clone();
+    let before = admin_json(run.admin, "/upstreams").await;
+    assert_eq!(
+        breaker(&before, 0),
+        serde_json::json!({
+            "open_connections": 0, "max_connections": 1, "pending": 0, "max_pending": 5,
+            "in_flight": 0, "max_requests": 10,
+        })
+    );
+    assert_eq!(
+        breaker(&before, 1),
+        serde_json::json!({
+            "open_connections": null, "max_connections": null, "pending": 0,
+            "max_pending": null, "in_flight": 0, "max_requests": null,
+        })
+    );
+    // One request holds the one connection, a second waits for it.
+    let url = format!("http://{}/limited", run.http);
+    let held = tokio::spawn(get(url.clone()));
+    arrived
+        .recv()
+        .await
+        .expect("the first request reached the target");
+    let waiting = tokio::spawn(get(url));
+    let started = Instant::now();
+    let under_load = loop {
+        let now = admin_json(run.admin, "/upstreams").await;
+        if breaker(&now, 0)["pending"] == 1 {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the second request never waited: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        breaker(&under_load, 0),
+        serde_json::json!({
+            "open_connections": 1, "max_connections": 1, "pending": 1, "max_pending": 5,
+            "in_flight": 2, "max_requests": 10,
+        })
+    );
+    assert_eq!(held.await.expect("task").0, 200);
+    assert_eq!(waiting.await.expect("task").0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_admin_token_every_admin_endpoint_requires_it_and_a_reload_rotates_it() {
     let token = "0123456789abcdef-token";

@@ -280,3 +280,174 @@ async fn a_spent_retry_budget_sends_the_answer_to_the_client() {
         1
     );
 }
+
+/// A target that reads each request head, reports it, and resets the connection (RST, not a
+/// FIN: zero linger) without answering.
+async fn resetting_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            if read_request_head(&mut s).await {
+                let _ = tx.send(());
+                s.set_zero_linger().expect("SO_LINGER 0");
+                drop(s);
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_reset_before_its_response_is_retried_on_another_target() {
+    let (resetting, mut arrived) = resetting_upstream().await;
+    let up = echo_upstream("alive").await;
+    let gw = TestGateway::start(&two_targets(resetting, up))
+        .await
+        .expect("start");
+    // Round-robin starts with the first target: the resetting one gets the first request.
+    let resp = client().get(gw.url("/r")).send().await.expect("send");
+    assert_eq!(served_by(&resp), "alive");
+    assert!(
+        arrived.try_recv().is_ok(),
+        "the resetting target got no request"
+    );
+    assert_eq!(
+        gw.metric(&format!(
+            "wasmgate_upstream_retries_total{{upstream=\"pool\",target=\"{resetting}\"}}"
+        )),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_timeout_bounds_every_try_together() {
+    let mut targets = Vec::new();
+    let mut arrivals = Vec::new();
+    for _ in 0..3 {
+        let (slow, arrived) = holding_upstream(Duration::from_secs(10)).await;
+        targets.push(format!("\"{slow}\""));
+        arrivals.push(arrived);
+    }
+    // Ten tries of 400 ms would take 4 s; the upstream's `timeout` ends them all after 1 s.
+    let keys = "timeout = \"1s\"\n\
+                retries = { attempts = 10, per_try_timeout = \"400ms\", backoff = \"1ms\", max_backoff = \"2ms\" }";
+    let gw = TestGateway::start(&pool_config(&targets, keys))
+        .await
+        .expect("start");
+    let started = Instant::now();
+    let resp = client().get(gw.url("/")).send().await.expect("send");
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}"
+    );
+    let mut tries = 0;
+    for arrived in &mut arrivals {
+        while arrived.try_recv().is_ok() {
+            tries += 1;
+        }
+    }
+    assert!(
+        (2..=3).contains(&tries),
+        "{tries} tries fit in 1 s at 400 ms each"
+    );
+}
+
+#[tokio::test]
+async fn a_request_retried_twice_takes_one_place_in_the_retry_budget() {
+    let mut targets = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let (failing, got) = fixed_upstream(UNAVAILABLE).await;
+        targets.push(failing);
+        counts.push(got);
+    }
+    // Room for one retry in flight: the request's second retry must not count it twice.
+    let retries = "statuses = [503], attempts = 2, budget_percent = 1, min_retry_concurrency = 1, \
+                   backoff = \"1ms\", max_backoff = \"2ms\"";
+    let gw = TestGateway::start(&pool_with(&targets, retries))
+        .await
+        .expect("start");
+    let resp = client().get(gw.url("/")).send().await.expect("send");
+    assert_eq!(resp.status(), 503);
+    let tries: Vec<usize> = counts.iter().map(|c| count(c)).collect();
+    assert_eq!(tries, [1, 1, 1], "each target tried once");
+    assert_eq!(
+        gw.metric("wasmgate_upstream_retry_overflows_total{upstream=\"pool\"}"),
+        0
+    );
+}
+
+/// A target that answers `200` with a 10-byte body of which it sends half, and the rest once
+/// `go` says so (at once for every request after that).
+async fn half_answering_upstream(go: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut go = go.clone();
+            tokio::spawn(async move {
+                if !read_request_head(&mut s).await {
+                    return;
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+                let _ = go.wait_for(|go| *go).await;
+                let _ = s.write_all(b"world").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_retry_holds_its_place_in_the_budget_until_its_response_body_ends() {
+    let (failing, _) = fixed_upstream(UNAVAILABLE).await;
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let half = half_answering_upstream(wait).await;
+    let retries = "statuses = [503], min_retry_concurrency = 1";
+    let gw = TestGateway::start(&pool_with(&[failing, half], retries))
+        .await
+        .expect("start");
+    let c = client();
+    // Round-robin: the failing target first, its retry on the other, whose body stalls.
+    let first = c.get(gw.url("/first")).send().await.expect("send");
+    assert_eq!(first.status(), 200);
+    // The failing target again: the one place in the budget is the first request's still.
+    let second = c.get(gw.url("/second")).send().await.expect("send");
+    assert_eq!(second.status(), 503, "retried while the budget was spent");
+    assert_eq!(
+        gw.metric("wasmgate_upstream_retry_overflows_total{upstream=\"pool\"}"),
+        1
+    );
+    go.send(true).expect("release the body");
+    assert_eq!(first.text().await.expect("body"), "helloworld");
+    // The body ended: its place is free, and the next retry is made.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            c.get(gw.url("/after"))
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(
+        gw.metric("wasmgate_upstream_retry_overflows_total{upstream=\"pool\"}"),
+        1
+    );
+}
