@@ -27,7 +27,7 @@ use wasmgate_telemetry::Metrics;
 use crate::proxy::Proxy;
 use crate::record::Recorded;
 use crate::session::ConnInfo;
-use crate::stall::{Sending, Stalls};
+use crate::stall::{Sending, SendingIo, Stalls};
 
 /// Connection-level settings shared by every listener.
 #[derive(Debug)]
@@ -436,6 +436,7 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let io = SendingIo::new(io, activity.stalls.clone());
     let service = ConnService {
         shared: Arc::new(ConnShared {
             proxy: server.proxy.clone(),
@@ -513,7 +514,7 @@ async fn drive(
                 // connections they were holding.
                 Watched::Stalled => {
                     server.send_timeouts.inc();
-                    tracing::debug!(timeout = ?server.send_timeout, "client took no response data within send_timeout: connection closed");
+                    tracing::debug!(timeout = ?server.send_timeout, "client took nothing the gateway wrote within send_timeout: connection closed");
                     return Ok(());
                 }
             },
@@ -587,7 +588,7 @@ impl Activity {
 enum Watched {
     /// No request in flight for `idle_timeout`.
     Idle,
-    /// A response waited for the client for `send_timeout`.
+    /// A response, or a write to the socket, waited for the client for `send_timeout`.
     Stalled,
 }
 

@@ -22,6 +22,19 @@ use wasmgate_runtime::HookCall;
 
 use crate::upstream::Target;
 
+/// Sets the propagator's fields but an empty one: the propagator writes `tracestate` even when
+/// the trace has none (a trace the gateway started, a client that sent none), and an empty
+/// field would reach the target, and every hop behind it, as if someone had sent it.
+struct NonEmpty<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for NonEmpty<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            HeaderInjector(self.0).set(key, value);
+        }
+    }
+}
+
 /// The server span of a request, and what its children need.
 #[derive(Debug)]
 pub(crate) struct RequestSpan {
@@ -182,7 +195,7 @@ impl RequestSpan {
         let cx = self
             .cx
             .with_remote_span_context(span.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+        TraceContextPropagator::new().inject_context(&cx, &mut NonEmpty(req.headers_mut()));
         UpstreamSpan { span }
     }
 

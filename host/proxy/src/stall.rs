@@ -1,4 +1,5 @@
-//! `gateway.send_timeout`: a client that stops taking a response loses its connection.
+//! `gateway.send_timeout`: a client that stops taking a response (or anything else the gateway
+//! writes to it) loses its connection.
 //!
 //! hyper polls a response body only when it can write what the body gives: while a client keeps
 //! its TCP window (HTTP/1.1) or its HTTP/2 stream window shut, nothing polls the body, so no
@@ -12,7 +13,8 @@
 //! its next poll. The connection's watch (the timer it already has for `idle_timeout`) calls
 //! [`Stalls::tick`] every `send_timeout`; a body still parked in the previous tick's bucket has
 //! waited at least one whole period. A stall is therefore caught between one and two periods
-//! after it began, never earlier.
+//! after it began, never earlier. The socket itself is watched the same way ([`SendingIo`]),
+//! at no cost while its writes go through: only a write the socket cannot take parks.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -117,6 +119,110 @@ impl<B: http_body::Body + Unpin> http_body::Body for Sending<B> {
     }
 }
 
+/// The client connection's socket, watched by its [`Stalls`] as response bodies are: a write
+/// that the socket cannot take parks until a write goes through again.
+///
+/// This catches what waits for the client outside any response body. The h2 crate owes an
+/// acknowledgement for each PING and SETTINGS frame and reads no further frame until it has
+/// written the last one: a client that floods them and never reads stalls its own connection
+/// (the flood is bounded), but would hold it, and its slot under `max_connections`, for as long
+/// as it liked. The same holds for a response head or a GOAWAY the client never takes.
+#[derive(Debug)]
+pub(crate) struct SendingIo<I> {
+    inner: I,
+    stalls: Arc<Stalls>,
+    parked: Option<usize>,
+}
+
+impl<I> SendingIo<I> {
+    pub(crate) fn new(inner: I, stalls: Arc<Stalls>) -> Self {
+        Self {
+            inner,
+            stalls,
+            parked: None,
+        }
+    }
+
+    /// Parked from the first write the socket could not take; a retry that did not go through
+    /// either keeps the first one's bucket, so a stall is never made younger than it is.
+    fn wrote<T>(&mut self, polled: &Poll<T>) {
+        match polled {
+            Poll::Pending => {
+                if self.parked.is_none() {
+                    self.parked = Some(self.stalls.park());
+                }
+            }
+            Poll::Ready(_) => {
+                if let Some(bucket) = self.parked.take() {
+                    self.stalls.unpark(bucket);
+                }
+            }
+        }
+    }
+}
+
+impl<I> Drop for SendingIo<I> {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.parked.take() {
+            self.stalls.unpark(bucket);
+        }
+    }
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for SendingIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for SendingIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    // hyper and h2 flush only once their buffered writes went through: a flush that completes
+    // is progress (over TLS it writes the last records), one that cannot is a stall.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.wrote(&polled);
+        polled
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.wrote(&polled);
+        polled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -207,5 +313,59 @@ mod tests {
         for _ in 0..4 {
             assert!(!stalls.tick(), "no body waits for the client");
         }
+    }
+
+    /// A socket that takes writes only while `open`.
+    struct Socket {
+        open: bool,
+    }
+
+    impl hyper::rt::Write for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.open {
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(io: &mut SendingIo<Socket>) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        hyper::rt::Write::poll_write(Pin::new(io), &mut cx, b"x").is_ready()
+    }
+
+    #[test]
+    fn a_socket_that_takes_no_write_stalls_from_the_first_refused_one() {
+        let stalls = Arc::new(Stalls::default());
+        let mut io = SendingIo::new(Socket { open: true }, stalls.clone());
+        assert!(write(&mut io));
+        assert!(!stalls.tick(), "writes go through");
+        io.inner.open = false;
+        assert!(!write(&mut io));
+        assert!(!stalls.tick());
+        // Retried in vain: still the first refusal's age, a whole period now.
+        assert!(!write(&mut io));
+        assert!(stalls.tick(), "no write went through for a whole period");
+        // One write through, and the socket no longer waits.
+        io.inner.open = true;
+        assert!(write(&mut io));
+        assert_eq!(parked(&stalls), 0);
+        io.inner.open = false;
+        assert!(!write(&mut io));
+        drop(io);
+        assert_eq!(parked(&stalls), 0, "a dropped socket waits for nothing");
     }
 }

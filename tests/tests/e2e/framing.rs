@@ -1,7 +1,7 @@
 //! Request smuggling: raw HTTP/1.1 requests with ambiguous framing (CL.TE, TE.CL, TE.TE
-//! obfuscations, duplicate lengths, obs-fold, bare CR) are answered 400 and their connection
+//! obfuscations, duplicate lengths, obs-fold, bare CR or LF) are answered 400 and their connection
 //! closed; the upstream receives none of them and nothing smuggled inside them, while valid
-//! requests that nginx accepts go through.
+//! requests that nginx accepts go through. Also the limits on request bodies and connections.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,11 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 
 /// What follows every vector on its connection: if the gateway misread the vector's length,
 /// this (or the vector's own smuggled request) is what a desynchronised parser would serve.
-const FOLLOWER: &str = "GET /follower HTTP/1.1\r\nHost: a\r\n\r\n";
+/// It asks for the close, so that a connection the gateway kept open ends at once too.
+const FOLLOWER: &str = "GET /follower HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+/// How long a refused vector's connection may stay open after the gateway's 400.
+const CLOSED_WITHIN: Duration = Duration::from_secs(3);
 
 /// What the gateway must do with a vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +170,16 @@ const VECTORS: &[(&str, &str, Expect)] = &[
         Refused,
     ),
     (
+        "a bare LF ending a field line, hiding a TE",
+        "POST /a HTTP/1.1\r\nHost: a\r\nX-A: one\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\nabcd",
+        Refused,
+    ),
+    (
+        "a bare LF ending a chunk size",
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\nabcd\r\n0\r\n\r\n",
+        RefusedMidBody,
+    ),
+    (
         "a chunk size overflowing 64 bits",
         "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nabcd\r\n0\r\n\r\n",
         RefusedMidBody,
@@ -187,7 +201,78 @@ const VECTORS: &[(&str, &str, Expect)] = &[
         Valid,
     ),
     ("no body", "GET /valid HTTP/1.1\r\nHost: a\r\n\r\n", Valid),
+    (
+        "field names in lowercase",
+        "POST /valid HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        Valid,
+    ),
+    (
+        "several chunks, sizes with leading zeros",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n002\r\nab\r\n2\r\ncd\r\n0000\r\n\r\n",
+        Valid,
+    ),
+    (
+        "chunk extensions",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4;name=value;flag\r\nabcd\r\n0;last\r\n\r\n",
+        Valid,
+    ),
+    (
+        "chunked with trailer fields",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n4\r\nabcd\r\n0\r\nx-sum: 1\r\n\r\n",
+        Valid,
+    ),
+    (
+        "HTTP/1.0 with content-length, kept alive",
+        "POST /valid HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nabcd",
+        Valid,
+    ),
+    (
+        "an empty body announced",
+        "POST /valid HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        Valid,
+    ),
+    (
+        "an empty field value and trailing whitespace",
+        "GET /valid HTTP/1.1\r\nHost: a \r\nX-Empty:\r\nX-B: b\t \r\n\r\n",
+        Valid,
+    ),
+    (
+        "bare LF line ends throughout the head",
+        "GET /valid HTTP/1.1\nHost: a\n\n",
+        Valid,
+    ),
+    (
+        "a bare LF between two fields",
+        "GET /valid HTTP/1.1\r\nHost: a\r\nX-A: one\nX-B: two\r\n\r\n",
+        Valid,
+    ),
+    (
+        "absolute-form target",
+        "GET http://a/valid HTTP/1.1\r\nHost: a\r\n\r\n",
+        Valid,
+    ),
 ];
+
+/// Sends `raw` on a new connection and reads until the gateway closes it: what it answered,
+/// and whether it closed the connection (end of stream or reset) within [`CLOSED_WITHIN`].
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(CLOSED_WITHIN, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
 
 #[tokio::test]
 async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
@@ -200,9 +285,7 @@ async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
             .await
             .expect("start");
         let raw = format!("{vector}{FOLLOWER}");
-        let response = raw_exchange(gw.http, raw.as_bytes(), Duration::from_secs(3))
-            .await
-            .expect("exchange");
+        let (response, closed) = exchange(gw.http, raw.as_bytes()).await;
         let received = seen.lock().expect("lock").clone();
         let responses = response.matches("HTTP/1.1 ").count();
         if received.iter().any(|r| r.contains("/smuggled")) {
@@ -211,7 +294,11 @@ async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
         match expect {
             Valid => {
                 let method = &vector[..vector.find(' ').unwrap_or(0)];
-                let body = if method == "POST" { "abcd" } else { "" };
+                let body = if method == "POST" && !vector.contains("Content-Length: 0") {
+                    "abcd"
+                } else {
+                    ""
+                };
                 if received.first() != Some(&format!("{method} /valid {body}")) {
                     failures.push(format!(
                         "{name}: the upstream got {received:?}; answer {response:?}"
@@ -233,7 +320,12 @@ async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
                 }
                 if received.iter().any(|r| r.starts_with("GET /follower")) || responses != 1 {
                     failures.push(format!(
-                        "{name}: {responses} responses, the connection was not closed after the 400"
+                        "{name}: {responses} responses, the follower was read after the 400"
+                    ));
+                }
+                if !closed {
+                    failures.push(format!(
+                        "{name}: the connection was still open {CLOSED_WITHIN:?} after the 400"
                     ));
                 }
             }
@@ -295,23 +387,46 @@ async fn a_body_beyond_max_request_body_gets_413_announced_or_streamed() {
     );
 }
 
-/// A connection that has been served one request and stays open.
-async fn served_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+/// Sends a GET on `s` (kept alive) and reads its whole response: head, then the body by its
+/// `content-length`.
+async fn get_on(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
         .expect("write");
+    let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .expect("a content-length");
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = s.read(&mut buf).await.expect("read");
+            assert_ne!(n, 0, "closed: {text}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
         .await
         .expect("answered in time")
-        .expect("read");
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+}
+
+/// A connection that has been served one request and stays open.
+async fn served_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let answer = get_on(&mut s).await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
     s
 }
 
@@ -342,6 +457,11 @@ async fn beyond_its_connection_limits_a_listener_closes_new_connections_and_serv
         gw.metric("wasmgate_connections_refused_total{reason=\"listener\"}"),
         1
     );
+    // The connections already open are served on, both of them.
+    for s in &mut held {
+        let answer = get_on(s).await;
+        assert_eq!(raw_status(&answer), Some(200), "{answer}");
+    }
     drop(held.pop());
     // The count falls when the gateway sees the close.
     let started = std::time::Instant::now();
@@ -356,7 +476,7 @@ async fn beyond_its_connection_limits_a_listener_closes_new_connections_and_serv
     let per_client = TestGateway::start(&proxy_everything_to(up, "max_connections_per_client = 1"))
         .await
         .expect("start");
-    let _one = served_connection(per_client.http).await;
+    let mut one = served_connection(per_client.http).await;
     assert!(
         !is_served(per_client.http).await,
         "a second connection from the client was served"
@@ -364,5 +484,11 @@ async fn beyond_its_connection_limits_a_listener_closes_new_connections_and_serv
     assert_eq!(
         per_client.metric("wasmgate_connections_refused_total{reason=\"client\"}"),
         1
+    );
+    let answer = get_on(&mut one).await;
+    assert_eq!(
+        raw_status(&answer),
+        Some(200),
+        "the client's first connection: {answer}"
     );
 }

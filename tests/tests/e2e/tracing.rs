@@ -7,6 +7,8 @@ use wasmgate_tests::*;
 
 const KEY_AUTH: &str = env!("WASM_KEY_AUTH");
 const RATE_LIMIT: &str = env!("WASM_RATE_LIMIT");
+/// A test plugin with both hooks: it sets `x-tagger-seen` on responses.
+const TAGGER: &str = env!("WASM_TAGGER");
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -220,6 +222,81 @@ async fn continues_the_client_trace_through_plugins_and_upstream() {
     assert!(
         spans.iter().all(|s| !s.is(SpanKind::Client)),
         "nothing went upstream"
+    );
+}
+
+#[tokio::test]
+async fn starts_a_trace_of_its_own_when_the_client_sends_none() {
+    let collector = Collector::start().await;
+    let up = echo_upstream("up").await;
+    let dir = workdir_with_plugins(&[("tagger", TAGGER)]);
+    let gw = TestGateway::start_in(
+        dir,
+        &format!(
+            "[gateway]\nlisten = [\"127.0.0.1:0\"]\nplugin_cache_dir = \"\"\n{}\n\
+             [upstreams.u]\ntargets = [\"{up}\"]\n\
+             [[routes]]\nname = \"api\"\nupstream = \"u\"\n\
+             [[routes.plugins]]\nname = \"tagger\"\n\
+             config = {{ header = \"x-tag\", value = \"t\" }}\n",
+            tracing_table(&collector, "sample_ratio = 1.0")
+        ),
+    )
+    .await
+    .expect("start");
+
+    let mut traces = Vec::new();
+    for _ in 0..2 {
+        let resp = client().get(gw.url("/a")).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-tagger-seen"], "yes", "on_response ran");
+        let echoed: Value = resp.json().await.expect("json");
+        let sent = echoed["headers"]["traceparent"]
+            .as_str()
+            .expect("a traceparent upstream");
+        let (trace, parent, flags) = parse_traceparent(sent);
+        assert_eq!(flags, "01", "sampled");
+        assert!(
+            echoed["headers"].get("tracestate").is_none(),
+            "none made up"
+        );
+
+        // Server span (the root), the request and response hooks, one upstream try.
+        let spans = collector.trace(&trace, 4).await;
+        let server = one(&spans, "server span", |s| s.is(SpanKind::Server));
+        assert_eq!(server.parent_id(), "", "a root span: {server:#?}");
+        assert_eq!(server.span.name, "GET api");
+        let upstream = one(&spans, "client span", |s| s.is(SpanKind::Client));
+        assert_eq!(upstream.parent_id(), server.span_id());
+        assert_eq!(
+            upstream.span_id(),
+            parent,
+            "the span the upstream was told of"
+        );
+        let request_hook = one(&spans, "on_request", |s| {
+            s.attribute("wasmgate.plugin.hook").as_deref() == Some("on_request")
+        });
+        let response_hook = one(&spans, "on_response", |s| {
+            s.attribute("wasmgate.plugin.hook").as_deref() == Some("on_response")
+        });
+        assert_eq!(response_hook.span.name, "plugin tagger on_response");
+        for hook in [&request_hook, &response_hook] {
+            assert!(hook.is(SpanKind::Internal));
+            assert_eq!(hook.parent_id(), server.span_id());
+            assert_eq!(hook.attribute("wasmgate.plugin").as_deref(), Some("tagger"));
+            assert_eq!(
+                hook.attribute("wasmgate.plugin.outcome").as_deref(),
+                Some("continue")
+            );
+        }
+        // The response hook ran on the upstream's answer.
+        assert!(request_hook.span.end_time_unix_nano <= upstream.span.start_time_unix_nano);
+        assert!(response_hook.span.start_time_unix_nano >= upstream.span.start_time_unix_nano);
+        assert!(response_hook.span.end_time_unix_nano <= server.span.end_time_unix_nano);
+        traces.push(trace);
+    }
+    assert_ne!(
+        traces[0], traces[1],
+        "each request starts a trace of its own"
     );
 }
 
