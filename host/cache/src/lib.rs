@@ -156,18 +156,6 @@ impl Status {
         }
     }
 
-    /// How a response from [`Lookup::Hit`] or [`Fill::record`] was answered, from its
-    /// `x-cache` header.
-    pub fn of<B>(response: &Response<B>) -> Option<Self> {
-        match response.headers().get(X_CACHE)?.as_bytes() {
-            b"HIT" => Some(Self::Hit),
-            b"MISS" => Some(Self::Miss),
-            b"BYPASS" => Some(Self::Bypass),
-            b"REVALIDATED" => Some(Self::Revalidated),
-            _ => None,
-        }
-    }
-
     fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(self.as_str())
     }
@@ -654,13 +642,17 @@ impl Fill {
     /// its headers are updated from the `304`'s (all but `Content-Length`, `Content-Encoding` and
     /// the hop-by-hop ones), its lifetime computed again as for a new response, and the client is
     /// answered from it with `x-cache: REVALIDATED` — or `304` itself when its own conditions
-    /// hold. Should the updated headers forbid storing it, the client still gets it, once.
+    /// hold ([`Recording::is_revalidated`] tells). Should the updated headers forbid storing it,
+    /// the entry is dropped and the client still gets it, once.
     pub fn record<B>(self, response: Response<B>) -> Response<Recording<B>>
     where
         B: http_body::Body<Data = Bytes> + Unpin,
     {
-        if self.revalidating && response.status() == StatusCode::NOT_MODIFIED {
-            return self.refresh(response.into_parts().0);
+        if let Some(stale) = self.stale.as_ref().filter(|_| self.revalidating)
+            && response.status() == StatusCode::NOT_MODIFIED
+        {
+            let stale = Arc::clone(stale);
+            return self.refresh(stale, response.into_parts().0);
         }
         let (mut parts, body) = response.into_parts();
         let recorder = match self.plan(&parts, body.size_hint().lower()) {
@@ -756,12 +748,13 @@ impl Fill {
         })
     }
 
-    /// The stored response confirmed by the upstream's `304` (`confirmed`), refreshed and stored
-    /// again, as the client's answer.
-    fn refresh<B>(self, confirmed: http::response::Parts) -> Response<Recording<B>> {
-        let Some(stale) = self.stale.clone() else {
-            unreachable!("revalidating needs a stored response");
-        };
+    /// The stored response (`stale`) confirmed by the upstream's `304` (`confirmed`), refreshed
+    /// and stored again, as the client's answer.
+    fn refresh<B>(
+        self,
+        stale: Arc<Variant>,
+        confirmed: http::response::Parts,
+    ) -> Response<Recording<B>> {
         let mut headers = stale.headers.clone();
         for name in confirmed.headers.keys() {
             if *name == CONTENT_LENGTH || *name == CONTENT_ENCODING || *name == CONTENT_RANGE {
@@ -776,13 +769,22 @@ impl Fill {
         head.status = stale.status;
         head.headers = headers;
         let now = self.inner.clock.now();
-        let (variant, plan) = match self.plan(&head, stale.body.len() as u64) {
+        let answer = match self.plan(&head, stale.body.len() as u64) {
             Some(plan) => {
                 let variant = Arc::new(Variant::new(&plan, stale.body.clone()));
-                (variant, Some(plan))
+                let answer = variant.answer(
+                    self.request.headers(),
+                    false,
+                    variant.age(now),
+                    Status::Revalidated,
+                );
+                self.put(variant);
+                answer
             }
-            // No longer storable: answer once with what the upstream said now.
+            // The upstream's headers now forbid keeping it (`no-store`, say): the entry goes, and
+            // the client gets it this once, with those headers.
             None => {
+                self.inner.store.invalidate(&self.key);
                 let plan = Plan {
                     status: stale.status,
                     headers: stored_headers(&head.headers),
@@ -792,18 +794,14 @@ impl Fill {
                     upstream_age: Duration::ZERO,
                     content_length: None,
                 };
-                (Arc::new(Variant::new(&plan, stale.body.clone())), None)
+                Variant::new(&plan, stale.body.clone()).answer(
+                    self.request.headers(),
+                    false,
+                    Duration::ZERO,
+                    Status::Revalidated,
+                )
             }
         };
-        let answer = variant.answer(
-            self.request.headers(),
-            false,
-            variant.age(now),
-            Status::Revalidated,
-        );
-        if plan.is_some() {
-            self.put(variant);
-        }
         answer.map(Recording::stored)
     }
 

@@ -48,6 +48,11 @@ impl<B> Recording<B> {
         }
     }
 
+    /// Whether this is a stored body the upstream confirmed with a `304` (see [`Fill::record`]).
+    pub fn is_revalidated(&self) -> bool {
+        matches!(self.inner, Source::Stored(_))
+    }
+
     fn is_end_stream_inner(&self) -> bool
     where
         B: Body,

@@ -1220,3 +1220,69 @@ async fn without_a_validator_or_with_keep_zero_nothing_is_revalidated() {
         assert_eq!(status(&cache, &req).await, Status::Miss);
     }
 }
+
+#[tokio::test]
+async fn a_304_that_forbids_storing_answers_once_and_drops_the_entry() {
+    let cache = Cache::new(Rules::default());
+    let req = get("/gone-private");
+    fill(&cache, &req, response(200, VALIDATED, "body")).await;
+    cache.inner.clock.advance(Duration::from_millis(1_100));
+    let Lookup::Miss(mut refill) = cache.lookup(&req).await else {
+        panic!("expected a miss");
+    };
+    refill.revalidate(&mut HeaderMap::new());
+    let answer = read(refill.record(response(
+        304,
+        &[("cache-control", "no-store"), ("etag", "\"v1\"")],
+        "",
+    )))
+    .await;
+    assert_eq!(answer.body(), "body");
+    assert_eq!(header(&answer, "x-cache"), Some("REVALIDATED"));
+    assert_eq!(header(&answer, "cache-control"), Some("no-store"));
+    let Lookup::Miss(mut next) = cache.lookup(&req).await else {
+        panic!("expected a miss");
+    };
+    let mut upstream = HeaderMap::new();
+    next.revalidate(&mut upstream);
+    assert!(
+        upstream.is_empty(),
+        "nothing left to revalidate: {upstream:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_revalidation_are_answered_from_the_refreshed_entry() {
+    let cache = Arc::new(Cache::new(Rules::default()));
+    let req = get("/shared");
+    fill(&cache, &req, response(200, VALIDATED, "body")).await;
+    cache.inner.clock.advance(Duration::from_millis(1_100));
+    let Lookup::Miss(mut lead) = cache.lookup(&req).await else {
+        panic!("expected a miss");
+    };
+    lead.revalidate(&mut HeaderMap::new());
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                match cache.lookup(&get("/shared")).await {
+                    Lookup::Hit(response) => response.into_body(),
+                    other => panic!("expected the refreshed entry, got {other:?}"),
+                }
+            })
+        })
+        .collect();
+    // Every waiter is in line (holds the lead's receiver, besides the fills map) before the
+    // 304 arrives: released as unstored, they would each go upstream instead.
+    let done = &lead.lead.as_ref().expect("the exclusive fill").done;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while done.receiver_count() < 11 {
+        assert!(Instant::now() < deadline, "waiters never got in line");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let refreshed = response(304, &[("cache-control", "max-age=60")], "");
+    assert_eq!(read(lead.record(refreshed)).await.body(), "body");
+    for waiter in waiters {
+        assert_eq!(waiter.await.expect("task"), "body");
+    }
+}

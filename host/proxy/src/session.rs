@@ -480,7 +480,7 @@ impl<'s> Session<'s> {
                 fill.revalidate(&mut parts.headers);
                 let req = Request::from_parts(parts, body);
                 let response = fill.record(self.forward(route, upstream, req).await?);
-                if Status::of(&response) == Some(Status::Revalidated) {
+                if response.body().is_revalidated() {
                     cache.revalidated();
                     self.trace.cache = Some(Status::Revalidated.as_str());
                 }
