@@ -177,6 +177,12 @@ pub enum Lookup {
     Bypass,
 }
 
+/// The part of a lookup decided at once.
+enum Start {
+    Decided(Lookup),
+    Miss(Key, Client),
+}
+
 /// One route's response cache. Not `Clone`: the gateway shares it in an `Arc`.
 pub struct Cache {
     inner: Arc<Inner>,
@@ -256,32 +262,21 @@ impl Cache {
     /// `HEAD` share it. Requests with different values of a header the upstream `Vary` names share
     /// the key (and the wait for a fill) but not the stored response.
     pub async fn lookup(&self, req: &http::request::Parts) -> Lookup {
+        self.lookup_from(req, None).await
+    }
+
+    /// [`lookup`](Self::lookup) with the name of the upstream the request goes to as part of
+    /// the key, for a route that splits its traffic between upstreams: each upstream's responses
+    /// are stored apart, so a request pinned to a canary never gets the stable version's answer
+    /// (as nginx's default key has the upstream's name in it). `None` is `lookup`.
+    pub async fn lookup_from(&self, req: &http::request::Parts, upstream: Option<&str>) -> Lookup {
+        let (key, client) = match self.start(req, upstream) {
+            Start::Decided(lookup) => return lookup,
+            Start::Miss(key, client) => (key, client),
+        };
+        // A miss is a GET's (a HEAD's bypasses): the looks below answer a GET.
         let inner = &self.inner;
         let rules = &inner.rules;
-        let head = req.method == Method::HEAD;
-        if !(head || req.method == Method::GET)
-            || !rules.methods.contains(&req.method)
-            || req.headers.contains_key(RANGE)
-        {
-            return Lookup::Bypass;
-        }
-        let client = if rules.client_no_cache {
-            Client::parse(&req.headers)
-        } else {
-            Client::default()
-        };
-        if client.no_store {
-            return Lookup::Bypass;
-        }
-        let key = Key::new(req, rules);
-        if !client.refresh
-            && let Some(hit) = inner.find(&key, &req.headers, head, client.max_age)
-        {
-            return Lookup::Hit(hit);
-        }
-        if head {
-            return Lookup::Bypass;
-        }
         if client.refresh {
             // The client wants the upstream's answer now, not one that is being fetched.
             return Lookup::Miss(inner.fill(key, req, true));
@@ -291,7 +286,7 @@ impl Cache {
             let mut flight = match inner.lead_or_follow(&key, req) {
                 Ok(fill) => {
                     // A fill may have stored and left between our look and taking the lead.
-                    if let Some(hit) = inner.find(&key, &req.headers, head, client.max_age) {
+                    if let Some(hit) = inner.find(&key, &req.headers, false, client.max_age) {
                         fill.stored();
                         return Lookup::Hit(hit);
                     }
@@ -312,7 +307,7 @@ impl Cache {
             };
             match outcome {
                 Outcome::Stored => {
-                    if let Some(hit) = inner.find(&key, &req.headers, head, client.max_age) {
+                    if let Some(hit) = inner.find(&key, &req.headers, false, client.max_age) {
                         return Lookup::Hit(hit);
                     }
                     // Stored another Vary variant (or it is gone already): try again.
@@ -325,6 +320,47 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// The answer [`lookup`](Self::lookup) would give `req` when it needs no waiting: a fresh
+    /// hit, or `None` (a miss, which only `lookup` can fill, or a bypass). Nothing is counted
+    /// or locked; a request's hot path can answer from here and call `lookup` only on `None`.
+    pub fn fresh(&self, req: &http::request::Parts) -> Option<Response<Bytes>> {
+        match self.start(req, None) {
+            Start::Decided(Lookup::Hit(hit)) => Some(hit),
+            _ => None,
+        }
+    }
+
+    /// What a lookup decides without waiting: a hit or a bypass, or the key of a miss.
+    fn start(&self, req: &http::request::Parts, upstream: Option<&str>) -> Start {
+        let inner = &self.inner;
+        let rules = &inner.rules;
+        let head = req.method == Method::HEAD;
+        if !(head || req.method == Method::GET)
+            || !rules.methods.contains(&req.method)
+            || req.headers.contains_key(RANGE)
+        {
+            return Start::Decided(Lookup::Bypass);
+        }
+        let client = if rules.client_no_cache {
+            Client::parse(&req.headers)
+        } else {
+            Client::default()
+        };
+        if client.no_store {
+            return Start::Decided(Lookup::Bypass);
+        }
+        let key = Key::new(req, rules, upstream);
+        if !client.refresh
+            && let Some(hit) = inner.find(&key, &req.headers, head, client.max_age)
+        {
+            return Start::Decided(Lookup::Hit(hit));
+        }
+        if head {
+            return Start::Decided(Lookup::Bypass);
+        }
+        Start::Miss(key, client)
     }
 
     /// Drops every entry. Fills in progress do not store what they fetched.
@@ -898,10 +934,12 @@ struct Key {
     path_and_query: Box<str>,
     /// Values of [`Rules::vary`], in its order.
     vary: Box<[Option<Box<[u8]>>]>,
+    /// The upstream of [`Cache::lookup_from`].
+    upstream: Option<Box<str>>,
 }
 
 impl Key {
-    fn new(req: &http::request::Parts, rules: &Rules) -> Self {
+    fn new(req: &http::request::Parts, rules: &Rules, upstream: Option<&str>) -> Self {
         let host = match req.uri.authority() {
             // Userinfo is not part of the origin.
             Some(authority) => authority.as_str().rsplit('@').next().unwrap_or_default(),
@@ -923,13 +961,15 @@ impl Key {
                 .iter()
                 .map(|name| header_value(&req.headers, name))
                 .collect(),
+            upstream: upstream.map(Box::from),
         }
     }
 
     fn weight(&self) -> u64 {
         (self.host.len()
             + self.path_and_query.len()
-            + self.vary.iter().flatten().map(|v| v.len()).sum::<usize>()) as u64
+            + self.vary.iter().flatten().map(|v| v.len()).sum::<usize>()
+            + self.upstream.as_ref().map_or(0, |u| u.len())) as u64
             + KEY_OVERHEAD
     }
 
@@ -1003,7 +1043,13 @@ impl Variant {
             *response.headers_mut() = not_modified_headers(&self.headers);
         } else {
             *response.status_mut() = self.status;
-            response.headers_mut().clone_from(&self.headers);
+            // Built rather than cloned: a clone has no room left, and the fields added next
+            // (here and by the server: `x-request-id`) would each grow it again.
+            let mut answer = HeaderMap::with_capacity(self.headers.len() + 3);
+            for (name, value) in &self.headers {
+                answer.append(name, value.clone());
+            }
+            *response.headers_mut() = answer;
         }
         let headers = response.headers_mut();
         headers.insert(AGE, HeaderValue::from(age.as_secs()));
@@ -1144,9 +1190,23 @@ fn stored_headers(headers: &HeaderMap) -> HeaderMap {
             || named_by_connection.iter().any(|n| n == name))
     });
     for (name, value) in kept {
-        stored.append(name, value.clone());
+        stored.append(name, copied(value));
     }
     stored
+}
+
+/// `value` in memory of its own. An upstream's header value is a slice of its connection's
+/// read buffer: stored as it is, it would keep that whole buffer (8 KiB or more) alive for as
+/// long as the entry, none of it counted against `max_size`.
+fn copied(value: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes())) {
+        Ok(mut copy) => {
+            copy.set_sensitive(value.is_sensitive());
+            copy
+        }
+        // Not reached: the bytes were a header value already.
+        Err(_) => value.clone(),
+    }
 }
 
 /// The headers of a `304` for a stored response (RFC 9110 §15.4.5): those a cache needs to

@@ -387,6 +387,59 @@ async fn hit_has_stored_headers_age_and_x_cache_without_hop_by_hop() {
 }
 
 #[tokio::test]
+async fn stored_header_values_do_not_hold_the_upstream_read_buffer() {
+    let cache = Cache::new(Rules::default());
+    // As hyper parses them: each value a slice of the connection's read buffer.
+    let buffer = Bytes::from(b"text/plain\"v1\"".repeat(512));
+    let range = buffer.as_ptr_range();
+    let mut upstream = response(200, &[], "hello");
+    for (name, value) in [
+        ("content-type", buffer.slice(0..10)),
+        ("etag", buffer.slice(10..14)),
+    ] {
+        let value = HeaderValue::from_maybe_shared(value).expect("value");
+        upstream.headers_mut().insert(name, value);
+    }
+    fill(&cache, &get("/b"), upstream).await;
+
+    let stored = hit(&cache, &get("/b")).await;
+    assert_eq!(header(&stored, "content-type"), Some("text/plain"));
+    assert_eq!(header(&stored, "etag"), Some("\"v1\""));
+    for value in stored.headers().values() {
+        assert!(
+            !range.contains(&value.as_bytes().as_ptr()),
+            "{value:?} points into the upstream's buffer"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_upstream_of_a_split_has_entries_of_its_own() {
+    let cache = Cache::new(Rules::default());
+    let req = get("/v");
+    for (upstream, body) in [("stable", "one"), ("canary", "two")] {
+        let Lookup::Miss(fill) = cache.lookup_from(&req, Some(upstream)).await else {
+            panic!("expected a miss for {upstream}");
+        };
+        read(fill.record(response(200, &[("cache-control", "max-age=60")], body))).await;
+    }
+    for (upstream, body) in [("stable", "one"), ("canary", "two")] {
+        let Lookup::Hit(hit) = cache.lookup_from(&req, Some(upstream)).await else {
+            panic!("expected a hit for {upstream}");
+        };
+        assert_eq!(hit.body(), body);
+    }
+    // A route that does not split has its own entries too.
+    assert_eq!(status(&cache, &req).await, Status::Miss);
+    // Purging the path drops every upstream's entry.
+    assert_eq!(cache.purge("/v"), 2);
+    assert!(matches!(
+        cache.lookup_from(&req, Some("stable")).await,
+        Lookup::Miss(_)
+    ));
+}
+
+#[tokio::test]
 async fn age_grows_with_time_stored() {
     let cache = Cache::new(Rules::default());
     fill(&cache, &get("/age"), response(200, &[("age", "3")], "x")).await;
@@ -423,7 +476,7 @@ async fn moka_drops_entries_at_their_lifetime_too() {
     });
     let req = get("/gone");
     fill(&cache, &req, response(200, &[], "x")).await;
-    let key = Key::new(&req, cache.rules());
+    let key = Key::new(&req, cache.rules(), None);
     assert!(cache.inner.store.get(&key).is_some());
     // moka keeps its own (real) clock; its timer wheel reclaims the memory about a second later.
     tokio::time::sleep(Duration::from_millis(100)).await;

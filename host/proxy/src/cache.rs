@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use wasmgate_cache::{Cache, Lookup, Rules};
+use bytes::Bytes;
+use http::Response;
+use wasmgate_cache::{Cache, Lookup, Rules, Status};
 use wasmgate_telemetry::{CacheMetrics, Metrics};
 
 /// One route's cache.
@@ -40,23 +42,45 @@ impl RouteCache {
         &self.settings
     }
 
-    /// Looks a request up, counting the result.
-    pub(crate) async fn lookup(&self, req: &http::request::Parts) -> Lookup {
-        let lookup = self.cache.lookup(req).await;
-        match &lookup {
-            Lookup::Hit(_) => self.metrics.hit.inc(),
-            Lookup::Miss(_) => self.metrics.miss.inc(),
-            Lookup::Bypass => self.metrics.bypass.inc(),
+    /// A fresh hit for the request, counted, when there is one now (see [`Cache::fresh`]);
+    /// otherwise [`lookup`](Self::lookup) decides.
+    pub(crate) fn fresh(&self, req: &http::request::Parts) -> Option<Response<Bytes>> {
+        let hit = self.cache.fresh(req)?;
+        self.count(Status::Hit);
+        Some(hit)
+    }
+
+    /// Looks a request up, counting the result; `upstream` keeps the entries of a split
+    /// route's upstreams apart (see [`Cache::lookup_from`]).
+    pub(crate) async fn lookup(
+        &self,
+        req: &http::request::Parts,
+        upstream: Option<&str>,
+    ) -> Lookup {
+        let lookup = self.cache.lookup_from(req, upstream).await;
+        self.count(match &lookup {
+            Lookup::Hit(_) => Status::Hit,
+            Lookup::Miss(_) => Status::Miss,
+            Lookup::Bypass => Status::Bypass,
+        });
+        lookup
+    }
+
+    fn count(&self, status: Status) {
+        match status {
+            Status::Hit => self.metrics.hit.inc(),
+            Status::Miss => self.metrics.miss.inc(),
+            Status::Bypass => self.metrics.bypass.inc(),
+            Status::Revalidated => self.metrics.revalidated.inc(),
         };
         // Cheap reads of the cache's own counts, so the gauges follow without a timer.
         self.metrics.bytes.set(to_i64(self.cache.bytes()));
         self.metrics.entries.set(to_i64(self.cache.entries()));
-        lookup
     }
 
     /// Counts a miss the upstream answered with a `304` for the stored response.
     pub(crate) fn revalidated(&self) {
-        self.metrics.revalidated.inc();
+        self.count(Status::Revalidated);
     }
 
     /// Drops every entry (`path` `None`) or those of one path (with a query: that query only).

@@ -109,6 +109,49 @@ async fn a_canary_header_or_cookie_pins_the_request_before_weights() {
 }
 
 #[tokio::test]
+async fn a_cached_answer_never_crosses_from_one_split_upstream_to_another() {
+    let (v1, v2) = (echo_upstream("v1").await, echo_upstream("v2").await);
+    let config = split_config(
+        v1,
+        v2,
+        r#"[{ name = "v1" }, { name = "v2", weight = 0, headers = { x-canary = "1" } }]"#,
+        r#"cache = { ttl = "1h" }"#,
+    );
+    let gw = TestGateway::start(&config).await.expect("start");
+    let c = client();
+    let get = |canary: bool| {
+        let mut req = c.get(gw.url("/page"));
+        if canary {
+            req = req.header("x-canary", "1");
+        }
+        async move {
+            let resp = req.send().await.expect("send");
+            let x_cache = resp.headers()["x-cache"]
+                .to_str()
+                .expect("x-cache")
+                .to_owned();
+            (served_by(&resp), x_cache)
+        }
+    };
+    let expected = [
+        (false, "v1", "MISS"),
+        (false, "v1", "HIT"),
+        // Same URL, pinned to the canary: v1's stored answer must not be it.
+        (true, "v2", "MISS"),
+        (true, "v2", "HIT"),
+        (false, "v1", "HIT"),
+    ];
+    for (step, (canary, upstream, x_cache)) in expected.into_iter().enumerate() {
+        let (by, cache) = get(canary).await;
+        assert_eq!(
+            (by.as_str(), cache.as_str()),
+            (upstream, x_cache),
+            "request {step}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sticky_keys_stay_and_a_reloaded_weight_moves_only_the_keys_it_must() {
     let (v1, v2) = (echo_upstream("v1").await, echo_upstream("v2").await);
     let weights = |a: u32, b: u32| {
