@@ -54,7 +54,7 @@ pub(crate) struct Record {
     pub(crate) request_id: HeaderValue,
     pub(crate) route: Arc<RouteMetrics>,
     pub(crate) trace: Trace,
-    pub(crate) arrival: Option<Arrival>,
+    pub(crate) arrival: Option<Box<Arrival>>,
     pub(crate) log: Arc<AccessLog>,
     /// The server span, ended here (`[gateway.tracing]`).
     pub(crate) span: Option<Box<RequestSpan>>,

@@ -74,7 +74,9 @@ pub(crate) struct Session<'s> {
     /// Whether local replies take gRPC's form (gRPC runs over HTTP/2 only: an HTTP/1.1 client
     /// must not get an error as a 200).
     grpc: bool,
-    arrival: Option<Arrival>,
+    /// Boxed: with the access log off it is not there, and the session is moved with every
+    /// request.
+    arrival: Option<Box<Arrival>>,
     trace: Trace,
     /// The route, once the route phase found it.
     route: Option<&'s RouteRuntime>,
@@ -149,14 +151,14 @@ impl<'s> Session<'s> {
             };
         }
         let bytes_in = Arc::new(AtomicU64::new(0));
-        session.arrival = Some(Arrival {
+        session.arrival = Some(Box::new(Arrival {
             time: SystemTime::now(),
             client: session.client,
             host: log_host(&req),
             path: req.uri().path().to_owned(),
             bytes_in: bytes_in.clone(),
             client_cert: conn.client_subject.clone(),
-        });
+        }));
         (
             session,
             req.map(|b| Body::counted(b, Some(bytes_in), limit)),
