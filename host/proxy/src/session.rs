@@ -684,7 +684,8 @@ impl<'s> Session<'s> {
             let mut span = self
                 .span
                 .as_ref()
-                .map(|span| span.upstream(&mut req, &upstream.name, target, retry));
+                // Boxed: 288 bytes that every try's future would carry, tracing on or off.
+                .map(|span| Box::new(span.upstream(&mut req, &upstream.name, target, retry)));
             let sent = Instant::now();
             let worker = self.conn.worker;
             let active = target.begin();
