@@ -19,6 +19,8 @@
 //! - `nginx-return` and `wasmgate-cache-hit` (issue 17): nginx answering the 1 KiB body itself
 //!   (`return 200`), and the gateway answering it from its response cache (`cache = { ttl =
 //!   "1h" }`: after the first request, every one is a hit), neither touching the upstream;
+//!   between them `hyper-return` (`bench/hyper-return`): a bare hyper server answering the same
+//!   body, the floor of any server built on hyper and tokio, the gateway included;
 //! - `nginx-gzip` and `wasmgate-gzip`: the plain proxies compressing the 1 KiB `text/plain`
 //!   body with gzip at level 1 (nginx's `gzip on; gzip_comp_level 1`, the gateway's
 //!   `compression = { codecs = ["gzip"], gzip_level = 1 }`), every request sending
@@ -141,6 +143,7 @@ enum Proxy {
     NginxLog,
     WasmgateLog,
     NginxReturn,
+    HyperReturn,
     WasmgateCacheHit,
     NginxGzip,
     WasmgateGzip,
@@ -149,7 +152,7 @@ enum Proxy {
 impl Proxy {
     /// In the order they run: the chain on Redis right after the chain in memory, so that the
     /// ratios compare runs minutes apart at most.
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::Direct,
         Self::Nginx,
         Self::Wasmgate,
@@ -161,6 +164,7 @@ impl Proxy {
         Self::NginxLog,
         Self::WasmgateLog,
         Self::NginxReturn,
+        Self::HyperReturn,
         Self::WasmgateCacheHit,
         Self::NginxGzip,
         Self::WasmgateGzip,
@@ -179,6 +183,7 @@ impl Proxy {
             Self::NginxLog => "nginx-log",
             Self::WasmgateLog => "wasmgate-log",
             Self::NginxReturn => "nginx-return",
+            Self::HyperReturn => "hyper-return",
             Self::WasmgateCacheHit => "wasmgate-cache-hit",
             Self::NginxGzip => "nginx-gzip",
             Self::WasmgateGzip => "wasmgate-gzip",
@@ -196,6 +201,7 @@ impl Proxy {
             self,
             Self::Direct
                 | Self::NginxReturn
+                | Self::HyperReturn
                 | Self::WasmgateCacheHit
                 | Self::NginxGzip
                 | Self::WasmgateGzip
@@ -240,6 +246,8 @@ struct Tools {
     /// The fixed-rate load generator; the fixed-rate run is skipped without it.
     oha: Option<PathBuf>,
     wasmgate: PathBuf,
+    /// The bare hyper server of `hyper-return`.
+    hyper_return: PathBuf,
     redis: PathBuf,
 }
 
@@ -314,12 +322,13 @@ pub(crate) fn bench(args: &[OsString]) -> Result<ExitCode> {
     let running_as_root = running_as_root()?;
     let (wrk, nginx, redis) = ensure_programs()?;
     let oha = ensure_oha(&dir.join("tools"));
-    let wasmgate = build()?;
+    let (wasmgate, hyper_return) = build()?;
     let tools = Tools {
         wrk,
         nginx,
         oha,
         wasmgate,
+        hyper_return,
         redis,
     };
 
@@ -532,14 +541,16 @@ fn ensure_oha(tools_dir: &Path) -> Option<PathBuf> {
     }
 }
 
-/// The release gateway and the three plugins of `wasmgate-3-plugins`; the gateway's path.
-fn build() -> Result<PathBuf> {
+/// The release gateway, `hyper-return` and the three plugins of `wasmgate-3-plugins`; the
+/// paths of the gateway and of `hyper-return`.
+fn build() -> Result<(PathBuf, PathBuf)> {
     ensure_wasm_target()?;
     install::ensure_make()?;
     let target = target_dir()?;
     build_plugins(&target)?;
-    run_step(cargo().args(["build", "--release", "-p", "wasmgate"]))?;
-    Ok(target.join("release").join("wasmgate"))
+    run_step(cargo().args(["build", "--release", "-p", "wasmgate", "-p", "hyper-return"]))?;
+    let release = target.join("release");
+    Ok((release.join("wasmgate"), release.join("hyper-return")))
 }
 
 fn tool_versions(tools: &Tools) -> Value {
@@ -569,6 +580,21 @@ impl Bench {
         let pin = self.pin.then_some(PROXY_CPU);
         let (mut guard, addr) = match proxy {
             Proxy::Direct => (None, self.upstream),
+            Proxy::HyperReturn => {
+                let addr = free_port()?;
+                let log = fs::File::create(scenario_dir.join("hyper-return.log"))
+                    .context("cannot create hyper-return's log file")?;
+                let mut command = pinned(pin, &self.tools.hyper_return);
+                command
+                    .arg(addr.to_string())
+                    .arg(BODY_SIZE.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                (
+                    Some(Service::spawn(proxy.name(), &scenario_dir, &mut command)?),
+                    addr,
+                )
+            }
             Proxy::Nginx
             | Proxy::NginxHttps
             | Proxy::NginxLog
@@ -1826,6 +1852,9 @@ fn ratios_json(results: &[(Proxy, Result<Measured>)]) -> Value {
         "nginx_access_log_cpu_us_per_req": cpu(Proxy::NginxLog).zip(cpu(Proxy::Nginx)).map(|(a, b)| round3(a - b)),
         "wasmgate-cache-hit_vs_nginx-return_rps": ratio(rps(Proxy::WasmgateCacheHit), rps(Proxy::NginxReturn)),
         "wasmgate-cache-hit_vs_nginx-return_cpu_per_req": ratio(cpu(Proxy::WasmgateCacheHit), cpu(Proxy::NginxReturn)),
+        "hyper-return_vs_nginx-return_rps": ratio(rps(Proxy::HyperReturn), rps(Proxy::NginxReturn)),
+        "hyper-return_vs_nginx-return_cpu_per_req": ratio(cpu(Proxy::HyperReturn), cpu(Proxy::NginxReturn)),
+        "wasmgate-cache-hit_vs_hyper-return_cpu_per_req": ratio(cpu(Proxy::WasmgateCacheHit), cpu(Proxy::HyperReturn)),
         "wasmgate-gzip_vs_nginx-gzip_rps": ratio(rps(Proxy::WasmgateGzip), rps(Proxy::NginxGzip)),
         "wasmgate-gzip_vs_nginx-gzip_cpu_per_req": ratio(cpu(Proxy::WasmgateGzip), cpu(Proxy::NginxGzip)),
         "wasmgate_gzip_cpu_us_per_req": cpu(Proxy::WasmgateGzip).zip(cpu(Proxy::Wasmgate)).map(|(a, b)| round3(a - b)),
@@ -2012,6 +2041,21 @@ fn markdown(report: &Value) -> String {
         (
             "wasmgate-cache-hit / nginx-return, CPU per request",
             "wasmgate-cache-hit_vs_nginx-return_cpu_per_req",
+            "",
+        ),
+        (
+            "hyper-return / nginx-return, requests/s (hyper's own ceiling)",
+            "hyper-return_vs_nginx-return_rps",
+            "",
+        ),
+        (
+            "hyper-return / nginx-return, CPU per request",
+            "hyper-return_vs_nginx-return_cpu_per_req",
+            "",
+        ),
+        (
+            "wasmgate-cache-hit / hyper-return, CPU per request (what the gateway adds)",
+            "wasmgate-cache-hit_vs_hyper-return_cpu_per_req",
             "",
         ),
         (
