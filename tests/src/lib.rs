@@ -210,6 +210,14 @@ impl TestGateway {
             .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
     }
 
+    /// Purges route `route`'s cached responses for `path`, as `DELETE /cache/ROUTE/PATH` on the
+    /// admin listener does; how many entries went (0 when the route has no cache).
+    pub fn purge_cache(&self, route: &str, path: &str) -> u64 {
+        self.control
+            .purge_cache(Some(route), Some(path))
+            .map_or(0, |purged| purged.iter().map(|(_, n)| n).sum())
+    }
+
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)

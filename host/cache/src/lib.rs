@@ -374,7 +374,7 @@ impl Cache {
     /// progress (of any path) do not store what they fetched.
     ///
     /// Returns how many keys were dropped (a key holds every `Vary` variant of one request
-    /// target and [`Rules::vary`] values). Best effort under concurrent use: an entry stored while
+    /// target, [`Rules::vary`] values and, through [`lookup_from`](Self::lookup_from), upstream). Best effort under concurrent use: an entry stored while
     /// the purge runs may or may not be counted and dropped.
     pub fn purge(&self, path_and_query: &str) -> u64 {
         self.inner.next_epoch();

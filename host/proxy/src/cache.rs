@@ -13,12 +13,19 @@ use wasmgate_telemetry::{CacheMetrics, Metrics};
 pub(crate) struct RouteCache {
     route: String,
     settings: wasmgate_config::Cache,
+    /// Whether the route splits its traffic (its entries are then keyed by upstream).
+    split: bool,
     cache: Cache,
     metrics: CacheMetrics,
 }
 
 impl RouteCache {
-    pub(crate) fn new(route: &str, settings: &wasmgate_config::Cache, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        route: &str,
+        settings: &wasmgate_config::Cache,
+        split: bool,
+        metrics: &Metrics,
+    ) -> Self {
         let metrics = metrics.cache(route);
         let evictions = metrics.evictions.clone();
         let cache = Cache::new(rules(settings)).on_eviction(move |_| {
@@ -27,6 +34,7 @@ impl RouteCache {
         Self {
             route: route.to_owned(),
             settings: settings.clone(),
+            split,
             cache,
             metrics,
         }
@@ -35,6 +43,11 @@ impl RouteCache {
     /// The route's name.
     pub(crate) fn route(&self) -> &str {
         &self.route
+    }
+
+    /// Whether it was made for a route that splits its traffic.
+    pub(crate) fn split(&self) -> bool {
+        self.split
     }
 
     /// The settings it was made with.

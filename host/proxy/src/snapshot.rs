@@ -127,14 +127,19 @@ impl Snapshot {
                     .mirror
                     .as_ref()
                     .map(|m| Mirror::new(m, &upstreams, &r.name, metrics)),
-                // A reload keeps what a route cached while its cache settings stay the same.
+                // A reload keeps what a route cached while its cache settings stay the same, and
+                // while it splits or does not (a split keys its entries by upstream: the old
+                // ones would be unreachable, yet count against `max_size`).
                 cache: r.cache.as_ref().map(|c| {
+                    let split = matches!(r.action, RouteAction::Split(_));
                     previous
                         .into_iter()
                         .flat_map(|p| p.routes.iter().filter_map(|old| old.cache.as_ref()))
-                        .find(|old| old.route() == r.name && old.settings() == c)
+                        .find(|old| {
+                            old.route() == r.name && old.settings() == c && old.split() == split
+                        })
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(RouteCache::new(&r.name, c, metrics)))
+                        .unwrap_or_else(|| Arc::new(RouteCache::new(&r.name, c, split, metrics)))
                 }),
                 compression: r
                     .compression

@@ -149,6 +149,22 @@ async fn a_cached_answer_never_crosses_from_one_split_upstream_to_another() {
             "request {step}"
         );
     }
+
+    // The route stops splitting: its entries, keyed by upstream, could never be found again,
+    // so the reload starts a cache of its own rather than keep them weighing on `max_size`.
+    let single = config.replace(
+        r#"upstreams = [{ name = "v1" }, { name = "v2", weight = 0, headers = { x-canary = "1" } }]"#,
+        r#"upstream = "v1""#,
+    );
+    assert_ne!(single, config);
+    gw.reload(&single).await.expect("reload");
+    assert_eq!(get(false).await, ("v1".to_owned(), "MISS".to_owned()));
+    assert_eq!(get(false).await, ("v1".to_owned(), "HIT".to_owned()));
+    assert_eq!(
+        gw.purge_cache("api", "/page"),
+        1,
+        "only the new entry is held"
+    );
 }
 
 #[tokio::test]
